@@ -1,0 +1,83 @@
+"""Process-wide caches: a bounded expiring map, token hashing, and the registry that lets every
+plugin instance with the same settings share one object.
+
+Kong starts one plugin instance per nginx worker per plugin entity and new ones on every config
+reload, so anything expensive lives here, keyed by what it depends on, never on an instance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+import weakref
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
+V = TypeVar("V")
+
+
+def token_key(token: str) -> bytes:
+    """Cache key for a token: its SHA-256, so no cache ever holds a usable credential."""
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+
+
+class ExpiringCache(Generic[V]):
+    """A map whose entries vanish at their own deadline, holding at most `capacity` entries.
+
+    When full, the oldest insertion is evicted (first in, first out): cheaper than LRU on the hit
+    path, and a hot token that was evicted is simply validated once more.
+    """
+
+    def __init__(self, capacity: int, clock: Callable[[], float] = time.time) -> None:
+        self.capacity = capacity
+        self._clock = clock
+        self._entries: dict[Hashable, tuple[float, V]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable) -> V | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        deadline, value = entry
+        if self._clock() >= deadline:
+            self._entries.pop(key, None)
+            return None
+        return value
+
+    def put(self, key: Hashable, value: V, deadline: float) -> None:
+        if self.capacity <= 0 or deadline <= self._clock():
+            return
+        with self._lock:
+            entries = self._entries
+            if key not in entries:
+                while len(entries) >= self.capacity:
+                    entries.pop(next(iter(entries)), None)
+            entries[key] = (deadline, value)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class Registry(Generic[V]):
+    """Get-or-create of shared objects by key, safe under concurrent instance starts.
+
+    Values are held weakly: when Kong closes the last instance using an object (a config was
+    changed or removed), the object and its caches go with it instead of piling up.
+    """
+
+    def __init__(self) -> None:
+        self._objects: weakref.WeakValueDictionary[Hashable, V] = weakref.WeakValueDictionary()
+        self._lock = threading.Lock()
+
+    def get(self, key: Hashable, create: Callable[[], V]) -> V:
+        obj = self._objects.get(key)
+        if obj is None:
+            with self._lock:
+                obj = self._objects.get(key)
+                if obj is None:
+                    obj = self._objects[key] = create()
+        return obj
+
+    def __len__(self) -> int:
+        return len(self._objects)

@@ -1,0 +1,144 @@
+"""Every way a request can be refused, one class each, and how each is answered.
+
+Answers follow RFC 6750 section 3: 401 with a bare `Bearer` challenge when no token was
+presented, 401 `invalid_token` / `invalid_request` for a bad one, 403 `insufficient_scope` for a
+valid token that lacks a scope or role, and 503 with Retry-After when the identity provider's keys
+cannot be had. Descriptions are fixed strings of this module: no library text, no key ids and no
+token content ever reach a client.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+
+class Refusal(Exception):
+    """Base class: a request this plugin answers itself instead of proxying."""
+
+    status: ClassVar[int] = 401
+    error: ClassVar[str | None] = "invalid_token"
+    description: ClassVar[str] = "The access token is invalid"
+    message: ClassVar[str] = "Unauthorized"
+
+
+# --- no usable credentials (bare challenge) ---------------------------------------------------
+
+class MissingToken(Refusal):
+    error = None
+    description = ""
+
+
+# --- malformed request (RFC 6750 invalid_request, answered 401 so clients re-authenticate) ------
+
+class InvalidRequest(Refusal):
+    error = "invalid_request"
+    description = "The request must carry exactly one Bearer token in one Authorization header"
+
+
+# --- invalid token ----------------------------------------------------------------------------
+
+class TokenTooLarge(Refusal):
+    description = "The access token is too large"
+
+
+class MalformedToken(Refusal):
+    description = "The access token is malformed"
+
+
+class UnacceptedAlgorithm(Refusal):
+    description = "The access token is signed with an algorithm that is not accepted"
+
+
+class UnknownKey(Refusal):
+    description = "The access token is signed with an unknown key"
+
+
+class BadSignature(Refusal):
+    description = "The access token signature is invalid"
+
+
+class Expired(Refusal):
+    description = "The access token expired"
+
+
+class NotYetValid(Refusal):
+    description = "The access token is not valid yet"
+
+
+class TooOld(Refusal):
+    description = "The access token is too old"
+
+
+class WrongIssuer(Refusal):
+    description = "The access token was issued by another issuer"
+
+
+class WrongAudience(Refusal):
+    description = "The access token is not meant for this API"
+
+
+class WrongAuthorizedParty(Refusal):
+    description = "The access token was issued to a client that is not accepted"
+
+
+class NotAnAccessToken(Refusal):
+    description = "The token is not an access token"
+
+
+# --- valid token, not enough rights ------------------------------------------------------------
+
+class InsufficientScope(Refusal):
+    status = 403
+    error = "insufficient_scope"
+    description = "The access token lacks a required scope or role"
+    message = "Forbidden"
+
+    def __init__(self, required_scopes: tuple[str, ...] = ()) -> None:
+        super().__init__()
+        self.required_scopes = required_scopes
+
+
+# --- the identity provider cannot be used ------------------------------------------------------
+
+class KeysUnavailable(Refusal):
+    status = 503
+    error = None
+    message = "The identity provider cannot be reached"
+    retry_after = 5
+
+
+# --- our own fault -----------------------------------------------------------------------------
+
+class InternalFault(Refusal):
+    status = 500
+    error = None
+    message = "An unexpected error occurred"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What Kong sends the client: the arguments of `kong.response.exit`."""
+
+    status: int
+    body: dict[str, str]
+    headers: dict[str, str]
+
+
+def answer(refusal: Refusal, realm: str) -> Answer:
+    headers: dict[str, str] = {}
+    if refusal.status in (401, 403):
+        headers["WWW-Authenticate"] = challenge(refusal, realm)
+    if isinstance(refusal, KeysUnavailable):
+        headers["Retry-After"] = str(refusal.retry_after)
+    return Answer(refusal.status, {"message": refusal.message}, headers)
+
+
+def challenge(refusal: Refusal, realm: str) -> str:
+    parts = [f'realm="{realm}"']
+    if refusal.error:
+        parts.append(f'error="{refusal.error}"')
+        parts.append(f'error_description="{refusal.description}"')
+    if isinstance(refusal, InsufficientScope) and refusal.required_scopes:
+        parts.append(f'scope="{" ".join(refusal.required_scopes)}"')
+    return "Bearer " + ", ".join(parts)

@@ -1,0 +1,181 @@
+"""Kong entry: the plugin class kong-pdk instantiates per configuration, and its access phase.
+
+Read it top to bottom: `Plugin.access` is the whole request path.
+
+Two properties of Kong's plugin-server bridge shape it (see README, "Security model"):
+- Kong proxies the request when the plugin server fails (fail-open), so nothing here may raise,
+  hang or crash: every outcome is either "headers set, proceed" or one `kong.response.exit`.
+- kong-pdk serializes every handler until its first PDK call, and wedges for good if a handler
+  raises before it; the first statement is therefore a PDK call, and it carries all the input
+  the request path needs (one round trip for all request headers).
+
+PDK round trips: 2 on the reject path (read headers, exit), 3 on the allow path (read headers,
+set upstream headers, hand groups to Kong's ACL plugin). Nothing follows `kong.response.exit`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+from . import errors
+from .cache import ExpiringCache, Registry, token_key
+from .claims import Claims
+from .errors import Refusal
+from .headers import HeaderPlan, HeaderValue, groups_for, upstream_headers
+from .keys import KeySet, KeySource
+from .policy import Policy, authorize
+from .schema import Config
+from .tokens import Rules, validate
+
+log = logging.getLogger("kcauth")
+
+_KEYSETS: Registry[KeySet] = Registry()
+_GUARDS: Registry[Guard] = Registry()
+
+
+@dataclass(frozen=True)
+class Grant:
+    """The outcome of an accepted token, ready to hand to Kong."""
+
+    headers: dict[str, HeaderValue]
+    groups: list[str]
+
+
+class Guard:
+    """One configuration compiled: its rules, keys and cache, shared by every instance with
+    the same settings (Kong starts one instance per worker and more on every reload)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.rules = Rules(
+            issuer=config.issuer,
+            audiences=frozenset(config.audiences),
+            verify_audience=config.verify_audience,
+            authorized_parties=frozenset(config.authorized_parties),
+            algorithms=frozenset(config.algorithms),
+            leeway=config.leeway,
+            max_token_age=config.max_token_age,
+            max_token_size=config.max_token_size,
+        )
+        self.policy = Policy(config.required_scopes, config.scopes_match,
+                             config.required_roles, config.roles_match)
+        self.plan = HeaderPlan.compile(config.claim_headers, config.header_value_max_length,
+                                       config.strip_authorization)
+        source = KeySource(
+            jwks_uri=config.jwks_uri,
+            discovery_url=config.discovery_url,
+            issuer=config.issuer,
+            refresh_interval=config.jwks_refresh_interval,
+            min_refresh_interval=config.jwks_min_refresh_interval,
+            max_stale=config.jwks_max_stale,
+            timeout=config.http_timeout,
+        )
+        self.keys = _KEYSETS.get(source, lambda: KeySet(source))
+        self.keys.prefetch()
+        # Grants and scope refusals of valid tokens, by token hash; never past the token's life.
+        self.cache: ExpiringCache[Grant | errors.InsufficientScope] = ExpiringCache(config.token_cache_size)
+
+    def admit(self, request_headers: dict[str, Any], now: float) -> Grant:
+        token = bearer_token(request_headers)
+        key = token_key(token)
+        outcome = self.cache.get(key)
+        if outcome is None:
+            claims = validate(token, self.rules, self.keys.key_for, now)
+            outcome = self._decide(claims)
+            self.cache.put(key, outcome, self._cache_deadline(claims))
+        if isinstance(outcome, errors.InsufficientScope):
+            # A fresh exception each time: re-raising one cached instance would keep growing
+            # its traceback.
+            raise errors.InsufficientScope(outcome.required_scopes)
+        return outcome
+
+    def _decide(self, claims: Claims) -> Grant | errors.InsufficientScope:
+        try:
+            authorize(self.policy, claims)
+        except errors.InsufficientScope as refusal:
+            return refusal
+        groups = groups_for(claims, self.config.authenticated_group, self.config.roles_as_groups)
+        return Grant(upstream_headers(self.plan, claims), groups)
+
+    def _cache_deadline(self, claims: Claims) -> float:
+        deadline = float(claims["exp"])
+        if self.rules.max_token_age is not None:
+            deadline = min(deadline, float(claims["iat"]) + self.rules.max_token_age)
+        return deadline
+
+
+def bearer_token(request_headers: dict[str, Any]) -> str:
+    """The token of the one `Authorization: Bearer` header (RFC 6750 2.1; never the query)."""
+    values = request_headers.get("authorization")
+    if not values:
+        raise errors.MissingToken()
+    if not isinstance(values, list) or len(values) != 1 or not isinstance(values[0], str):
+        raise errors.InvalidRequest()
+    scheme, _, token = values[0].strip(" \t").partition(" ")
+    if scheme.lower() != "bearer":
+        raise errors.MissingToken()  # another scheme: no bearer credentials were presented
+    token = token.strip(" \t")
+    if not token or " " in token or "\t" in token:
+        raise errors.InvalidRequest()
+    return token
+
+
+class Plugin:
+    """Instantiated by kong-pdk at plugin.StartInstance with Kong's config for one entity."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        # Raising here fails StartInstance: Kong then answers the route's requests with 500,
+        # which is closed, and logs the message, which names the bad setting.
+        self.config = Config.from_kong(config)
+        self.guard = _GUARDS.get(self.config.fingerprint(), lambda: Guard(self.config))
+
+    def access(self, kong: Any) -> None:
+        guard = self.guard
+        try:
+            request_headers = kong.request.get_headers()
+            grant = guard.admit(request_headers, time.time())
+            kong.service.request.set_headers(grant.headers)
+            kong.ctx.shared.set("authenticated_groups", grant.groups)
+            return
+        except Refusal as refusal:
+            reply = errors.answer(refusal, guard.config.realm)
+        except Exception as exc:  # noqa: BLE001 - an escaping exception would fail open or wedge
+            reply = errors.answer(errors.InternalFault(), guard.config.realm)
+            _report_fault(kong, exc)
+        try:
+            kong.response.exit(reply.status, reply.body, reply.headers)
+        except Exception as exc:  # noqa: BLE001
+            log.error("kcauth could not send its refusal: %s", _where(exc))
+
+
+def _report_fault(kong: Any, exc: BaseException) -> None:
+    """Log an internal fault once: its type and place only, since messages can carry input."""
+    reason = f"kcauth internal fault, request refused with 500: {_where(exc)}"
+    log.error(reason)
+    try:
+        kong.log.err(reason)
+    except Exception:  # noqa: BLE001 - the exit must still be sent
+        pass
+
+
+def _where(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    place = f" at {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}" if frames else ""
+    return f"{type(exc).__name__}{place}"
+
+
+def _configure_logging() -> None:
+    # Kong logs the plugin server's output at info level; keep it to warnings and above.
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.WARNING)
+
+
+_configure_logging()

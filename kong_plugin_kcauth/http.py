@@ -1,0 +1,65 @@
+"""Outbound HTTP to the identity provider: one process-wide session, TLS verification always on.
+
+requests-cache keeps the discovery document (it changes rarely, and a stale copy is better than
+none while the provider is down) and revalidates key sets with conditional requests when the
+provider sends validators. Freshness of keys is decided by `keys.KeySet`, not by HTTP headers.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import requests
+import requests_cache
+
+MAX_BODY = 1 << 20  # a key set or discovery document is a few KB; refuse to hold megabytes
+DISCOVERY_MAX_AGE = 3600
+
+_sessions: dict[bool, requests_cache.CachedSession] = {}
+_sessions_lock = threading.Lock()
+
+
+class FetchError(Exception):
+    """The document could not be had; the message is for logs, never for clients."""
+
+
+def _session(revalidate: bool) -> requests_cache.CachedSession:
+    """Two sessions: documents that may be served stale while the provider is down (discovery),
+    and documents that are always asked for again (key sets), where a failure must surface so
+    `KeySet` can bound how long it keeps serving the keys it holds."""
+    s = _sessions.get(revalidate)
+    if s is None:
+        with _sessions_lock:
+            s = _sessions.get(revalidate)
+            if s is None:
+                s = requests_cache.CachedSession(
+                    backend="memory",
+                    expire_after=DISCOVERY_MAX_AGE,
+                    allowable_codes=(200,),
+                    stale_if_error=not revalidate,
+                )
+                s.headers["User-Agent"] = "kcauth"
+                s.headers["Accept"] = "application/json"
+                _sessions[revalidate] = s
+    return s
+
+
+def get_json(url: str, timeout: float, *, revalidate: bool) -> dict[str, Any]:
+    """GET a JSON object. `revalidate` asks the provider every time (conditionally when it sent
+    validators); otherwise a cached copy up to DISCOVERY_MAX_AGE old is used."""
+    try:
+        resp = _session(revalidate).get(url, timeout=(timeout, timeout), refresh=revalidate)
+    except requests.RequestException as exc:
+        raise FetchError(f"GET {url} failed: {type(exc).__name__}") from None
+    if resp.status_code != 200:
+        raise FetchError(f"GET {url} answered HTTP {resp.status_code}")
+    if len(resp.content) > MAX_BODY:
+        raise FetchError(f"GET {url} answered more than {MAX_BODY} bytes")
+    try:
+        doc = resp.json()
+    except ValueError:
+        raise FetchError(f"GET {url} did not answer JSON") from None
+    if not isinstance(doc, dict):
+        raise FetchError(f"GET {url} did not answer a JSON object")
+    return doc

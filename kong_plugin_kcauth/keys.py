@@ -1,0 +1,207 @@
+"""Key sets: the realm's signing keys, fetched, held and rotated safely.
+
+One `KeySet` per key source (explicit JWKS URI, or discovery on the issuer) and timing settings,
+shared by every plugin instance in the process. Rules:
+- keys come only from the configured source; `jku`, `x5u`, `jwk` and `x5c` token headers and the
+  token's own `iss` are never used to find them;
+- only `use: sig` keys whose type (and `alg`, when the key names one) agree with the token's alg;
+- held keys are refreshed in the background every `refresh_interval`; requests never wait on it;
+- a token with an unknown `kid` triggers at most one download per `min_refresh_interval`, shared
+  by every request that needs it (single-flight), so random kids cannot flood the provider;
+- when the provider is down, held keys keep working until `max_stale` after the last successful
+  download; with none usable, `KeysUnavailable` (503).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from . import http
+from .errors import KeysUnavailable, UnknownKey
+
+log = logging.getLogger("kcauth.keys")
+
+MIN_RSA_BITS = 2048
+_EC_CURVES = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
+
+
+@dataclass(frozen=True)
+class KeySource:
+    """Where keys come from and how they are kept; the registry key of a `KeySet`."""
+
+    jwks_uri: str | None
+    discovery_url: str
+    issuer: str
+    refresh_interval: float
+    min_refresh_interval: float
+    max_stale: float
+    timeout: float
+
+
+@dataclass(frozen=True)
+class Jwk:
+    kid: str | None
+    kty: str
+    alg: str | None
+    crv: str | None
+    key: Any  # a cryptography public key object
+
+
+def key_agrees(jwk: Jwk, alg: str) -> bool:
+    """Whether `jwk` may verify a token signed with `alg` (type, curve and named alg agree)."""
+    if jwk.alg is not None and jwk.alg != alg:
+        return False
+    if alg[:2] in ("RS", "PS"):
+        return jwk.kty == "RSA"
+    if alg in _EC_CURVES:
+        return jwk.kty == "EC" and jwk.crv == _EC_CURVES[alg]
+    if alg == "EdDSA":
+        return jwk.kty == "OKP" and jwk.crv in ("Ed25519", "Ed448")
+    return False
+
+
+def parse_jwks(doc: dict[str, Any]) -> dict[str | None, tuple[Jwk, ...]]:
+    """Signing keys of a JWKS document by kid; unusable entries are skipped and logged."""
+    entries = doc.get("keys")
+    if not isinstance(entries, list):
+        raise http.FetchError("key set has no `keys` array")
+    by_kid: dict[str | None, list[Jwk]] = {}
+    for entry in entries:
+        jwk = _parse_key(entry)
+        if jwk is not None:
+            by_kid.setdefault(jwk.kid, []).append(jwk)
+    return {kid: tuple(keys) for kid, keys in by_kid.items()}
+
+
+def _parse_key(entry: Any) -> Jwk | None:
+    if not isinstance(entry, dict) or entry.get("use") != "sig":
+        return None  # encryption keys (Keycloak publishes one) and malformed entries
+    kty, kid, alg, crv = entry.get("kty"), entry.get("kid"), entry.get("alg"), entry.get("crv")
+    if kty not in ("RSA", "EC", "OKP") or not isinstance(kid, (str, type(None))):
+        return None
+    if not isinstance(alg, (str, type(None))) or not isinstance(crv, (str, type(None))):
+        return None
+    try:
+        key = jwt.PyJWK(entry).key
+    except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError, KeyError) as exc:
+        log.warning("skipping key %s: cannot load it (%s)", kid, type(exc).__name__)
+        return None
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
+        log.warning("skipping key %s: RSA key of %d bits is too short", kid, key.key_size)
+        return None
+    if not hasattr(key, "verify"):  # a private or symmetric key has no business here
+        return None
+    return Jwk(kid=kid, kty=kty, alg=alg, crv=crv, key=key)
+
+
+def select_key(keys: dict[str | None, tuple[Jwk, ...]], kid: str | None, alg: str) -> Jwk | None:
+    """The key for a token header. Without a kid, only an unambiguous match is accepted."""
+    if kid is not None:
+        return next((k for k in keys.get(kid, ()) if key_agrees(k, alg)), None)
+    fitting = [k for group in keys.values() for k in group if key_agrees(k, alg)]
+    return fitting[0] if len(fitting) == 1 else None
+
+
+class KeySet:
+    def __init__(
+        self,
+        source: KeySource,
+        fetch_json: Callable[..., dict[str, Any]] = http.get_json,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.source = source
+        self._fetch_json = fetch_json
+        self._clock = clock
+        self._keys: dict[str | None, tuple[Jwk, ...]] = {}
+        self._fetched_at: float | None = None  # last successful download
+        self._last_attempt = float("-inf")
+        self._inflight: threading.Event | None = None
+        self._lock = threading.Lock()
+        self.downloads = 0  # successful and failed attempts, for tests and the benchmark
+
+    def key_for(self, kid: str | None, alg: str) -> Any:
+        """The verification key for a token header, or a `Refusal`."""
+        now = self._clock()
+        keys = self._usable(now)
+        if keys is None:
+            self.refresh(wait=True)
+            keys = self._usable(self._clock())
+            if keys is None:
+                raise KeysUnavailable()
+        elif now - self._fetched_at >= self.source.refresh_interval:  # type: ignore[operator]
+            self.refresh(wait=False)
+        jwk = select_key(keys, kid, alg)
+        if jwk is None and kid not in keys:
+            # Maybe the realm rotated: ask again, at most once per min_refresh_interval.
+            if self.refresh(wait=True):
+                jwk = select_key(self._keys, kid, alg)
+        if jwk is None:
+            raise UnknownKey()
+        return jwk.key
+
+    def prefetch(self) -> None:
+        """Warm the key set without blocking the caller (instance start)."""
+        if self._fetched_at is None:
+            self.refresh(wait=False)
+
+    def _usable(self, now: float) -> dict[str | None, tuple[Jwk, ...]] | None:
+        if self._fetched_at is None or now - self._fetched_at > self.source.max_stale:
+            return None
+        return self._keys
+
+    def refresh(self, wait: bool) -> bool:
+        """Start (or join) one download. Returns False when rate-limited, i.e. nothing was
+        attempted or joined because the last attempt was under `min_refresh_interval` ago."""
+        with self._lock:
+            event = self._inflight
+            leader = event is None
+            if leader:
+                if self._clock() - self._last_attempt < self.source.min_refresh_interval:
+                    return False
+                self._last_attempt = self._clock()
+                event = self._inflight = threading.Event()
+        if leader:
+            if wait:
+                self._download(event)
+            else:
+                threading.Thread(target=self._download, args=(event,), daemon=True,
+                                 name="kcauth-jwks").start()
+        if wait:
+            # Two requests (discovery, key set) of at most `timeout` each, connect and read.
+            event.wait(4 * self.source.timeout + 1)
+        return True
+
+    def _download(self, done: threading.Event) -> None:
+        try:
+            self.downloads += 1
+            uri = self.source.jwks_uri or self._discover()
+            keys = parse_jwks(self._fetch_json(uri, self.source.timeout, revalidate=True))
+            if not keys:
+                raise http.FetchError(f"key set at {uri} holds no usable signing key")
+            self._keys, self._fetched_at = keys, self._clock()
+        except http.FetchError as exc:
+            log.warning("key set refresh failed, keeping held keys: %s", exc)
+        except Exception:  # never let a background thread die silently
+            log.exception("key set refresh failed unexpectedly")
+        finally:
+            with self._lock:
+                self._inflight = None
+            done.set()
+
+    def _discover(self) -> str:
+        doc = self._fetch_json(self.source.discovery_url, self.source.timeout, revalidate=False)
+        # OpenID Connect Discovery 1.0 section 4.3: the document must name the same issuer.
+        if doc.get("issuer") != self.source.issuer:
+            raise http.FetchError("discovery document names another issuer")
+        uri = doc.get("jwks_uri")
+        if not isinstance(uri, str) or not uri.startswith(("https://", "http://")):
+            raise http.FetchError("discovery document has no usable jwks_uri")
+        return uri

@@ -1,0 +1,35 @@
+"""Authorization policy: does a valid token carry the scopes and roles this route requires?
+
+Each list combines by its own mode (`all` or `any`); when both lists are set, both must hold.
+An empty list requires nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .claims import Claims, roles_of, scopes_of
+from .errors import InsufficientScope
+
+
+@dataclass(frozen=True)
+class Policy:
+    scopes: tuple[str, ...] = ()
+    scopes_match: str = "all"
+    roles: tuple[str, ...] = ()
+    roles_match: str = "all"
+
+
+def satisfied(required: tuple[str, ...], held: frozenset[str], match: str) -> bool:
+    if not required:
+        return True
+    if match == "any":
+        return any(r in held for r in required)
+    return all(r in held for r in required)
+
+
+def authorize(policy: Policy, claims: Claims) -> None:
+    if not satisfied(policy.scopes, scopes_of(claims), policy.scopes_match):
+        raise InsufficientScope(required_scopes=policy.scopes)
+    if not satisfied(policy.roles, roles_of(claims), policy.roles_match):
+        raise InsufficientScope()

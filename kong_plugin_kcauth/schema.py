@@ -1,0 +1,345 @@
+"""The plugin's configuration: one definition, two views.
+
+`Config` is the typed, frozen object the code reads. Each field carries its Kong schema attributes
+in its metadata, and `kong_schema()` derives the schema Kong validates (Kong's schema language,
+kong/db/schema/metaschema.lua) from the very same fields, so the two cannot drift apart. The
+README's config reference is checked against `reference_rows()` by the test suite.
+
+Kong validates types, ranges and patterns before a config ever reaches the plugin server; what its
+schema language cannot express (cross-field rules, header name syntax, claim path syntax) is
+checked in `Config.from_kong`, which raises `ConfigError` and so fails the instance start.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from .claims import parse_claim_path
+
+# Asymmetric JWS algorithms only: HMAC would make the key set's public keys into shared secrets,
+# and `none` is no signature at all, so neither can be named in a config.
+ASYMMETRIC_ALGORITHMS = (
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+)
+
+# Headers a claim must never be written into: they change how the request is routed, framed or
+# authenticated upstream.
+RESERVED_HEADERS = frozenset({
+    "host", "authorization", "proxy-authorization", "content-length", "content-type",
+    "transfer-encoding", "connection", "keep-alive", "upgrade", "te", "trailer", "cookie",
+    "expect", "forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto",
+    "x-forwarded-port", "x-forwarded-prefix", "x-real-ip",
+})
+
+_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")  # RFC 9110 token
+_SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")  # RFC 6749 scope-token
+
+
+class ConfigError(ValueError):
+    """A config Kong accepted but the plugin cannot run with; the message names the field."""
+
+
+def setting(description: str, default: Any = dataclasses.MISSING, **kong: Any) -> Any:
+    """A config field: its description and Kong attributes ride in the dataclass metadata."""
+    meta = {"description": description, "kong": kong}
+    if isinstance(default, (list, dict)):
+        frozen = tuple(default) if isinstance(default, list) else dict(default)
+        return field(default_factory=lambda: frozen, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class Config:
+    issuer: str = setting(
+        "The token issuer, matched exactly against the `iss` claim, e.g. "
+        "`https://sso.example.com/realms/acme`. Key discovery uses "
+        "`<issuer>/.well-known/openid-configuration` unless `jwks_uri` is set.",
+        required=True, match="^https?://",
+    )
+    jwks_uri: str | None = setting(
+        "Explicit URL of the realm's JSON Web Key Set. Leave empty to find it through OpenID "
+        "Connect discovery on the issuer. Never taken from a token.",
+        None, match="^https?://",
+    )
+    audiences: tuple[str, ...] = setting(
+        "Accepted audiences: the token's `aud` claim must contain at least one of them. "
+        "Required while `verify_audience` is true (Keycloak adds a client id to `aud` through "
+        "an audience mapper).",
+        [],
+    )
+    verify_audience: bool = setting(
+        "Check the `aud` claim against `audiences`. Turn off only for realms that cannot "
+        "put the API into `aud`; any token of the realm is then accepted.",
+        True,
+    )
+    authorized_parties: tuple[str, ...] = setting(
+        "Accepted authorized parties: when not empty, the token's `azp` claim (the Keycloak "
+        "client that obtained it) must be one of these client ids.",
+        [],
+    )
+    algorithms: tuple[str, ...] = setting(
+        "Accepted signature algorithms. Only asymmetric ones can be named; `none` and HS* "
+        "can never be enabled. The key's type and `alg` must agree with the token too.",
+        ["RS256", "PS256", "ES256", "EdDSA"], elements={"one_of": list(ASYMMETRIC_ALGORITHMS)},
+        len_min=1,
+    )
+    leeway: int = setting(
+        "Clock skew tolerance in seconds applied to `exp`, `nbf`, `iat` and `max_token_age`.",
+        10, between=[0, 300],
+    )
+    max_token_age: int | None = setting(
+        "Refuse tokens whose `iat` is older than this many seconds, whatever their `exp` says. "
+        "Empty means no limit.",
+        None, gt=0,
+    )
+    max_token_size: int = setting(
+        "Largest accepted token, in bytes; longer tokens are refused before any parsing.",
+        8192, between=[512, 65536],
+    )
+    required_scopes: tuple[str, ...] = setting(
+        "Scopes the token's space-separated `scope` claim must carry, combined by "
+        "`scopes_match`. Empty means no scope requirement.",
+        [],
+    )
+    scopes_match: str = setting(
+        "How `required_scopes` combine: `all` needs every listed scope, `any` needs one.",
+        "all", one_of=["all", "any"],
+    )
+    required_roles: tuple[str, ...] = setting(
+        "Roles the token must carry, written `realm:<role>` for realm roles and "
+        "`<client-id>:<role>` for client roles (split at the last colon), combined by "
+        "`roles_match`. Scope and role requirements must both hold.",
+        [], elements={"match": "^.+:[^:]+$"},
+    )
+    roles_match: str = setting(
+        "How `required_roles` combine: `all` needs every listed role, `any` needs one.",
+        "all", one_of=["all", "any"],
+    )
+    claim_headers: dict[str, str] = setting(
+        "Upstream headers to set from token claims: header name to claim path. Paths are "
+        "dot-separated (`realm_access.roles`) or RFC 6901 JSON Pointers (`/a.b/c`). Client "
+        "copies of every listed header are always removed.",
+        {
+            "X-Auth-Subject": "sub",
+            "X-Auth-Username": "preferred_username",
+            "X-Auth-Client": "azp",
+            "X-Auth-Scope": "scope",
+            "X-Auth-Realm-Roles": "realm_access.roles",
+        },
+        keys={"match": "^[%w!#$%%&'*+.^_`|~-]+$"},
+    )
+    header_value_max_length: int = setting(
+        "Longest claim header value in bytes after encoding. A longer value is not "
+        "forwarded (the header is removed) rather than truncated into a wrong value.",
+        2048, between=[16, 16384],
+    )
+    strip_authorization: bool = setting(
+        "Remove the Authorization header before proxying, so the upstream never sees the "
+        "token. Off by default because many upstreams pass the token on.",
+        False,
+    )
+    authenticated_group: str = setting(
+        "Group always handed to Kong's ACL plugin (kong.ctx.shared.authenticated_groups) "
+        "for an accepted token, so ACL can refuse requests this plugin did not accept.",
+        "kcauth:authenticated", len_min=1,
+    )
+    roles_as_groups: bool = setting(
+        "Also hand the token's roles to Kong's ACL plugin as groups, named `realm:<role>` "
+        "and `<client-id>:<role>` like `required_roles`.",
+        True,
+    )
+    realm: str = setting(
+        "The `realm` parameter of the WWW-Authenticate challenge sent with 401 and 403.",
+        "kong", match='^[^%c"\\]+$',
+    )
+    jwks_refresh_interval: int = setting(
+        "Seconds after which held signing keys are refreshed from the key set in the "
+        "background (requests keep using the held keys meanwhile).",
+        300, between=[10, 86400],
+    )
+    jwks_min_refresh_interval: int = setting(
+        "Least seconds between two key set downloads caused by tokens with an unknown key "
+        "id, so a flood of random key ids cannot turn into a flood of downloads.",
+        10, between=[1, 3600],
+    )
+    jwks_max_stale: int = setting(
+        "Seconds held keys stay usable after the last successful key set download while "
+        "the identity provider cannot be reached; past that requests get 503.",
+        3600, between=[10, 604800],
+    )
+    http_timeout: float = setting(
+        "Connect and read timeout in seconds for discovery and key set requests.",
+        3.0, between=[0.1, 30],
+    )
+    token_cache_size: int = setting(
+        "Validated tokens remembered per plugin configuration (by SHA-256 of the token, "
+        "never the token itself, and never past `exp`). 0 disables the cache.",
+        10000, between=[0, 1000000],
+    )
+
+    @classmethod
+    def from_kong(cls, raw: dict[str, Any]) -> Config:
+        """Build the typed config from what Kong sends at StartInstance (defaults applied,
+        plus Kong's own keys such as `__seq__` and `route_id`, which are ignored)."""
+        hints = typing.get_type_hints(cls)
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            value = raw.get(f.name)
+            if value is None:
+                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
+                    continue
+                raise ConfigError(f"config.{f.name} is required")
+            values[f.name] = _coerce(f.name, hints[f.name], value)
+        config = cls(**values)
+        config.check()
+        return config
+
+    def check(self) -> None:
+        """The rules Kong's schema language cannot express."""
+        if self.verify_audience and not self.audiences:
+            raise ConfigError(
+                "config.audiences must name at least one audience while config.verify_audience is true"
+            )
+        if self.jwks_max_stale < self.jwks_refresh_interval:
+            raise ConfigError("config.jwks_max_stale must be at least config.jwks_refresh_interval")
+        if not self.authenticated_group.strip():
+            raise ConfigError("config.authenticated_group must not be blank")
+        seen: set[str] = set()
+        for name, path in self.claim_headers.items():
+            lower = name.lower()
+            if not _HEADER_NAME.match(name):
+                raise ConfigError(f"config.claim_headers: {name!r} is not a valid header name")
+            if lower in RESERVED_HEADERS:
+                raise ConfigError(f"config.claim_headers: {name!r} is reserved and cannot carry a claim")
+            if lower in seen:
+                raise ConfigError(f"config.claim_headers: {name!r} is listed twice (names are case-insensitive)")
+            seen.add(lower)
+            try:
+                parse_claim_path(path)
+            except ValueError as exc:
+                raise ConfigError(f"config.claim_headers[{name!r}]: {exc}") from None
+        for scope in self.required_scopes:
+            if not _SCOPE_TOKEN.match(scope):
+                raise ConfigError(f"config.required_scopes: {scope!r} is not a valid scope token")
+        for role in self.required_roles:
+            owner, _, name = role.rpartition(":")
+            if not owner or not name:
+                raise ConfigError(f"config.required_roles: {role!r} must be `realm:<role>` or `<client-id>:<role>`")
+
+    def fingerprint(self) -> str:
+        """Stable digest of every setting: caches are scoped by it, so an answer computed under
+        one configuration is never served under another."""
+        canonical = json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    @property
+    def discovery_url(self) -> str:
+        return self.issuer.rstrip("/") + "/.well-known/openid-configuration"
+
+
+def _coerce(name: str, hint: Any, value: Any) -> Any:
+    """Turn Kong's JSON value into the field's Python type, refusing anything else."""
+    base = _strip_optional(hint)
+    origin = typing.get_origin(base)
+    if base is bool:
+        ok = isinstance(value, bool)
+    elif base is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif base is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif base is str:
+        ok = isinstance(value, str)
+    elif origin is tuple:
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        value = tuple(value) if ok else value
+    elif origin is dict:
+        ok = isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+    else:  # pragma: no cover - a new field type needs a branch here
+        raise TypeError(f"unsupported config type for {name}: {hint}")
+    if not ok:
+        raise ConfigError(f"config.{name} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _strip_optional(hint: Any) -> Any:
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0]
+    return hint
+
+
+def _kong_type(hint: Any) -> dict[str, Any]:
+    base = _strip_optional(hint)
+    origin = typing.get_origin(base)
+    scalar = {str: "string", int: "integer", float: "number", bool: "boolean"}
+    if base in scalar:
+        return {"type": scalar[base]}
+    if origin is tuple:
+        return {"type": "array", "elements": {"type": "string"}}
+    if origin is dict:
+        return {"type": "map", "keys": {"type": "string"}, "values": {"type": "string"}}
+    raise TypeError(f"no Kong type for {hint}")  # pragma: no cover
+
+
+def kong_schema() -> list[dict[str, Any]]:
+    """The `config` record's fields in Kong's schema language (what `-dump` reports)."""
+    hints = typing.get_type_hints(Config)
+    out: list[dict[str, Any]] = []
+    for f in dataclasses.fields(Config):
+        spec = _kong_type(hints[f.name])
+        attrs = dict(f.metadata["kong"])
+        for part in ("elements", "keys"):
+            if part in attrs:
+                spec[part] = {**spec[part], **attrs.pop(part)}
+        spec.update(attrs)
+        spec["description"] = f.metadata["description"]
+        default = _default_of(f)
+        if default is not None:
+            spec["default"] = list(default) if isinstance(default, tuple) else default
+        elif not attrs.get("required"):
+            spec["required"] = False
+        out.append({f.name: spec})
+    return out
+
+
+def _default_of(f: dataclasses.Field[Any]) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def reference_markdown() -> str:
+    """The README's config reference table (`python -m kong_plugin_kcauth.schema` prints it;
+    a test checks the README against it)."""
+    lines = ["| field | type | default | description |", "| --- | --- | --- | --- |"]
+    for entry in kong_schema():
+        (name, spec), = entry.items()
+        kind = spec["type"]
+        if kind == "array":
+            kind = f"array of {spec['elements']['type']}"
+            if "one_of" in spec["elements"]:
+                kind += " (" + ", ".join(spec["elements"]["one_of"]) + ")"
+        elif kind == "map":
+            kind = "map of string to string"
+        elif "one_of" in spec:
+            kind += " (" + ", ".join(spec["one_of"]) + ")"
+        if "between" in spec:
+            kind += " {}..{}".format(*spec["between"])
+        default = "required" if spec.get("required") else (
+            "none" if "default" not in spec else f"`{json.dumps(spec['default'])}`")
+        lines.append(f"| `{name}` | {kind} | {default} | {spec['description'].replace('|', '&#124;')} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(reference_markdown(), end="")
