@@ -1,0 +1,164 @@
+"""A small local identity provider for fast tests: generated keys, a JWKS and discovery server
+on 127.0.0.1, and a token minter that can also forge every kind of bad token.
+
+Tests about Keycloak's own behaviour use the real Keycloak (tests/keycloak); this is for the
+plugin's mechanics (key rotation timing, outages, forged headers) where a real IdP cannot be
+made to misbehave on demand.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+@dataclass
+class SigningKey:
+    alg: str
+    kid: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    private: Any = None
+
+    def __post_init__(self) -> None:
+        if self.private is None:
+            if self.alg.startswith(("RS", "PS")):
+                self.private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            elif self.alg == "ES256":
+                self.private = ec.generate_private_key(ec.SECP256R1())
+            elif self.alg == "ES384":
+                self.private = ec.generate_private_key(ec.SECP384R1())
+            elif self.alg == "EdDSA":
+                self.private = ed25519.Ed25519PrivateKey.generate()
+            else:
+                raise ValueError(self.alg)
+
+    def jwk(self, use: str = "sig", with_alg: bool = True) -> dict[str, Any]:
+        algo = jwt.get_algorithm_by_name(self.alg)
+        data = json.loads(algo.to_jwk(self.private.public_key()))
+        data.update(kid=self.kid, use=use)
+        if with_alg:
+            data["alg"] = self.alg
+        return data
+
+    def public_pem(self) -> bytes:
+        return self.private.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+class Minter:
+    """Issues tokens shaped like Keycloak's access tokens."""
+
+    def __init__(self, issuer: str, key: SigningKey, audience: str = "orders-api", azp: str = "test-cli") -> None:
+        self.issuer = issuer
+        self.key = key
+        self.audience = audience
+        self.azp = azp
+
+    def claims(self, **overrides: Any) -> dict[str, Any]:
+        now = int(time.time())
+        claims: dict[str, Any] = {
+            "exp": now + 300, "iat": now, "jti": str(uuid.uuid4()), "iss": self.issuer,
+            "aud": [self.audience, "account"], "sub": "4f6c3c1e-0b0e-4d0c-9a57-2b1c3c7d9e01",
+            "typ": "Bearer", "azp": self.azp, "sid": str(uuid.uuid4()),
+            "scope": "openid profile email orders:read",
+            "realm_access": {"roles": ["user", "offline_access"]},
+            "resource_access": {self.audience: {"roles": ["reader"]}},
+            "preferred_username": "alice", "email": "alice@example.com",
+        }
+        for k, v in overrides.items():
+            if v is DROP:
+                claims.pop(k, None)
+            else:
+                claims[k] = v
+        return claims
+
+    def token(self, key: SigningKey | None = None, headers: dict[str, Any] | None = None,
+              **claims: Any) -> str:
+        key = key or self.key
+        hdr = {"kid": key.kid, "typ": "JWT", **(headers or {})}
+        return jwt.encode(self.claims(**claims), key.private, algorithm=key.alg, headers=hdr)
+
+
+DROP = object()  # pass as a claim value to remove that claim
+
+
+def forge(header: dict[str, Any], claims: dict[str, Any], signature: bytes = b"") -> str:
+    """A token with arbitrary header and signature bytes (alg none, HS256 with a public key...)."""
+    return ".".join([b64url(json.dumps(header).encode()), b64url(json.dumps(claims).encode()),
+                     b64url(signature)])
+
+
+class LocalIdP:
+    """Serves discovery and a mutable JWKS on 127.0.0.1, counting requests."""
+
+    def __init__(self) -> None:
+        self.keys: list[dict[str, Any]] = []
+        self.jwks_requests = 0
+        self.discovery_requests = 0
+        self.fail_with: int | None = None  # answer this HTTP status instead
+        self.delay = 0.0
+        self._lock = threading.Lock()
+        idp = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if idp.delay:
+                    time.sleep(idp.delay)
+                if self.path.endswith("/.well-known/openid-configuration"):
+                    with idp._lock:
+                        idp.discovery_requests += 1
+                    body = {"issuer": idp.issuer, "jwks_uri": idp.jwks_uri}
+                elif self.path.endswith("/certs"):
+                    with idp._lock:
+                        idp.jwks_requests += 1
+                    body = {"keys": list(idp.keys)}
+                else:
+                    self.send_error(404)
+                    return
+                if idp.fail_with:
+                    self.send_error(idp.fail_with)
+                    return
+                data = json.dumps(body).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread: threading.Thread | None = None
+
+    @property
+    def issuer(self) -> str:
+        return f"http://127.0.0.1:{self.port}/realms/test"
+
+    @property
+    def jwks_uri(self) -> str:
+        return f"{self.issuer}/protocol/openid-connect/certs"
+
+    def start(self) -> LocalIdP:
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

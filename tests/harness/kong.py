@@ -1,0 +1,457 @@
+"""Kong's side of the plugin-server protocol, emulated for tests.
+
+Written from Kong 3.9.3's source (github Kong/kong, tag 3.9.3); each piece names its origin:
+- kong/runloop/plugin_servers/process.lua: the query command's JSON (first plugin only), the
+  start command run as `exec <cmd>` with stdout and stderr merged;
+- kong/runloop/plugin_servers/rpc/mp_rpc.lua: `Rpc:call` (one MessagePack-RPC request per call
+  on a pooled Unix socket connection), `bridge_loop` (HandleEvent, then one typed Step per PDK
+  call until "ret"), `must_fix` (header multimaps: a single value becomes a one-element array),
+  `get_step_method` (StepMultiMap, StepError, ...), and `Rpc:handle_event`: an RPC error is only
+  logged and the request goes on to be proxied (FAIL-OPEN), except "no plugin instance", which
+  resets the instance and retries;
+- kong/runloop/plugin_servers/plugin.lua: `get_instance_id` (instances keyed per worker by plugin
+  id and `__seq__`, a failed StartInstance raises a Lua error, a replaced instance is closed) and
+  the `exposed_api` overrides;
+- kong/init.lua `execute_collecting_plugins_iterator`: plugins run by priority in coroutines, a Lua
+  error becomes 500 {"message":"An unexpected error occurred"}, a `delayed_response` stops the
+  remaining plugins;
+- kong/pdk/response.lua `exit`: inside the access phase the response is stored and the plugin's
+  coroutine yields, so the plugin server never gets a Step for it;
+- kong/pdk/service/request.lua `set_headers` / `set_header` / `clear_header` and
+  kong/pdk/private/checks.lua: header type checks (a bad value is a Lua error) and replacement
+  semantics (an empty array removes the header, "" becomes " ");
+- kong/plugins/acl/handler.lua and groups.lua: the bundled ACL plugin (priority 950) for a request
+  without a consumer: no `authenticated_groups` → 401, not allowed → 403.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from . import kong_schema
+
+UNEXPECTED = {"message": "An unexpected error occurred"}
+# kong/pdk/response.lua: kong.response.error's default messages.
+_ERROR_MESSAGES = {401: "Unauthorized", 403: "Forbidden"}
+
+
+class RpcError(Exception):
+    """What `Rpc:call` returns as its second value: a transport or server-side error."""
+
+
+class LuaError(Exception):
+    """A Lua runtime error inside a plugin's coroutine (Kong answers 500)."""
+
+
+# --- the plugin server process (process.lua) ---------------------------------------------------
+
+class PluginServerProcess:
+    """The plugin server, started with the exact command line Kong would be configured with."""
+
+    def __init__(self, prefix: Path, start_cmd: str, query_cmd: str, socket_path: Path,
+                 env: dict[str, str] | None = None) -> None:
+        self.prefix = prefix
+        self.start_cmd = start_cmd
+        self.query_cmd = query_cmd
+        self.socket_path = socket_path
+        self.env = {**os.environ, **(env or {})}
+        self.log_path = prefix / "pluginserver.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def query(self) -> dict[str, Any]:
+        """process.lua query_external_plugin_info: JSON-decode stdout, keep the first plugin."""
+        out = subprocess.run(self.query_cmd, shell=True, capture_output=True, env=self.env,
+                             timeout=60, check=True).stdout
+        dump = json.loads(out)
+        return (dump.get("Plugins") if isinstance(dump, dict) else dump)[0]
+
+    def start(self, timeout: float = 20.0) -> None:
+        if self.socket_path.exists():
+            self.socket_path.unlink()
+        log = open(self.log_path, "ab")
+        # process.lua: ngx_pipe.spawn("exec " .. start_command, { merge_stderr = true })
+        self.proc = subprocess.Popen(["/bin/sh", "-c", "exec " + self.start_cmd], stdout=log,
+                                     stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"plugin server exited at start:\n{self.log()}")
+            if self.socket_path.exists():
+                try:
+                    with socket.socket(socket.AF_UNIX) as s:
+                        s.connect(str(self.socket_path))
+                    return
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        raise RuntimeError(f"plugin server did not listen on {self.socket_path}:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+# --- MessagePack-RPC client (mp_rpc.lua Rpc:call) ------------------------------------------------
+
+class Rpc:
+    """One request per call on a pooled connection, as Kong's cosockets with keepalive."""
+
+    def __init__(self, socket_path: Path, timeout: float) -> None:
+        self.socket_path = socket_path
+        self.timeout = timeout
+        self._ids = itertools.count(1)
+        self._pool: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self.calls: list[str] = []  # method names, for round-trip counting
+
+    def call(self, method: str, *args: Any) -> Any:
+        msgid = next(self._ids)
+        self.calls.append(method)
+        conn = self._checkout()
+        try:
+            # Lua strings are byte strings and lua-MessagePack packs them as MessagePack `str`
+            # whatever their bytes: use_bin_type=False does the same for Python bytes.
+            conn.sendall(msgpack.packb([0, msgid, method, list(args)], use_bin_type=False))
+            unpacker = msgpack.Unpacker(raw=False, strict_map_key=False,
+                                        unicode_errors="surrogateescape")
+            while True:
+                chunk = conn.recv(65536)
+                if not chunk:
+                    raise RpcError("no data")
+                unpacker.feed(chunk)
+                for msg in unpacker:
+                    if msg[0] == 2:  # notification [2, label, args]
+                        continue
+                    if msg[0] != 1 or msg[1] != msgid:
+                        raise RpcError("unexpected RPC response")
+                    self._checkin(conn)
+                    conn = None
+                    if msg[2] is not None:
+                        raise RpcError(str(msg[2]))
+                    return msg[3]
+        except OSError as exc:
+            raise RpcError(f"socket: {exc}") from None
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _checkout(self) -> socket.socket:
+        with self._lock:
+            if self._pool:
+                return self._pool.pop()
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(self.timeout)
+        try:
+            s.connect(str(self.socket_path))
+        except OSError as exc:
+            s.close()
+            raise RpcError(f"trying to connect: {exc}") from None
+        return s
+
+    def _checkin(self, conn: socket.socket) -> None:
+        with self._lock:
+            self._pool.append(conn)
+
+    def close(self) -> None:
+        with self._lock:
+            for s in self._pool:
+                s.close()
+            self._pool.clear()
+
+
+# --- a request as it flows through Kong ----------------------------------------------------------
+
+Header = tuple[str, "str | bytes"]
+
+
+@dataclass
+class Request:
+    headers: list[Header]
+    method: str = "GET"
+    path: str = "/"
+    ctx_shared: dict[str, Any] = field(default_factory=dict)
+    delayed_response: tuple[int, Any, dict[str, Any]] | None = None
+    pdk_calls: list[str] = field(default_factory=list)
+
+    def multimap(self, max_headers: int = 100) -> dict[str, list[Any]]:
+        """ngx.req.get_headers(): lower-cased names, first 100 headers, then must_fix."""
+        out: dict[str, list[Any]] = {}
+        for name, value in self.headers[:max_headers]:
+            out.setdefault(name.lower(), []).append(value)
+        return out
+
+    def set_header(self, name: str, value: Any) -> None:
+        """ngx.req.set_header after checks.normalize_multi_header."""
+        values = value if isinstance(value, list) else [value]
+        values = [" " if v == "" else (v if isinstance(v, (str, bytes)) else _lua_tostring(v))
+                  for v in values]
+        self.headers = [(n, v) for n, v in self.headers if n.lower() != name.lower()]
+        self.headers.extend((name, v) for v in values)
+
+
+@dataclass
+class Response:
+    status: int
+    body: Any
+    headers: dict[str, str]
+    proxied: bool
+    upstream_headers: list[Header]
+    ctx_shared: dict[str, Any]
+    pdk_calls: list[str]
+    errors: list[str]
+
+    def upstream(self, name: str) -> list[str | bytes]:
+        return [v for n, v in self.upstream_headers if n.lower() == name.lower()]
+
+
+def _lua_tostring(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def _check_header_value(name: Any, value: Any) -> None:
+    """kong/pdk/private/checks.lua validate_header(s): wrong types are Lua errors."""
+    if not isinstance(name, str):
+        raise LuaError(f"invalid header name {name!r}")
+    if isinstance(value, list):
+        if not all(isinstance(v, (str, bytes)) for v in value):
+            raise LuaError(f"invalid header value in array {name!r}")
+    elif not isinstance(value, (str, bytes, int, float, bool)):
+        raise LuaError(f"invalid header value for {name!r}")
+
+
+@dataclass
+class PluginEntity:
+    """A plugin row of Kong's database / declarative config."""
+
+    name: str
+    config: dict[str, Any]
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    route_id: str | None = None
+    service_id: str | None = None
+    seq: int = 0
+
+
+class Kong:
+    """The gateway: plugin entities, per-worker instances, and the access phase."""
+
+    def __init__(self, server: PluginServerProcess, workers: int = 1, rpc_timeout: float = 10.0) -> None:
+        self.server = server
+        self.info = server.query()
+        self.name: str = self.info["Name"]
+        self.priority: int = self.info["Priority"]
+        self.config_field = self.info["Schema"]["fields"][0]["config"]
+        self.rpc = Rpc(server.socket_path, rpc_timeout)
+        self.workers = workers
+        self._worker = itertools.cycle(range(workers))
+        self._seq = itertools.count(1)
+        # plugin.lua running_instances, one table per nginx worker
+        self._instances: list[dict[str, dict[str, Any]]] = [{} for _ in range(workers)]
+        self._lock = threading.Lock()
+        self.error_log: list[str] = []
+
+    # -- configuration (Admin API / declarative config) --
+
+    def plugin(self, config: dict[str, Any], route_id: str | None = None) -> PluginEntity:
+        """Validate and default a config as Kong does on insert; raises ValueError if invalid."""
+        full = kong_schema.apply_defaults(self.config_field, config)
+        problems = kong_schema.validate_config(self.config_field, full)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return PluginEntity(self.name, full, route_id=route_id or str(uuid.uuid4()), seq=next(self._seq))
+
+    def update(self, entity: PluginEntity, config: dict[str, Any]) -> PluginEntity:
+        new = self.plugin(config, entity.route_id)
+        new.id = entity.id
+        return new
+
+    # -- the access phase (kong/init.lua) --
+
+    def request(self, entity: PluginEntity, headers: Iterable[Header] = (),
+                acl_allow: list[str] | None = None, worker: int | None = None) -> Response:
+        req = Request(headers=list(headers))
+        errors: list[str] = []
+        worker = next(self._worker) if worker is None else worker
+        try:
+            self._handle_event(entity, req, worker, errors)
+        except LuaError as exc:  # execute_collecting_plugins_iterator: coroutine failed
+            errors.append(str(exc))
+            req.delayed_response = (500, UNEXPECTED, {})
+        if req.delayed_response is None and acl_allow is not None:
+            self._acl(req, acl_allow)
+        self.error_log.extend(errors)
+        if req.delayed_response is not None:
+            status, body, hdrs = req.delayed_response
+            return Response(status, body, {k: str(v) for k, v in (hdrs or {}).items()}, False, [],
+                            req.ctx_shared, req.pdk_calls, errors)
+        return Response(200, None, {}, True, req.headers, req.ctx_shared, req.pdk_calls, errors)
+
+    def _handle_event(self, entity: PluginEntity, req: Request, worker: int, errors: list[str]) -> None:
+        """mp_rpc.lua Rpc:handle_event."""
+        try:
+            instance_id = self._instance_id(entity, worker)
+        except RpcError as exc:  # plugin.lua get_instance_id: error(err) → Lua error
+            raise LuaError(f"starting instance: {exc}") from None
+        try:
+            self._bridge_loop(instance_id, "access", req)
+        except RpcError as exc:
+            if "no plugin instance" in str(exc).lower():
+                self._reset_instances()
+                errors.append(f"warn: {exc}")
+                return self._handle_event(entity, req, worker, errors)
+            errors.append(str(exc))  # kong.log.err(err), and the request goes on: FAIL-OPEN
+
+    def _bridge_loop(self, instance_id: int, phase: str, req: Request) -> None:
+        step = self.rpc.call("plugin.HandleEvent", {"InstanceId": instance_id, "EventName": phase})
+        event_id = step["EventId"]
+        while step["Data"] != "ret":
+            method, args = step["Data"]["Method"], step["Data"].get("Args") or []
+            req.pdk_calls.append(method)
+            result, err = self._call_pdk(req, method, args)
+            if req.delayed_response is not None and method in ("kong.response.exit", "kong.response.error"):
+                return  # the plugin's coroutine yielded: no Step is ever sent
+            if result is None and err is not None:
+                step_method, data = "plugin.StepError", err
+            else:
+                step_method, data = _STEP_METHODS.get(method, "plugin.Step"), result
+            step = self.rpc.call(step_method, {"EventId": event_id, "Data": data})
+
+    def _instance_id(self, entity: PluginEntity, worker: int) -> int:
+        """plugin.lua get_instance_id (the wait-for-claim loop is a lock here)."""
+        with self._lock:
+            running = self._instances[worker]
+            info = running.get(entity.id)
+            if info and info["seq"] == entity.seq:
+                return info["id"]
+            conf = kong_schema.kong_config_for_instance(
+                self.config_field, entity.config, plugin_id=entity.id, seq=entity.seq,
+                route_id=entity.route_id, service_id=entity.service_id)
+            status = self.rpc.call("plugin.StartInstance", {"Name": self.name, "Config": json.dumps(conf)})
+            running[entity.id] = {"id": status["Id"], "seq": entity.seq}
+            if info:
+                try:
+                    self.rpc.call("plugin.CloseInstance", info["id"])
+                except RpcError:
+                    pass  # "don't care if there's an error, maybe other thread closed it first"
+            return status["Id"]
+
+    def _reset_instances(self) -> None:
+        with self._lock:
+            for running in self._instances:
+                running.clear()
+
+    # -- the PDK functions the plugin may call (exposed_api and kong.pdk) --
+
+    def _call_pdk(self, req: Request, method: str, args: list[Any]) -> tuple[Any, Any]:
+        if method == "kong.request.get_headers":
+            return req.multimap(*(args[:1] or [100])), None
+        if method == "kong.request.get_header":
+            values = req.multimap().get(str(args[0]).lower().replace("_", "-"))
+            return (values[0] if values else None), None
+        if method == "kong.service.request.set_headers":
+            headers = args[0] if args else None
+            if not isinstance(headers, dict):
+                raise LuaError("headers must be a table")
+            for k, v in headers.items():
+                _check_header_value(k, v)
+            for k, v in sorted(headers.items()):
+                req.set_header(k, v)
+            return None, None
+        if method == "kong.service.request.set_header":
+            _check_header_value(args[0], args[1])
+            req.set_header(args[0], args[1])
+            return None, None
+        if method == "kong.service.request.clear_header":
+            req.set_header(args[0], [])
+            return None, None
+        if method == "kong.ctx.shared.set":
+            req.ctx_shared[args[0]] = args[1]
+            return None, None
+        if method == "kong.ctx.shared.get":
+            return req.ctx_shared.get(args[0]), None
+        if method == "kong.response.exit":
+            status, body, headers = (list(args) + [None, None, None])[:3]
+            if not isinstance(status, int) or not 100 <= status <= 599:
+                raise LuaError("code must be a number between 100 and 599")
+            req.delayed_response = (status, body, headers or {})
+            return None, None
+        if method == "kong.response.error":
+            status = args[0]
+            message = args[1] if len(args) > 1 and args[1] else _ERROR_MESSAGES.get(status, "")
+            req.delayed_response = (status, {"message": message}, (args[2] if len(args) > 2 else None) or {})
+            return None, None
+        if method.startswith("kong.log."):
+            level = method.rsplit(".", 1)[1]
+            self.error_log.append(f"[{level}] " + " ".join(str(a) for a in args))
+            return None, None
+        # mp_rpc.lua call_pdk_method: unknown method → logged, nil result, plugin.Step
+        self.error_log.append(f"could not find pdk method: {method}")
+        return None, None
+
+    # -- the bundled ACL plugin, priority 950 (runs after the plugin) --
+
+    def _acl(self, req: Request, allow: list[str]) -> None:
+        groups = req.ctx_shared.get("authenticated_groups")
+        if not isinstance(groups, list):
+            req.delayed_response = (401, {"message": "Unauthorized"}, {})
+        elif not set(groups) & set(allow):
+            req.delayed_response = (403, {"message": "You cannot consume this service"}, {})
+        else:
+            req.set_header("X-Authenticated-Groups", ", ".join(g for g in groups if g in allow))
+
+
+_STEP_METHODS = {
+    "kong.client.get_credential": "plugin.StepCredential",
+    "kong.client.load_consumer": "plugin.StepConsumer",
+    "kong.client.get_consumer": "plugin.StepConsumer",
+    "kong.client.authenticate": "plugin.StepCredential",
+    "kong.node.get_memory_stats": "plugin.StepMemoryStats",
+    "kong.router.get_route": "plugin.StepRoute",
+    "kong.router.get_service": "plugin.StepService",
+    "kong.request.get_query": "plugin.StepMultiMap",
+    "kong.request.get_headers": "plugin.StepMultiMap",
+    "kong.response.get_headers": "plugin.StepMultiMap",
+    "kong.service.response.get_headers": "plugin.StepMultiMap",
+}
+
+
+def kcauth_commands(prefix: Path, extra: str = "") -> tuple[str, str, Path]:
+    """The start and query commands of the README's kong.conf, for a given prefix."""
+    socket_path = prefix / "kcauth.socket"
+    start = f"kcauth-pluginserver --kong-prefix {shlex.quote(str(prefix))} --socket-name kcauth.socket {extra}".strip()
+    return start, "kcauth-pluginserver --dump", socket_path

@@ -1,0 +1,88 @@
+"""The config definition: Kong's schema, the typed config and the README reference agree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kong_plugin_kcauth import __version__
+from kong_plugin_kcauth.schema import Config, ConfigError, kong_schema, reference_markdown
+from tests.harness import kong_schema as kong
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def plugin_schema() -> dict[str, Any]:
+    return {"name": "kcauth", "fields": [{"config": {"type": "record", "fields": kong_schema()}}]}
+
+
+def config_field() -> dict[str, Any]:
+    return plugin_schema()["fields"][0]["config"]
+
+
+def test_schema_passes_kongs_metaschema() -> None:
+    assert kong.check_plugin_schema(plugin_schema()) == []
+
+
+def test_every_field_is_described() -> None:
+    assert kong.check_descriptions(plugin_schema()) == []
+
+
+def test_a_minimal_config_defaulted_by_kong_is_a_working_config() -> None:
+    raw = kong.apply_defaults(config_field(), {"issuer": "https://sso.example.com/realms/acme",
+                                               "audiences": ["orders-api"]})
+    assert kong.validate_config(config_field(), raw) == []
+    config = Config.from_kong(raw)
+    assert config.algorithms == ("RS256", "PS256", "ES256", "EdDSA")
+    assert config.discovery_url == "https://sso.example.com/realms/acme/.well-known/openid-configuration"
+    assert config.verify_audience and config.leeway == 10
+
+
+def test_typed_config_ignores_kongs_own_keys() -> None:
+    raw = kong.kong_config_for_instance(
+        config_field(), kong.apply_defaults(config_field(), {"issuer": "https://a/realms/b", "audiences": ["x"]}),
+        plugin_id="p1", seq=3, route_id="r1")
+    assert Config.from_kong(raw).issuer == "https://a/realms/b"
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"audiences": []}, "audiences must name at least one audience"),
+    ({"jwks_max_stale": 10, "jwks_refresh_interval": 300}, "jwks_max_stale"),
+    ({"claim_headers": {"Authorization": "sub"}}, "reserved"),
+    ({"claim_headers": {"Host": "sub"}}, "reserved"),
+    ({"claim_headers": {"X-A": "sub", "x-a": "azp"}}, "listed twice"),
+    ({"claim_headers": {"X A": "sub"}}, "not a valid header name"),
+    ({"claim_headers": {"X-A": "a..b"}}, "empty segment"),
+    ({"required_scopes": ['a"b']}, "not a valid scope token"),
+    ({"required_roles": [":x"]}, "realm:<role>"),
+    ({"leeway": "10"}, "wrong type"),
+    ({"issuer": None}, "issuer is required"),
+])
+def test_combinations_kong_cannot_express_fail_the_instance_start(change: dict[str, Any], message: str) -> None:
+    raw = kong.apply_defaults(config_field(), {"issuer": "https://a/realms/b", "audiences": ["x"]})
+    raw.update(change)
+    with pytest.raises(ConfigError, match=message):
+        Config.from_kong(raw)
+
+
+def test_fingerprint_changes_with_any_setting() -> None:
+    base = Config.from_kong({"issuer": "https://a/realms/b", "audiences": ["x"]})
+    other = Config.from_kong({"issuer": "https://a/realms/b", "audiences": ["x"], "leeway": 11})
+    assert base.fingerprint() == Config.from_kong({"issuer": "https://a/realms/b", "audiences": ["x"]}).fingerprint()
+    assert base.fingerprint() != other.fingerprint()
+
+
+def test_readme_reference_matches_the_schema() -> None:
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("<!-- config-reference:start -->\n") + len("<!-- config-reference:start -->\n")
+    end = readme.index("<!-- config-reference:end -->")
+    assert readme[start:end] == reference_markdown(), "run `make reference` and paste it into README.md"
+
+
+def test_version_is_the_package_version() -> None:
+    import tomllib
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["version"] == __version__

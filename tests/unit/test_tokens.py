@@ -1,0 +1,139 @@
+"""Token validation rules, without the plugin server."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from kong_plugin_kcauth import errors
+from kong_plugin_kcauth.tokens import Rules, audiences_of, check_claims, split, validate
+from tests.harness.idp import DROP, Minter, SigningKey, forge
+
+ISS = "https://sso.example.com/realms/acme"
+RULES = Rules(issuer=ISS, audiences=frozenset({"orders-api"}), verify_audience=True,
+              authorized_parties=frozenset(), algorithms=frozenset({"RS256", "ES256", "EdDSA"}),
+              leeway=10, max_token_age=None, max_token_size=8192)
+KEY = SigningKey("RS256")
+MINTER = Minter(ISS, KEY)
+
+
+def lookup(kid: str | None, alg: str) -> Any:
+    if kid != KEY.kid:
+        raise errors.UnknownKey()
+    return KEY.private.public_key()
+
+
+def claims(**kw: Any) -> dict[str, Any]:
+    return MINTER.claims(**kw)
+
+
+def test_valid_token_returns_its_claims() -> None:
+    token = MINTER.token()
+    assert validate(token, RULES, lookup, time.time())["preferred_username"] == "alice"
+
+
+@pytest.mark.parametrize("alg", ["ES256", "EdDSA"])
+def test_other_asymmetric_algorithms_verify(alg: str) -> None:
+    key = SigningKey(alg)
+    token = Minter(ISS, key).token()
+    assert validate(token, RULES, lambda kid, a: key.private.public_key(), time.time())["iss"] == ISS
+
+
+@pytest.mark.parametrize("token", ["", "a.b", "a.b.c.d", "a b.c.d", "e30.e30.!!", "W10.e30.AA", "e30.W10.AA", ".e30.AA", "e30..AA"])
+def test_malformed_compact_forms(token: str) -> None:
+    with pytest.raises(errors.MalformedToken):
+        split(token)
+
+
+def test_claims_are_checked_before_any_key_lookup() -> None:
+    def must_not_be_called(kid: str | None, alg: str) -> Any:
+        raise AssertionError("key lookup for a token that fails its claims")
+
+    token = MINTER.token(iss="https://other/realms/acme")
+    with pytest.raises(errors.WrongIssuer):
+        validate(token, RULES, must_not_be_called, time.time())
+
+
+def test_a_valid_signature_from_another_key_fails() -> None:
+    token = MINTER.token(key=SigningKey("RS256"), headers={"kid": KEY.kid})
+    with pytest.raises(errors.BadSignature):
+        validate(token, RULES, lookup, time.time())
+
+
+def test_header_typ_must_be_an_access_token_type() -> None:
+    for typ, ok in [("JWT", True), ("at+jwt", True), ("application/at+jwt", True), ("AT+JWT", True),
+                    ("logout+jwt", False), ("JWE", False), (7, False)]:
+        token = forge({"alg": "RS256", "typ": typ, "kid": KEY.kid}, claims())
+        if ok:
+            with pytest.raises(errors.BadSignature):  # header accepted, forged signature refused
+                validate(token, RULES, lookup, time.time())
+        else:
+            with pytest.raises(errors.NotAnAccessToken):
+                validate(token, RULES, lookup, time.time())
+
+
+@pytest.mark.parametrize(("overrides", "refusal"), [
+    ({"exp": DROP}, errors.MalformedToken),
+    ({"exp": "tomorrow"}, errors.MalformedToken),
+    ({"exp": True}, errors.MalformedToken),
+    ({"iss": ISS + "/"}, errors.WrongIssuer),
+    ({"iss": ISS.upper()}, errors.WrongIssuer),
+    ({"iss": [ISS]}, errors.WrongIssuer),
+    ({"typ": "ID"}, errors.NotAnAccessToken),
+    ({"typ": DROP}, errors.NotAnAccessToken),
+    ({"aud": ["orders"]}, errors.WrongAudience),
+    ({"aud": [["orders-api"]]}, errors.WrongAudience),
+    ({"aud": {"orders-api": 1}}, errors.WrongAudience),
+])
+def test_claim_refusals(overrides: dict[str, Any], refusal: type[errors.Refusal]) -> None:
+    with pytest.raises(refusal):
+        check_claims(claims(**overrides), RULES, time.time())
+
+
+def test_time_rules_use_the_leeway_on_each_side() -> None:
+    now = 1_000_000.0
+    base = {"iat": now, "nbf": now}
+    check_claims(claims(**base, exp=now - 10), RULES, now)
+    with pytest.raises(errors.Expired):
+        check_claims(claims(**base, exp=now - 11), RULES, now)
+    check_claims(claims(exp=now + 60, iat=now, nbf=now + 10), RULES, now)
+    with pytest.raises(errors.NotYetValid):
+        check_claims(claims(exp=now + 60, iat=now, nbf=now + 11), RULES, now)
+    with pytest.raises(errors.NotYetValid):
+        check_claims(claims(exp=now + 60, iat=now + 11), RULES, now)
+
+
+def test_max_token_age_needs_and_bounds_iat() -> None:
+    now = 1_000_000.0
+    rules = Rules(**{**RULES.__dict__, "max_token_age": 60})
+    check_claims(claims(exp=now + 60, iat=now - 70), rules, now)
+    with pytest.raises(errors.TooOld):
+        check_claims(claims(exp=now + 60, iat=now - 71), rules, now)
+    with pytest.raises(errors.MalformedToken):
+        check_claims(claims(exp=now + 60, iat=DROP), rules, now)
+
+
+def test_authorized_parties() -> None:
+    rules = Rules(**{**RULES.__dict__, "authorized_parties": frozenset({"web"})})
+    check_claims(claims(azp="web"), rules, time.time())
+    for azp in ("test-cli", ["web"], None):
+        with pytest.raises(errors.WrongAuthorizedParty):
+            check_claims(claims(azp=azp), rules, time.time())
+
+
+def test_audience_check_can_be_off() -> None:
+    rules = Rules(**{**RULES.__dict__, "verify_audience": False, "audiences": frozenset()})
+    check_claims(claims(aud=DROP), rules, time.time())
+
+
+def test_audiences_of() -> None:
+    assert audiences_of({"aud": "a"}) == {"a"}
+    assert audiences_of({"aud": ["a", 1, None, "b"]}) == {"a", "b"}
+    assert audiences_of({}) == frozenset()
+
+
+def test_size_limit_comes_first() -> None:
+    with pytest.raises(errors.TokenTooLarge):
+        validate("x" * 8193, RULES, lookup, time.time())
