@@ -35,7 +35,9 @@ def _session(revalidate: bool) -> requests_cache.CachedSession:
             if s is None:
                 s = requests_cache.CachedSession(
                     backend="memory",
-                    expire_after=DISCOVERY_MAX_AGE,
+                    # 0: stored but stale at once, so every GET asks the provider again
+                    # (conditionally when it sent an ETag or Last-Modified).
+                    expire_after=0 if revalidate else DISCOVERY_MAX_AGE,
                     allowable_codes=(200,),
                     stale_if_error=not revalidate,
                 )
@@ -49,7 +51,7 @@ def get_json(url: str, timeout: float, *, revalidate: bool) -> dict[str, Any]:
     """GET a JSON object. `revalidate` asks the provider every time (conditionally when it sent
     validators); otherwise a cached copy up to DISCOVERY_MAX_AGE old is used."""
     try:
-        resp = _session(revalidate).get(url, timeout=(timeout, timeout), refresh=revalidate)
+        resp = _session(revalidate).get(url, timeout=(timeout, timeout))
     except requests.RequestException as exc:
         raise FetchError(f"GET {url} failed: {type(exc).__name__}") from None
     if resp.status_code != 200:

@@ -98,6 +98,8 @@ def _listener_class() -> type:
     from kong_pdk.exception import PDKException, PluginServerException
     from kong_pdk.listener import UnixStreamServer
 
+    from .schema import ConfigError
+
     def method_name(rpc: str) -> str:
         # "plugin.StepMultiMap" -> "step_multi_map", the PluginServer method serving it.
         return re.sub(r"(?<!^)([A-Z])", r"_\1", rpc.partition(".")[2]).lower()
@@ -124,7 +126,8 @@ def _listener_class() -> type:
                 return [1, msgid, f"RPC for {method} is not supported", None]
             try:
                 result = getattr(self.ps, method_name(method))(*params)
-            except (PluginServerException, PDKException) as exc:
+            except (PluginServerException, PDKException, ConfigError) as exc:
+                # Kong logs this; a ConfigError names the setting the operator must fix.
                 return [1, msgid, str(exc), None]
             except Exception as exc:  # noqa: BLE001 - answer Kong rather than drop it
                 self.logger.error(f"rpc {method} failed: {type(exc).__name__}")

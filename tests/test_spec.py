@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.harness.idp import LocalIdP, Minter, SigningKey, b64url, forge
+from tests.harness.idp import DROP, LocalIdP, Minter, SigningKey, b64url, forge, jwt_part
 from tests.harness.kong import Kong
 
 SPEC = Path(__file__).resolve().parent.parent / "spec"
@@ -51,8 +51,6 @@ class SpecIdP:
         return placeholders.get(value, value) if isinstance(value, str) else value
 
     def make_token(self, spec: dict[str, Any]) -> str:
-        from tests.harness.idp import DROP
-
         claims = {k: DROP if v == "$drop" else self.resolve(v) for k, v in spec.get("claims", {}).items()}
         if "pad_to" in spec:
             claims["pad"] = "x" * spec["pad_to"]
@@ -78,15 +76,9 @@ class SpecIdP:
         token = self.minter.token(key=key, headers=header or None, **claims)
         if spec.get("tamper"):
             head, payload, sig = token.split(".")
-            changed = json.loads(_unb64(payload)) | {"sub": "someone-else"}
+            changed = jwt_part(token, 1) | {"sub": "someone-else"}
             token = ".".join([head, b64url(json.dumps(changed).encode()), sig])
         return token
-
-
-def _unb64(segment: str) -> bytes:
-    import base64
-
-    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,15 @@ def b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+def unb64url(segment: str) -> bytes:
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def jwt_part(token: str, index: int) -> dict[str, Any]:
+    """A token's decoded header (0) or claims (1), unverified: for test assertions only."""
+    return json.loads(unb64url(token.split(".")[index]))
+
+
 @dataclass
 class SigningKey:
     alg: str
