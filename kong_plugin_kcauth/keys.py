@@ -8,6 +8,7 @@ shared by every plugin instance in the process. Rules:
 - held keys are refreshed in the background every `refresh_interval`; requests never wait on it;
 - a token with an unknown `kid` triggers at most one download per `min_refresh_interval`, shared
   by every request that needs it (single-flight), so random kids cannot flood the provider;
+  failed downloads are retried at most once per `min_refresh_interval` too;
 - when the provider is down, held keys keep working until `max_stale` after the last successful
   download; with none usable, `KeysUnavailable` (503).
 """
@@ -123,6 +124,7 @@ class KeySet:
         self._keys: dict[str | None, tuple[Jwk, ...]] = {}
         self._fetched_at: float | None = None  # last successful download
         self._last_attempt = float("-inf")
+        self._last_kid_refresh = float("-inf")
         self._inflight: threading.Event | None = None
         self._lock = threading.Lock()
         self.downloads = 0  # successful and failed attempts, for tests and the benchmark
@@ -141,7 +143,7 @@ class KeySet:
         jwk = select_key(keys, kid, alg)
         if jwk is None and kid not in keys:
             # Maybe the realm rotated: ask again, at most once per min_refresh_interval.
-            if self.refresh(wait=True):
+            if self.refresh(wait=True, unknown_kid=True):
                 jwk = select_key(self._keys, kid, alg)
         if jwk is None:
             raise UnknownKey()
@@ -157,16 +159,23 @@ class KeySet:
             return None
         return self._keys
 
-    def refresh(self, wait: bool) -> bool:
-        """Start (or join) one download. Returns False when rate-limited, i.e. nothing was
-        attempted or joined because the last attempt was under `min_refresh_interval` ago."""
+    def refresh(self, wait: bool, *, unknown_kid: bool = False) -> bool:
+        """Start (or join) one download. Returns False when rate-limited: nothing was attempted
+        or joined because the last attempt of the same kind was under `min_refresh_interval`
+        ago. Downloads for unknown kids are paced on their own, so a rotation right after a
+        routine refresh is still picked up at once, while a flood of random kids gets at most
+        one download per interval."""
         with self._lock:
             event = self._inflight
             leader = event is None
             if leader:
-                if self._clock() - self._last_attempt < self.source.min_refresh_interval:
+                now = self._clock()
+                last = self._last_kid_refresh if unknown_kid else self._last_attempt
+                if now - last < self.source.min_refresh_interval:
                     return False
-                self._last_attempt = self._clock()
+                self._last_attempt = now
+                if unknown_kid:
+                    self._last_kid_refresh = now
                 event = self._inflight = threading.Event()
         if leader:
             if wait:

@@ -118,6 +118,16 @@ def test_unknown_kid_refetch_is_rate_limited() -> None:
     assert provider.jwks_fetches == 3
 
 
+def test_a_new_kid_right_after_a_download_is_fetched() -> None:
+    key, rotated = SigningKey("RS256"), SigningKey("RS256")
+    provider, clock = Provider(key), Clock()
+    ks = KeySet(SOURCE, provider, clock)
+    ks.key_for(key.kid, "RS256")
+    provider.keys.append(rotated.jwk())
+    clock.now += 1
+    assert ks.key_for(rotated.kid, "RS256") is not None, "a rotation is not held back by routine downloads"
+
+
 def test_background_refresh_and_stale_keys_while_down() -> None:
     key = SigningKey("RS256")
     provider, clock = Provider(key), Clock()
