@@ -1,0 +1,72 @@
+"""Shared fixtures: the real plugin server, Kong's side of the protocol, a local IdP."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.harness.idp import LocalIdP, Minter, SigningKey
+from tests.harness.kong import Kong, PluginServerProcess, kcauth_commands
+
+pytest_plugins = ["tests.keycloak.fixtures"]
+
+REPO = Path(__file__).resolve().parent.parent
+# The plugin server command must resolve as it would for Kong: from the environment's PATH.
+BIN = str(Path(sys.executable).parent)
+
+
+def plugin_server_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {"PATH": BIN + os.pathsep + os.environ.get("PATH", ""), **(extra or {})}
+
+
+def start_plugin_server(prefix: Path, extra_args: str = "", env: dict[str, str] | None = None) -> PluginServerProcess:
+    start, query, socket_path = kcauth_commands(prefix, extra_args)
+    server = PluginServerProcess(prefix, start, query, socket_path, env=plugin_server_env(env))
+    server.start()
+    return server
+
+
+@pytest.fixture(scope="module")
+def prefix() -> Iterator[Path]:
+    # Unix socket paths are limited to 107 bytes: keep the Kong prefix short.
+    path = Path(tempfile.mkdtemp(prefix="kc", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def plugin_server(prefix: Path) -> Iterator[PluginServerProcess]:
+    server = start_plugin_server(prefix)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def kong(plugin_server: PluginServerProcess) -> Iterator[Kong]:
+    gateway = Kong(plugin_server)
+    yield gateway
+    gateway.rpc.close()
+
+
+@pytest.fixture
+def idp() -> Iterator[LocalIdP]:
+    server = LocalIdP().start()
+    server.primary = SigningKey("RS256")  # type: ignore[attr-defined]
+    server.keys.append(server.primary.jwk())  # type: ignore[attr-defined]
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def minter(idp: LocalIdP) -> Minter:
+    return Minter(idp.issuer, idp.primary)  # type: ignore[attr-defined]
+
+
+def bearer(token: str) -> list[tuple[str, str]]:
+    return [("Authorization", f"Bearer {token}")]

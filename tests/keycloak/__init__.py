@@ -1,0 +1,1 @@
+"""A real Keycloak for the test suite: download (bootstrap), run (server), administer (admin), pytest fixtures."""
