@@ -81,3 +81,44 @@ class Registry(Generic[V]):
 
     def __len__(self) -> int:
         return len(self._objects)
+
+
+class SingleFlight(Generic[V]):
+    """Concurrent calls for the same key share one execution: the first caller runs it, the
+    others wait for its result (or its exception). Keeps a burst of requests carrying one
+    uncached token from turning into a burst of calls to the identity provider."""
+
+    def __init__(self) -> None:
+        self._calls: dict[Hashable, _Call[V]] = {}
+        self._lock = threading.Lock()
+
+    def do(self, key: Hashable, fn: Callable[[], V], wait: float) -> V:
+        with self._lock:
+            call = self._calls.get(key)
+            leader = call is None
+            if leader:
+                call = self._calls[key] = _Call()
+        assert call is not None
+        if leader:
+            try:
+                call.result = fn()
+            except BaseException as exc:  # handed to every waiter, then re-raised here
+                call.error = exc
+            finally:
+                with self._lock:
+                    del self._calls[key]
+                call.done.set()
+        elif not call.done.wait(wait):
+            raise TimeoutError("shared call did not finish in time")
+        if call.error is not None:
+            raise call.error
+        return call.result  # type: ignore[return-value]
+
+
+class _Call(Generic[V]):
+    __slots__ = ("done", "result", "error")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: V | None = None
+        self.error: BaseException | None = None

@@ -86,6 +86,12 @@ class NotAnAccessToken(Refusal):
     description = "The token is not an access token"
 
 
+class TokenInactive(Refusal):
+    """Introspection says the token is no longer active (logout, revocation, disabled user)."""
+
+    description = "The access token is no longer active"
+
+
 # --- valid token, not enough rights ------------------------------------------------------------
 
 class InsufficientScope(Refusal):
@@ -101,11 +107,19 @@ class InsufficientScope(Refusal):
 
 # --- the identity provider cannot be used ------------------------------------------------------
 
-class KeysUnavailable(Refusal):
+class ProviderUnavailable(Refusal):
     status = 503
     error = None
     message = "The identity provider cannot be reached"
     retry_after = 5
+
+
+class KeysUnavailable(ProviderUnavailable):
+    """No usable signing keys: the key set cannot be fetched and none are held."""
+
+
+class IntrospectionUnavailable(ProviderUnavailable):
+    """Introspection failed (unreachable, timed out, garbage) and no fallback applies."""
 
 
 # --- our own fault -----------------------------------------------------------------------------
@@ -129,7 +143,7 @@ def answer(refusal: Refusal, realm: str) -> Answer:
     headers: dict[str, str] = {}
     if refusal.status in (401, 403):
         headers["WWW-Authenticate"] = challenge(refusal, realm)
-    if isinstance(refusal, KeysUnavailable):
+    if isinstance(refusal, ProviderUnavailable):
         headers["Retry-After"] = str(refusal.retry_after)
     return Answer(refusal.status, {"message": refusal.message}, headers)
 

@@ -19,7 +19,7 @@ import logging
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from . import errors
@@ -27,14 +27,17 @@ from .cache import ExpiringCache, Registry, token_key
 from .claims import Claims
 from .errors import Refusal
 from .headers import HeaderPlan, HeaderValue, groups_for, upstream_headers
+from .introspection import Introspector
 from .keys import KeySet, KeySource
 from .policy import Policy, authorize
 from .schema import Config
+from .shared import SharedStore
 from .tokens import Rules, validate
 
 log = logging.getLogger("kcauth")
 
 _KEYSETS: Registry[KeySet] = Registry()
+_SHARED: Registry[SharedStore] = Registry()
 _GUARDS: Registry[Guard] = Registry()
 
 
@@ -44,6 +47,21 @@ class Grant:
 
     headers: dict[str, HeaderValue]
     groups: list[str]
+
+
+@dataclass(frozen=True)
+class Denial:
+    """A remembered refusal of a token that passed validation (scope, role, inactive)."""
+
+    refusal: type[Refusal]
+    required_scopes: tuple[str, ...] = ()
+
+    def exception(self) -> Refusal:
+        # A fresh exception each time: re-raising one cached instance would keep growing its
+        # traceback.
+        if self.refusal is errors.InsufficientScope:
+            return errors.InsufficientScope(self.required_scopes)
+        return self.refusal()
 
 
 class Guard:
@@ -77,28 +95,54 @@ class Guard:
         )
         self.keys = _KEYSETS.get(source, lambda: KeySet(source))
         self.keys.prefetch()
-        # Grants and scope refusals of valid tokens, by token hash; never past the token's life.
-        self.cache: ExpiringCache[Grant | errors.InsufficientScope] = ExpiringCache(config.token_cache_size)
+        self.introspector: Introspector | None = None
+        if config.introspect:
+            shared = _SHARED.get(config.redis, lambda: SharedStore(config.redis)) if config.redis.host else None
+            self.introspector = Introspector(config, replace(self.rules, defer_missing_audience=False),
+                                             config.fingerprint(), shared)
+            self.rules = replace(self.rules, defer_missing_audience=True)
+        # Outcomes of tokens that passed validation, by token hash: never past the token's life,
+        # nor past the introspection answer they rest on.
+        self.cache: ExpiringCache[Grant | Denial] = ExpiringCache(config.token_cache_size)
 
     def admit(self, request_headers: dict[str, Any], now: float) -> Grant:
         token = bearer_token(request_headers)
         key = token_key(token)
         outcome = self.cache.get(key)
         if outcome is None:
-            claims = validate(token, self.rules, self.keys.key_for, now)
-            outcome = self._decide(claims)
-            self.cache.put(key, outcome, self._cache_deadline(claims))
-        if isinstance(outcome, errors.InsufficientScope):
-            # A fresh exception each time: re-raising one cached instance would keep growing
-            # its traceback.
-            raise errors.InsufficientScope(outcome.required_scopes)
+            outcome, deadline = self._evaluate(token, key, now)
+            self.cache.put(key, outcome, deadline)
+        if isinstance(outcome, Denial):
+            raise outcome.exception()
         return outcome
 
-    def _decide(self, claims: Claims) -> Grant | errors.InsufficientScope:
+    def _evaluate(self, token: str, key: bytes, now: float) -> tuple[Grant | Denial, float]:
+        """Local validation first (every token that looks like a JWT), then, on sensitive
+        routes, introspection, whose claims then drive the policy and the headers."""
+        claims: Claims | None = None
+        deadline = float("inf")
+        if not (self.config.accept_opaque_tokens and token.count(".") != 2):
+            claims = validate(token, self.rules, self.keys.key_for, now)
+            deadline = self._cache_deadline(claims)
+        if self.introspector is not None:
+            try:
+                verdict = self.introspector.verdict(token, key, now)
+            except errors.IntrospectionUnavailable:
+                if claims is None or self.config.introspection_failure != "local":
+                    raise
+                self.introspector.note_fallback()
+                return self._decide(claims), now  # not remembered: ask again next time
+            if verdict.refusal is not None:
+                return Denial(verdict.refusal), verdict.deadline
+            claims, deadline = verdict.claims, min(deadline, verdict.deadline)
+        assert claims is not None
+        return self._decide(claims), deadline
+
+    def _decide(self, claims: Claims) -> Grant | Denial:
         try:
             authorize(self.policy, claims)
         except errors.InsufficientScope as refusal:
-            return refusal
+            return Denial(errors.InsufficientScope, refusal.required_scopes)
         groups = groups_for(claims, self.config.authenticated_group, self.config.roles_as_groups)
         return Grant(upstream_headers(self.plan, claims), groups)
 

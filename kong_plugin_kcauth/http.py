@@ -11,6 +11,7 @@ import threading
 from typing import Any
 
 import requests
+import requests.adapters
 import requests_cache
 
 MAX_BODY = 1 << 20  # a key set or discovery document is a few KB; refuse to hold megabytes
@@ -54,14 +55,42 @@ def get_json(url: str, timeout: float, *, revalidate: bool) -> dict[str, Any]:
         resp = _session(revalidate).get(url, timeout=(timeout, timeout))
     except requests.RequestException as exc:
         raise FetchError(f"GET {url} failed: {type(exc).__name__}") from None
+    return _json_object(resp, f"GET {url}")
+
+
+_plain: requests.Session | None = None
+
+
+def post_form(url: str, form: dict[str, str], headers: dict[str, str], timeout: float) -> dict[str, Any]:
+    """POST a form and read a JSON object (introspection). Never cached: every call reaches the
+    provider, over one pooled, keep-alive session per process."""
+    global _plain
+    if _plain is None:
+        with _sessions_lock:
+            if _plain is None:
+                s = requests.Session()
+                adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=32)
+                s.mount("http://", adapter)
+                s.mount("https://", adapter)
+                s.headers["User-Agent"] = "kcauth"
+                s.headers["Accept"] = "application/json"
+                _plain = s
+    try:
+        resp = _plain.post(url, data=form, headers=headers, timeout=(timeout, timeout), allow_redirects=False)
+    except requests.RequestException as exc:
+        raise FetchError(f"POST {url} failed: {type(exc).__name__}") from None
+    return _json_object(resp, f"POST {url}")
+
+
+def _json_object(resp: requests.Response, what: str) -> dict[str, Any]:
     if resp.status_code != 200:
-        raise FetchError(f"GET {url} answered HTTP {resp.status_code}")
+        raise FetchError(f"{what} answered HTTP {resp.status_code}")
     if len(resp.content) > MAX_BODY:
-        raise FetchError(f"GET {url} answered more than {MAX_BODY} bytes")
+        raise FetchError(f"{what} answered more than {MAX_BODY} bytes")
     try:
         doc = resp.json()
     except ValueError:
-        raise FetchError(f"GET {url} did not answer JSON") from None
+        raise FetchError(f"{what} did not answer JSON") from None
     if not isinstance(doc, dict):
-        raise FetchError(f"GET {url} did not answer a JSON object")
+        raise FetchError(f"{what} did not answer a JSON object")
     return doc

@@ -19,7 +19,9 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any, TypeVar, Union
+
+T = TypeVar("T")
 
 from .claims import parse_claim_path
 
@@ -53,6 +55,33 @@ def setting(description: str, default: Any = dataclasses.MISSING, **kong: Any) -
         frozen = tuple(default) if isinstance(default, list) else dict(default)
         return field(default_factory=lambda: frozen, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    host: str | None = setting(
+        "Redis host shared by all Kong nodes for introspection answers. Empty keeps the "
+        "cache in each plugin server process only.",
+        None,
+    )
+    port: int = setting("TCP port of the Redis server.", 6379, between=[1, 65535])
+    tls: bool = setting("Connect to Redis over TLS (certificates verified).", False)
+    username: str | None = setting("Redis ACL user name, when Redis uses ACLs.", None)
+    password: str | None = setting(
+        "Redis password. Referenceable: use a Kong vault reference such as "
+        "`{vault://env/kcauth-redis-password}`; never logged.",
+        None, referenceable=True, encrypted=True,
+    )
+    database: int = setting("Redis logical database number.", 0, between=[0, 15])
+    prefix: str = setting(
+        "Prefix of every key kcauth writes to Redis, so several gateways can share one Redis.",
+        "kcauth:", len_min=1,
+    )
+    timeout: float = setting(
+        "Connect and read timeout in seconds for Redis. A slow or dead Redis is skipped "
+        "for a few seconds and the in-process cache carries on.",
+        0.25, between=[0.01, 5],
+    )
 
 
 @dataclass(frozen=True)
@@ -183,21 +212,72 @@ class Config:
         "never the token itself, and never past `exp`). 0 disables the cache.",
         10000, between=[0, 1000000],
     )
+    introspect: bool = setting(
+        "Sensitive route: after local validation, also ask the realm's RFC 7662 "
+        "introspection endpoint whether the token is still active, so logout and revocation "
+        "are seen (within `introspection_cache_ttl`).",
+        False,
+    )
+    accept_opaque_tokens: bool = setting(
+        "With `introspect`, also accept tokens that are not JWTs, judged by introspection "
+        "alone. Off: every token must pass local validation first.",
+        False,
+    )
+    introspection_endpoint: str | None = setting(
+        "Explicit introspection URL. Empty: the `introspection_endpoint` of the issuer's "
+        "discovery document.",
+        None, match="^https?://",
+    )
+    client_id: str | None = setting(
+        "Client id kcauth authenticates as at the introspection endpoint (the API's "
+        "confidential client; Keycloak 26.7+ requires it in the token's `aud`).",
+        None,
+    )
+    client_secret: str | None = setting(
+        "Secret of `client_id` for client_secret_basic and client_secret_post. "
+        "Referenceable: use a Kong vault reference; never logged.",
+        None, referenceable=True, encrypted=True,
+    )
+    client_auth_method: str = setting(
+        "How kcauth authenticates to the introspection endpoint.",
+        "client_secret_basic", one_of=["client_secret_basic", "client_secret_post", "private_key_jwt"],
+    )
+    client_private_key: str | None = setting(
+        "PEM private key (RSA or EC P-256) signing the client assertion for private_key_jwt. "
+        "Referenceable: use a Kong vault reference; never logged.",
+        None, referenceable=True, encrypted=True,
+    )
+    introspection_cache_ttl: int = setting(
+        "Seconds an active answer is reused (never past the token's `exp`): the longest a "
+        "revoked token can still pass. 0 asks Keycloak on every request.",
+        30, between=[0, 3600],
+    )
+    introspection_negative_ttl: int = setting(
+        "Seconds an inactive answer is reused, so a replayed revoked token cannot hammer "
+        "Keycloak. 0 disables the negative cache.",
+        10, between=[0, 3600],
+    )
+    introspection_failure: str = setting(
+        "When introspection fails (Keycloak down, slow, answering garbage): `deny` answers "
+        "503 with Retry-After; `local` accepts what local validation accepted.",
+        "deny", one_of=["deny", "local"],
+    )
+    introspection_breaker_seconds: int = setting(
+        "After 3 failed introspection calls in a row, fail fast for this many seconds "
+        "instead of waiting for a dead Keycloak on every request. 0 disables it.",
+        5, between=[0, 300],
+    )
+    redis: RedisConfig = setting(
+        "Optional Redis shared by Kong nodes and plugin server processes for introspection "
+        "answers (keyed by token hash, never the token).",
+        RedisConfig(),
+    )
 
     @classmethod
     def from_kong(cls, raw: dict[str, Any]) -> Config:
         """Build the typed config from what Kong sends at StartInstance (defaults applied,
         plus Kong's own keys such as `__seq__` and `route_id`, which are ignored)."""
-        hints = typing.get_type_hints(cls)
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            value = raw.get(f.name)
-            if value is None:
-                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING:
-                    continue
-                raise ConfigError(f"config.{f.name} is required")
-            values[f.name] = _coerce(f.name, hints[f.name], value)
-        config = cls(**values)
+        config = _build(cls, raw, "config")
         config.check()
         return config
 
@@ -232,6 +312,24 @@ class Config:
             owner, _, name = role.rpartition(":")
             if not owner or not name:
                 raise ConfigError(f"config.required_roles: {role!r} must be `realm:<role>` or `<client-id>:<role>`")
+        self._check_introspection()
+
+    def _check_introspection(self) -> None:
+        if self.accept_opaque_tokens and not self.introspect:
+            raise ConfigError("config.accept_opaque_tokens needs config.introspect: only introspection can judge them")
+        if not self.introspect:
+            return
+        if not self.client_id:
+            raise ConfigError("config.client_id is required when config.introspect is true")
+        if self.client_auth_method == "private_key_jwt":
+            if not self.client_private_key:
+                raise ConfigError("config.client_private_key is required for private_key_jwt")
+            try:
+                load_signing_key(self.client_private_key)
+            except ValueError as exc:
+                raise ConfigError(f"config.client_private_key: {exc}") from None
+        elif not self.client_secret:
+            raise ConfigError(f"config.client_secret is required for {self.client_auth_method}")
 
     def fingerprint(self) -> str:
         """Stable digest of every setting: caches are scoped by it, so an answer computed under
@@ -244,10 +342,44 @@ class Config:
         return self.issuer.rstrip("/") + "/.well-known/openid-configuration"
 
 
+def load_signing_key(pem: str) -> tuple[Any, str]:
+    """The private key of a PEM and the JWS alg it signs with (RS256 or ES256)."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        key = load_pem_private_key(pem.encode(), password=None)
+    except (ValueError, TypeError):
+        raise ValueError("not an unencrypted PEM private key") from None
+    if isinstance(key, rsa.RSAPrivateKey) and key.key_size >= 2048:
+        return key, "RS256"
+    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp256r1":
+        return key, "ES256"
+    raise ValueError("must be an RSA key of 2048 bits or more, or an EC P-256 key")
+
+
+def _build(cls: type[T], raw: Any, path: str) -> T:
+    """A config dataclass from Kong's JSON record; absent or null fields take their default."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must be a record")
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        value = raw.get(f.name)
+        if value is None:
+            if _default_of(f) is None and f.default is dataclasses.MISSING:
+                raise ConfigError(f"{path}.{f.name} is required")
+            continue
+        values[f.name] = _coerce(f"{path}.{f.name}", hints[f.name], value)
+    return cls(**values)
+
+
 def _coerce(name: str, hint: Any, value: Any) -> Any:
     """Turn Kong's JSON value into the field's Python type, refusing anything else."""
     base = _strip_optional(hint)
     origin = typing.get_origin(base)
+    if dataclasses.is_dataclass(base):
+        return _build(base, value, name)  # type: ignore[arg-type]
     if base is bool:
         ok = isinstance(value, bool)
     elif base is int:
@@ -265,7 +397,7 @@ def _coerce(name: str, hint: Any, value: Any) -> Any:
     else:  # pragma: no cover - a new field type needs a branch here
         raise TypeError(f"unsupported config type for {name}: {hint}")
     if not ok:
-        raise ConfigError(f"config.{name} has the wrong type ({type(value).__name__})")
+        raise ConfigError(f"{name} has the wrong type ({type(value).__name__})")
     return value
 
 
@@ -286,14 +418,17 @@ def _kong_type(hint: Any) -> dict[str, Any]:
         return {"type": "array", "elements": {"type": "string"}}
     if origin is dict:
         return {"type": "map", "keys": {"type": "string"}, "values": {"type": "string"}}
+    if dataclasses.is_dataclass(base):
+        return {"type": "record", "fields": kong_schema(base)}  # type: ignore[arg-type]
     raise TypeError(f"no Kong type for {hint}")  # pragma: no cover
 
 
-def kong_schema() -> list[dict[str, Any]]:
-    """The `config` record's fields in Kong's schema language (what `-dump` reports)."""
-    hints = typing.get_type_hints(Config)
+def kong_schema(cls: type = None) -> list[dict[str, Any]]:  # type: ignore[assignment]
+    """A config record's fields in Kong's schema language (`Config`'s is what `-dump` reports)."""
+    cls = cls or Config
+    hints = typing.get_type_hints(cls)
     out: list[dict[str, Any]] = []
-    for f in dataclasses.fields(Config):
+    for f in dataclasses.fields(cls):
         spec = _kong_type(hints[f.name])
         attrs = dict(f.metadata["kong"])
         for part in ("elements", "keys"):
@@ -302,7 +437,9 @@ def kong_schema() -> list[dict[str, Any]]:
         spec.update(attrs)
         spec["description"] = f.metadata["description"]
         default = _default_of(f)
-        if default is not None:
+        if spec["type"] == "record":
+            spec["required"] = True  # Kong fills a missing record with its fields' defaults
+        elif default is not None:
             spec["default"] = list(default) if isinstance(default, tuple) else default
         elif not attrs.get("required"):
             spec["required"] = False
@@ -322,8 +459,7 @@ def reference_markdown() -> str:
     """The README's config reference table (`python -m kong_plugin_kcauth.schema` prints it;
     a test checks the README against it)."""
     lines = ["| field | type | default | description |", "| --- | --- | --- | --- |"]
-    for entry in kong_schema():
-        (name, spec), = entry.items()
+    for name, spec in _flat_fields(kong_schema()):
         kind = spec["type"]
         if kind == "array":
             kind = f"array of {spec['elements']['type']}"
@@ -335,10 +471,25 @@ def reference_markdown() -> str:
             kind += " (" + ", ".join(spec["one_of"]) + ")"
         if "between" in spec:
             kind += " {}..{}".format(*spec["between"])
+        if kind == "record":
+            lines.append(f"| `{name}` | record | | {spec['description']} |")
+            continue
+        if spec.get("referenceable"):
+            kind += ", referenceable"
         default = "required" if spec.get("required") else (
             "none" if "default" not in spec else f"`{json.dumps(spec['default'])}`")
         lines.append(f"| `{name}` | {kind} | {default} | {spec['description'].replace('|', '&#124;')} |")
     return "\n".join(lines) + "\n"
+
+
+def _flat_fields(fields: list[dict[str, Any]], prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for entry in fields:
+        (name, spec), = entry.items()
+        out.append((prefix + name, spec))
+        if spec["type"] == "record":
+            out.extend(_flat_fields(spec["fields"], prefix + name + "."))
+    return out
 
 
 if __name__ == "__main__":

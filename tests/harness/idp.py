@@ -12,6 +12,7 @@ import base64
 import json
 import threading
 import time
+import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -119,6 +120,13 @@ class LocalIdP:
         self.discovery_requests = 0
         self.fail_with: int | None = None  # answer this HTTP status instead
         self.delay = 0.0
+        # Introspection: active for every well-formed unexpired token not in `revoked`, with its
+        # own claims (as Keycloak answers); `opaque` maps non-JWT tokens to their claims.
+        self.revoked: set[str] = set()
+        self.opaque: dict[str, dict[str, Any]] = {}
+        self.introspection_requests = 0
+        self.introspection_forms: list[dict[str, str]] = []
+        self.client = ("orders-api", "orders-api-secret")
         self._lock = threading.Lock()
         idp = self
 
@@ -132,7 +140,8 @@ class LocalIdP:
                 if self.path.endswith("/.well-known/openid-configuration"):
                     with idp._lock:
                         idp.discovery_requests += 1
-                    body = {"issuer": idp.issuer, "jwks_uri": idp.jwks_uri}
+                    body = {"issuer": idp.issuer, "jwks_uri": idp.jwks_uri,
+                            "introspection_endpoint": idp.issuer + "/protocol/openid-connect/token/introspect"}
                 elif self.path.endswith("/certs"):
                     with idp._lock:
                         idp.jwks_requests += 1
@@ -143,8 +152,31 @@ class LocalIdP:
                 if idp.fail_with:
                     self.send_error(idp.fail_with)
                     return
+                self._json(200, body)
+
+            def do_POST(self) -> None:
+                if not self.path.endswith("/token/introspect"):
+                    self.send_error(404)
+                    return
+                length = int(self.headers.get("Content-Length", "0"))
+                form = dict(urllib.parse.parse_qsl(self.rfile.read(length).decode()))
+                with idp._lock:
+                    idp.introspection_requests += 1
+                    idp.introspection_forms.append(form)
+                if idp.delay:
+                    time.sleep(idp.delay)
+                if idp.fail_with:
+                    self.send_error(idp.fail_with)
+                    return
+                if self.headers.get("Authorization") != "Basic " + base64.b64encode(
+                        ":".join(idp.client).encode()).decode():
+                    self._json(401, {"error": "invalid_client"})
+                    return
+                self._json(200, idp.introspect(form.get("token", "")))
+
+            def _json(self, status: int, body: dict[str, Any]) -> None:
                 data = json.dumps(body).encode()
-                self.send_response(200)
+                self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -162,6 +194,17 @@ class LocalIdP:
     @property
     def jwks_uri(self) -> str:
         return f"{self.issuer}/protocol/openid-connect/certs"
+
+    def introspect(self, token: str) -> dict[str, Any]:
+        if token in self.opaque:
+            return {"active": True, **self.opaque[token]}
+        try:
+            claims = jwt_part(token, 1)
+        except (ValueError, IndexError):
+            return {"active": False}
+        if token in self.revoked or claims.get("exp", 0) < time.time():
+            return {"active": False}
+        return {"active": True, **claims, "client_id": claims.get("azp"), "token_type": "Bearer"}
 
     def start(self) -> LocalIdP:
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)

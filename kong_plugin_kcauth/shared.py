@@ -1,0 +1,72 @@
+"""The cache shared by Kong nodes and plugin server processes: Redis, when configured.
+
+It is an optimisation, never a dependency: every failure (Redis down, slow, refusing the
+password) is logged, Redis is skipped for a few seconds, and the caller carries on with its
+in-process cache and the identity provider. Keys are digests, never tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+import redis
+
+from .schema import RedisConfig
+
+log = logging.getLogger("kcauth.redis")
+
+SKIP_SECONDS = 5.0  # after a failure, how long Redis is left alone
+
+
+class SharedStore:
+    def __init__(self, config: RedisConfig) -> None:
+        self.config = config
+        self._client = redis.Redis(
+            host=config.host or "", port=config.port, db=config.database,
+            username=config.username, password=config.password, ssl=config.tls,
+            socket_timeout=config.timeout, socket_connect_timeout=config.timeout,
+            retry_on_timeout=False, single_connection_client=False,
+        )
+        self._skip_until = 0.0
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        if self._skipping():
+            return None
+        try:
+            raw = self._client.get(self.config.prefix + key)
+        except (redis.RedisError, OSError) as exc:
+            self._failed("read", exc)
+            return None
+        if raw is None:
+            return None
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None
+
+    def put(self, key: str, value: dict[str, Any], ttl: float) -> None:
+        millis = int(ttl * 1000)
+        if millis <= 0 or self._skipping():
+            return
+        try:
+            self._client.set(self.config.prefix + key, json.dumps(value, separators=(",", ":")), px=millis)
+        except (redis.RedisError, OSError) as exc:
+            self._failed("write", exc)
+
+    def _skipping(self) -> bool:
+        return time.monotonic() < self._skip_until
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        with self._lock:
+            if self._skipping():
+                return
+            self._skip_until = time.monotonic() + SKIP_SECONDS
+        # The exception type only: redis-py messages can carry connection details.
+        log.warning("redis %s failed (%s); using the in-process cache for %.0f s",
+                    what, type(exc).__name__, SKIP_SECONDS)

@@ -1,0 +1,242 @@
+"""Sensitive routes against a local introspection endpoint that can be made to misbehave.
+The same behaviour against the real Keycloak is in tests/test_keycloak_introspection.py."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from kong_plugin_kcauth import errors
+from kong_plugin_kcauth.introspection import judge
+from kong_plugin_kcauth.tokens import Rules
+from tests.conftest import bearer
+from tests.harness.idp import DROP, LocalIdP, Minter
+from tests.harness.kong import Kong
+
+SECRET = "orders-api-secret"
+
+
+def sensitive(idp: LocalIdP, **extra: Any) -> dict[str, Any]:
+    return {"issuer": idp.issuer, "audiences": ["orders-api"], "introspect": True,
+            "client_id": "orders-api", "client_secret": SECRET, **extra}
+
+
+def test_active_token_passes_and_the_answer_is_reused(kong: Kong, idp: LocalIdP, minter: Minter) -> None:
+    entity = kong.plugin(sensitive(idp))
+    token = minter.token()
+    for _ in range(5):
+        res = kong.request(entity, bearer(token))
+        assert res.status == 200 and res.upstream("X-Auth-Username") == ["alice"]
+    assert idp.introspection_requests == 1
+    form = idp.introspection_forms[0]
+    assert form == {"token": token, "token_type_hint": "access_token"}
+
+
+def test_revocation_is_seen_on_sensitive_routes_only(kong: Kong, idp: LocalIdP, minter: Minter) -> None:
+    plain = kong.plugin({"issuer": idp.issuer, "audiences": ["orders-api"]})
+    every_time = kong.plugin(sensitive(idp, introspection_cache_ttl=0))
+    cached = kong.plugin(sensitive(idp, introspection_cache_ttl=2))
+    token = minter.token()
+    for entity in (plain, every_time, cached):
+        assert kong.request(entity, bearer(token)).status == 200
+    idp.revoked.add(token)
+    res = kong.request(every_time, bearer(token))
+    assert res.status == 401
+    assert 'error_description="The access token is no longer active"' in res.headers["WWW-Authenticate"]
+    assert kong.request(cached, bearer(token)).status == 200, "within introspection_cache_ttl"
+    assert kong.request(plain, bearer(token)).status == 200, "the revocation gap of local validation"
+    time.sleep(2.1)
+    assert kong.request(cached, bearer(token)).status == 401, "once the cached answer expired"
+    assert kong.request(plain, bearer(token)).status == 200
+
+
+def test_replayed_revoked_token_is_answered_from_the_negative_cache(kong: Kong, idp: LocalIdP, minter: Minter) -> None:
+    entity = kong.plugin(sensitive(idp, introspection_negative_ttl=60))
+    token = minter.token()
+    idp.revoked.add(token)
+    for _ in range(1000):
+        assert kong.request(entity, bearer(token)).status == 401
+    assert idp.introspection_requests == 1
+
+
+def test_concurrent_requests_share_one_call(kong: Kong, idp: LocalIdP, minter: Minter) -> None:
+    entity = kong.plugin(sensitive(idp))
+    token = minter.token()
+    idp.delay = 0.3
+    statuses: list[int] = []
+    barrier = threading.Barrier(50)
+
+    def client() -> None:
+        barrier.wait(5)
+        statuses.append(kong.request(entity, bearer(token)).status)
+
+    threads = [threading.Thread(target=client) for _ in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert statuses == [200] * 50
+    assert idp.introspection_requests == 1
+
+
+def test_locally_invalid_tokens_never_reach_keycloak(kong: Kong, idp: LocalIdP, minter: Minter) -> None:
+    entity = kong.plugin(sensitive(idp))
+    for bad in ("garbage", minter.token(exp=int(time.time()) - 60), minter.token(aud=["other"]),
+                minter.token(typ="ID")):
+        assert kong.request(entity, bearer(bad)).status == 401
+    assert idp.introspection_requests == 0
+
+
+@pytest.mark.parametrize("status", [500, 502, 404])
+def test_failures_are_503_by_default_and_local_when_chosen(kong: Kong, idp: LocalIdP, minter: Minter, status: int) -> None:
+    deny = kong.plugin(sensitive(idp, introspection_breaker_seconds=0))
+    local = kong.plugin(sensitive(idp, introspection_failure="local", introspection_breaker_seconds=0))
+    token = minter.token()
+    assert kong.request(deny, bearer(minter.token())).status == 200  # keys and endpoint are known
+    idp.fail_with = status
+    res = kong.request(deny, bearer(token))
+    assert res.status == 503 and res.headers["Retry-After"] == "5" and not res.proxied
+    assert kong.request(local, bearer(token)).status == 200
+    assert kong.request(local, bearer("garbage")).status == 401, "fallback is to the local verdict"
+    idp.fail_with = None
+    idp.revoked.add(token)
+    assert kong.request(local, bearer(token)).status == 401, "the fallback was not remembered"
+
+
+def test_slow_keycloak_times_out_to_503(kong: Kong, idp: LocalIdP, minter: Minter) -> None:
+    entity = kong.plugin(sensitive(idp, http_timeout=0.3))
+    assert kong.request(entity, bearer(minter.token())).status == 200
+    idp.delay = 1.0
+    started = time.monotonic()
+    assert kong.request(entity, bearer(minter.token())).status == 503
+    assert time.monotonic() - started < 2.5
+
+
+def test_breaker_fails_fast_after_three_failures(kong: Kong, idp: LocalIdP, minter: Minter) -> None:
+    entity = kong.plugin(sensitive(idp, introspection_breaker_seconds=2))
+    assert kong.request(entity, bearer(minter.token())).status == 200
+    idp.fail_with = 500
+    calls = idp.introspection_requests
+    for _ in range(3):
+        assert kong.request(entity, bearer(minter.token())).status == 503
+    assert idp.introspection_requests == calls + 3
+    for _ in range(20):
+        assert kong.request(entity, bearer(minter.token())).status == 503
+    assert idp.introspection_requests == calls + 3, "the breaker is open: Keycloak is left alone"
+    idp.fail_with = None
+    time.sleep(2.1)
+    assert kong.request(entity, bearer(minter.token())).status == 200, "and closes again"
+
+
+def test_opaque_tokens_only_through_introspection(kong: Kong, idp: LocalIdP, minter: Minter) -> None:
+    idp.opaque["opaque-0123456789"] = minter.claims()
+    allowed = kong.plugin(sensitive(idp, accept_opaque_tokens=True))
+    res = kong.request(allowed, bearer("opaque-0123456789"))
+    assert res.status == 200 and res.upstream("X-Auth-Username") == ["alice"]
+    assert kong.request(allowed, bearer("opaque-unknown")).status == 401
+    strict = kong.plugin(sensitive(idp))
+    assert kong.request(strict, bearer("opaque-0123456789")).status == 401
+
+
+def test_lightweight_tokens_take_claims_from_introspection(kong: Kong, idp: LocalIdP, minter: Minter) -> None:
+    full = minter.claims()
+    light = minter.token(aud=DROP, sub=DROP, realm_access=DROP, resource_access=DROP, preferred_username=DROP)
+    idp.opaque.clear()
+    entity_plain = kong.plugin({"issuer": idp.issuer, "audiences": ["orders-api"]})
+    assert kong.request(entity_plain, bearer(light)).status == 401, "no aud: refused on plain routes"
+
+    original = idp.introspect
+    idp.introspect = lambda token: {**original(token), **{k: full[k] for k in  # type: ignore[method-assign]
+                                    ("aud", "sub", "realm_access", "resource_access", "preferred_username")}}
+    entity = kong.plugin(sensitive(idp, required_roles=["realm:user"]))
+    res = kong.request(entity, bearer(light))
+    assert res.status == 200, res.headers
+    assert res.upstream("X-Auth-Subject") == [full["sub"]] and res.upstream("X-Auth-Username") == ["alice"]
+    assert "realm:user" in res.ctx_shared["authenticated_groups"]
+    wrong = minter.token(aud=["billing-api"])
+    assert kong.request(entity, bearer(wrong)).status == 401, "a wrong aud is still refused locally"
+
+
+def test_client_authentication_methods(kong: Kong, idp: LocalIdP, minter: Minter) -> None:
+    post = kong.plugin(sensitive(idp, client_auth_method="client_secret_post"))
+    kong.request(post, bearer(minter.token()))
+    assert idp.introspection_forms[-1]["client_secret"] == SECRET
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption()).decode()
+    signed = kong.plugin(sensitive(idp, client_auth_method="private_key_jwt", client_secret=None,
+                                   client_private_key=pem))
+    kong.request(signed, bearer(minter.token()))
+    form = idp.introspection_forms[-1]
+    assert form["client_assertion_type"] == "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+    claims = jwt.decode(form["client_assertion"], key.public_key(), algorithms=["RS256"], audience=idp.issuer)
+    assert claims["iss"] == claims["sub"] == "orders-api" and claims["exp"] - claims["iat"] == 60
+    assert "client_secret" not in form
+
+
+def test_secrets_never_reach_the_logs(kong: Kong, idp: LocalIdP, minter: Minter) -> None:
+    entity = kong.plugin(sensitive(idp, introspection_breaker_seconds=0))
+    idp.fail_with = 500
+    token = minter.token()
+    kong.request(entity, bearer(token))
+    log = kong.server.log()
+    assert "introspection failed" in log
+    assert SECRET not in log and token not in log and token[-20:] not in log
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"client_id": None}, "client_id is required"),
+    ({"client_secret": None}, "client_secret is required"),
+    ({"client_auth_method": "private_key_jwt"}, "client_private_key is required"),
+    ({"client_auth_method": "private_key_jwt", "client_private_key": "not a key"}, "PEM"),
+    ({"introspect": False, "accept_opaque_tokens": True}, "accept_opaque_tokens needs"),
+])
+def test_incomplete_introspection_configs_fail_the_instance_start(kong: Kong, idp: LocalIdP, minter: Minter,
+                                                                 change: dict[str, Any], message: str) -> None:
+    entity = kong.plugin(sensitive(idp, **change))
+    res = kong.request(entity, bearer(minter.token()))
+    assert res.status == 500 and not res.proxied
+    assert any(message in e for e in res.errors), res.errors
+
+
+# --- the answer rules, without a server -------------------------------------------------------
+
+RULES = Rules(issuer="https://kc/realms/r", audiences=frozenset({"api"}), verify_audience=True,
+              authorized_parties=frozenset(), algorithms=frozenset({"RS256"}), leeway=0,
+              max_token_age=None, max_token_size=8192)
+NOW = 1_000_000.0
+ACTIVE = {"active": True, "iss": "https://kc/realms/r", "aud": "api", "typ": "Bearer", "exp": NOW + 100}
+
+
+def test_judge_active_answers_are_reused_until_ttl_or_exp() -> None:
+    assert judge(ACTIVE, RULES, NOW, ttl=30, negative_ttl=10).deadline == NOW + 30
+    assert judge(ACTIVE, RULES, NOW, ttl=300, negative_ttl=10).deadline == NOW + 100
+    assert judge(ACTIVE, RULES, NOW, ttl=0, negative_ttl=10).deadline == NOW
+    assert judge(ACTIVE, RULES, NOW, 30, 10).refusal is None
+
+
+@pytest.mark.parametrize(("answer", "refusal"), [
+    ({"active": False}, errors.TokenInactive),
+    ({**ACTIVE, "iss": "https://kc/realms/other"}, errors.WrongIssuer),
+    ({**ACTIVE, "aud": "billing"}, errors.WrongAudience),
+    ({**ACTIVE, "typ": "Refresh"}, errors.NotAnAccessToken),
+    ({**ACTIVE, "exp": NOW - 1}, errors.Expired),
+])
+def test_judge_refusals_use_the_negative_ttl(answer: dict[str, Any], refusal: type[errors.Refusal]) -> None:
+    verdict = judge(answer, RULES, NOW, ttl=30, negative_ttl=10)
+    assert verdict.refusal is refusal and verdict.deadline == NOW + 10
+
+
+@pytest.mark.parametrize("active", ["true", 1, None])
+def test_judge_refuses_answers_without_a_boolean_active(active: object) -> None:
+    from kong_plugin_kcauth.http import FetchError
+
+    with pytest.raises(FetchError):
+        judge({**ACTIVE, "active": active}, RULES, NOW, 30, 10)
