@@ -20,11 +20,15 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
-# Maven fetches the Keycloak server distribution for the test suite (tests/keycloak/bootstrap.py).
+# Debian packages the test suite needs: Maven fetches the Keycloak server distribution
+# (tests/keycloak/bootstrap.py); redis-server backs the shared-cache tests (tests/services/redis.py).
+SYSTEM_PACKAGES := $(if $(shell command -v mvn),,maven) $(if $(shell command -v redis-server),,redis-server)
+
 system-deps:
-	@command -v mvn >/dev/null 2>&1 || { \
-	  echo "installing maven (needed to download Keycloak from Maven Central)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq maven >/dev/null; }
+	@if [ -n "$(strip $(SYSTEM_PACKAGES))" ]; then \
+	  echo "installing $(strip $(SYSTEM_PACKAGES)) with apt-get"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
+	fi
 
 pluginserver: install
 	mkdir -p .run

@@ -7,6 +7,7 @@ reload, so anything expensive lives here, keyed by what it depends on, never on 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import threading
 import time
@@ -111,7 +112,9 @@ class SingleFlight(Generic[V]):
         elif not call.done.wait(wait):
             raise TimeoutError("shared call did not finish in time")
         if call.error is not None:
-            raise call.error
+            # Each waiter raises its own copy: one exception object raised in many threads would
+            # share (and keep extending) one traceback.
+            raise call.error if leader else copy.copy(call.error)
         return call.result  # type: ignore[return-value]
 
 

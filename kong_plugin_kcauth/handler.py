@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from . import errors
-from .cache import ExpiringCache, Registry, token_key
+from .cache import ExpiringCache, Registry, SingleFlight, token_key
 from .claims import Claims
 from .errors import Refusal
 from .headers import HeaderPlan, HeaderValue, groups_for, upstream_headers
@@ -104,16 +104,28 @@ class Guard:
         # Outcomes of tokens that passed validation, by token hash: never past the token's life,
         # nor past the introspection answer they rest on.
         self.cache: ExpiringCache[Grant | Denial] = ExpiringCache(config.token_cache_size)
+        self._flights: SingleFlight[Grant | Denial] = SingleFlight()
 
     def admit(self, request_headers: dict[str, Any], now: float) -> Grant:
         token = bearer_token(request_headers)
         key = token_key(token)
         outcome = self.cache.get(key)
         if outcome is None:
-            outcome, deadline = self._evaluate(token, key, now)
-            self.cache.put(key, outcome, deadline)
+            # Concurrent requests with the same unremembered token share one evaluation (one
+            # key download, one introspection call), and the outcome is remembered before the
+            # others are released, so no late arrival starts a second one.
+            try:
+                outcome = self._flights.do(key, lambda: self._remember(token, key, now),
+                                           wait=8 * self.config.http_timeout + 2)
+            except TimeoutError:
+                raise errors.ProviderUnavailable() from None
         if isinstance(outcome, Denial):
             raise outcome.exception()
+        return outcome
+
+    def _remember(self, token: str, key: bytes, now: float) -> Grant | Denial:
+        outcome, deadline = self._evaluate(token, key, now)
+        self.cache.put(key, outcome, deadline)
         return outcome
 
     def _evaluate(self, token: str, key: bytes, now: float) -> tuple[Grant | Denial, float]:

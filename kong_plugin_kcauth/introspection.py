@@ -2,7 +2,8 @@
 
 Local validation cannot see logout or revocation; on sensitive routes this module asks.
 Keycloak-friendly by construction:
-- one call per token at a time: concurrent requests with the same uncached token share it;
+- one call per token at a time: concurrent requests with the same uncached token share it
+  (handler.Guard.admit coalesces them);
 - answers are reused, active ones until min(`introspection_cache_ttl`, token `exp`), inactive
   ones for `introspection_negative_ttl`, in process and, when configured, in Redis for every
   node and process (keys are digests of the config fingerprint and the token, never tokens);
@@ -27,7 +28,6 @@ from urllib.parse import quote_plus
 import jwt
 
 from . import errors, http
-from .cache import SingleFlight
 from .claims import Claims
 from .schema import Config, load_signing_key
 from .shared import SharedStore
@@ -90,7 +90,6 @@ class Introspector:
         self.rules = rules
         self.shared = shared
         self._salt = fingerprint.encode()
-        self._flights: SingleFlight[Verdict] = SingleFlight()
         self._endpoint = config.introspection_endpoint
         self._failures = 0
         self._open_until = 0.0
@@ -99,21 +98,9 @@ class Introspector:
         self.calls = 0  # calls that reached the endpoint, for tests and the benchmark
 
     def verdict(self, token: str, key: bytes, now: float) -> Verdict:
-        """The verdict for a token (`key` is its digest); raises IntrospectionUnavailable."""
-        try:
-            return self._flights.do(key, lambda: self._resolve(token, key, now),
-                                    wait=4 * self.config.http_timeout + 1)
-        except TimeoutError:
-            raise errors.IntrospectionUnavailable() from None
-
-    def note_fallback(self) -> None:
-        now = time.monotonic()
-        if now - self._last_fallback_log > 30:
-            self._last_fallback_log = now
-            log.warning("introspection unavailable: accepting locally validated tokens "
-                        "(introspection_failure = local)")
-
-    def _resolve(self, token: str, key: bytes, now: float) -> Verdict:
+        """The verdict for a token (`key` is its digest): from Redis when another node or process
+        asked already, else from Keycloak. Raises IntrospectionUnavailable. Callers coalesce
+        concurrent requests for one token (handler.Guard.admit)."""
         shared_key = "introspection:" + hashlib.sha256(self._salt + key).hexdigest()
         if self.shared is not None:
             cached = self._from_shared(self.shared.get(shared_key), now)
@@ -131,6 +118,13 @@ class Introspector:
         if self.shared is not None:
             self.shared.put(shared_key, _to_shared(verdict), verdict.deadline - now)
         return verdict
+
+    def note_fallback(self) -> None:
+        now = time.monotonic()
+        if now - self._last_fallback_log > 30:
+            self._last_fallback_log = now
+            log.warning("introspection unavailable: accepting locally validated tokens "
+                        "(introspection_failure = local)")
 
     def _call(self, token: str, now: float) -> dict[str, Any]:
         if time.monotonic() < self._open_until:

@@ -23,10 +23,10 @@ from __future__ import annotations
 import json
 import re
 import sys
+from collections.abc import Callable
 from typing import Any
 
 NAME = "kcauth"
-SOCKET_NAME = f"{NAME}.socket"
 
 # Runs after ip-restriction (990), so refused networks cost no token check, and before ACL (950),
 # request-size-limiting (951), rate limiting (910) and request-transformer (801), so those see the
@@ -36,9 +36,24 @@ PRIORITY = 980
 
 
 def main(argv: list[str] | None = None) -> None:
+    run(argv, load_plugin=_kcauth)
+
+
+def _kcauth() -> tuple[type, list[dict[str, Any]], str]:
+    from . import __version__, schema
+    from .handler import Plugin
+
+    return Plugin, schema.kong_schema(), __version__
+
+
+def run(argv: list[str] | None, load_plugin: Callable[[], tuple[type, list[dict[str, Any]], str]],
+        name: str = NAME, priority: int = PRIORITY) -> None:
+    """Serve one plugin class the kcauth way. `load_plugin` (called after the gevent decision,
+    so that its imports are patched) returns the class, its schema and its version; the
+    benchmark serves its comparison plugins through this too."""
     args = list(sys.argv[1:] if argv is None else argv)
     if {"-m", "--multiprocessing"} & set(args):
-        sys.exit(f"{NAME}: multiprocessing mode loses the key and token caches between requests; "
+        sys.exit(f"{name}: multiprocessing mode loses the key and token caches between requests; "
                  "use the default (threads) or -g (gevent)")
     if {"-g", "--gevent"} & set(args):
         from gevent import monkey
@@ -47,39 +62,31 @@ def main(argv: list[str] | None = None) -> None:
     if "--no-lua-style" not in args:
         args.append("--no-lua-style")  # PDK errors raise, so none is silently ignored
     if "--socket-name" not in args:
-        args += ["--socket-name", SOCKET_NAME]
-    sys.argv = [NAME + "-pluginserver", *args]
-    _serve()
+        args += ["--socket-name", f"{name}.socket"]
+    sys.argv = [name + "-pluginserver", *args]
+    _serve(name, priority, *load_plugin())
 
 
-def _serve() -> None:
+def _serve(name: str, priority: int, plugin: type, plugin_schema: list[dict[str, Any]], version: str) -> None:
     from kong_pdk import cli
     from kong_pdk.logger import Logger
     from kong_pdk.module import Module
     from kong_pdk.server import PluginServer
 
-    from . import __version__, schema
-    from .handler import Plugin
-
     options = cli.parse(dedicated=True)
 
-    class Spec:
-        # The shape kong-pdk's Module reads (what a plugin file would define at module level).
-        version = __version__
-        priority = PRIORITY
-        Schema = schema.kong_schema()
-
-    Spec.Plugin = Plugin  # type: ignore[attr-defined]
+    # The shape kong-pdk's Module reads: what a plugin file would define at module level.
+    spec = type("Spec", (), {"Plugin": plugin, "Schema": plugin_schema, "version": version, "priority": priority})
 
     server = PluginServer(
         loglevel=Logger.WARNING - options.verbose,
         use_gevent=options.gevent,
-        name=f"{NAME} version {__version__}",
+        name=f"{name} version {version}",
         lua_style=False,
     )
-    server.plugins[NAME] = Module(NAME, module=Spec)
+    server.plugins[name] = Module(name, module=spec)
     if options.dump:
-        sys.stdout.write(json.dumps([server.get_plugin_info(NAME)]))
+        sys.stdout.write(json.dumps([server.get_plugin_info(name)]))
         return
     listener = _listener_class()(
         server, options.prefix, sock_name=options.socket_name, use_gevent=options.gevent,

@@ -14,6 +14,8 @@ import time
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .schema import RedisConfig
 
@@ -29,7 +31,9 @@ class SharedStore:
             host=config.host or "", port=config.port, db=config.database,
             username=config.username, password=config.password, ssl=config.tls,
             socket_timeout=config.timeout, socket_connect_timeout=config.timeout,
-            retry_on_timeout=False, single_connection_client=False,
+            # redis-py retries with backoff by default, which turns a dead Redis into seconds
+            # of stall per request; one attempt, then the in-process cache.
+            retry=Retry(NoBackoff(), 0), retry_on_timeout=False,
         )
         self._skip_until = 0.0
         self._lock = threading.Lock()

@@ -14,7 +14,7 @@ import pytest
 from tests.harness.idp import LocalIdP, Minter, SigningKey
 from tests.harness.kong import Kong, PluginServerProcess, kcauth_commands
 
-pytest_plugins = ["tests.keycloak.fixtures"]
+pytest_plugins = ["tests.keycloak.fixtures", "tests.services.fixtures"]
 
 REPO = Path(__file__).resolve().parent.parent
 # The plugin server command must resolve as it would for Kong: from the environment's PATH.
