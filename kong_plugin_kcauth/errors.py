@@ -86,6 +86,12 @@ class NotAnAccessToken(Refusal):
     description = "The token is not an access token"
 
 
+class TokenRevoked(Refusal):
+    """Keycloak pushed a logout of the token's session or user, or a not-before past its iat."""
+
+    description = "The access token was revoked"
+
+
 class TokenInactive(Refusal):
     """Introspection says the token is no longer active (logout, revocation, disabled user)."""
 

@@ -28,16 +28,19 @@ from .claims import Claims
 from .errors import Refusal
 from .headers import HeaderPlan, HeaderValue, groups_for, upstream_headers
 from .introspection import Introspector
+from .logout import PUSH_NOT_BEFORE_PATH, LogoutRejected, check_logout_token, check_push_not_before, logout_token_of
+from .revocation import RevocationStore, Subject, digest
 from .keys import KeySet, KeySource
 from .policy import Policy, authorize
 from .schema import Config
-from .shared import SharedStore
+from .shared import SharedStore, SharedUnavailable
 from .tokens import Rules, validate
 
 log = logging.getLogger("kcauth")
 
 _KEYSETS: Registry[KeySet] = Registry()
 _SHARED: Registry[SharedStore] = Registry()
+_REVOCATIONS: Registry[RevocationStore] = Registry()
 _GUARDS: Registry[Guard] = Registry()
 
 
@@ -47,6 +50,7 @@ class Grant:
 
     headers: dict[str, HeaderValue]
     groups: list[str]
+    subject: Subject  # what revocations are checked against, on every request
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,9 @@ class Guard:
         )
         self.keys = _KEYSETS.get(source, lambda: KeySet(source))
         self.keys.prefetch()
+        redis = config.redis if config.redis.host else None
+        self.revocations = _REVOCATIONS.get((config.issuer, redis),
+                                            lambda: RevocationStore(config.issuer, redis))
         self.introspector: Introspector | None = None
         if config.introspect:
             shared = _SHARED.get(config.redis, lambda: SharedStore(config.redis)) if config.redis.host else None
@@ -121,7 +128,27 @@ class Guard:
                 raise errors.ProviderUnavailable() from None
         if isinstance(outcome, Denial):
             raise outcome.exception()
+        if self.revocations.revoked(outcome.subject, self.config.not_before):
+            raise errors.TokenRevoked()
         return outcome
+
+    def receive(self, path: str, body: bytes, now: float) -> None:
+        """Receiver mode: check and record one push from Keycloak (raises LogoutRejected,
+        ProviderUnavailable, or SharedUnavailable when Redis cannot take the record)."""
+        audiences = frozenset(self.config.logout_audiences)
+        ttl = self.config.revocation_ttl
+        if path.rstrip("/").endswith("/" + PUSH_NOT_BEFORE_PATH):
+            push = check_push_not_before(body.decode("utf-8", "replace").strip(), self.rules,
+                                         self.keys.key_for, audiences, now)
+            self.revocations.record("nbf", push.client, push.not_before, ttl)
+            return
+        logout = check_logout_token(logout_token_of(body), self.rules, self.keys.key_for, audiences, now)
+        if not self.revocations.first_sighting(logout.jti, ttl):
+            raise LogoutRejected("replayed logout token")
+        if logout.sid is not None:
+            self.revocations.record("sid", logout.sid, logout.iat, ttl)
+        else:
+            self.revocations.record("sub", logout.sub or "", logout.iat, ttl)
 
     def _remember(self, token: str, key: bytes, now: float) -> Grant | Denial:
         outcome, deadline = self._evaluate(token, key, now)
@@ -156,7 +183,11 @@ class Guard:
         except errors.InsufficientScope as refusal:
             return Denial(errors.InsufficientScope, refusal.required_scopes)
         groups = groups_for(claims, self.config.authenticated_group, self.config.roles_as_groups)
-        return Grant(upstream_headers(self.plan, claims), groups)
+        iat = claims.get("iat")
+        subject = Subject(sid=digest(claims.get("sid")), sub=digest(claims.get("sub")),
+                          azp=claims.get("azp") if isinstance(claims.get("azp"), str) else None,
+                          iat=float(iat) if isinstance(iat, (int, float)) and not isinstance(iat, bool) else None)
+        return Grant(upstream_headers(self.plan, claims), groups, subject)
 
     def _cache_deadline(self, claims: Claims) -> float:
         deadline = float(claims["exp"])
@@ -191,6 +222,8 @@ class Plugin:
         self.guard = _GUARDS.get(self.config.fingerprint(), lambda: Guard(self.config))
 
     def access(self, kong: Any) -> None:
+        if self.config.mode == "revocation_receiver":
+            return self._receive(kong)
         guard = self.guard
         try:
             request_headers = kong.request.get_headers()
@@ -203,10 +236,41 @@ class Plugin:
         except Exception as exc:  # noqa: BLE001 - an escaping exception would fail open or wedge
             reply = errors.answer(errors.InternalFault(), guard.config.realm)
             _report_fault(kong, exc)
+        _send(kong, reply)
+
+
+    def _receive(self, kong: Any) -> None:
+        """The revocation receiver: 200 (or proxied on) when recorded, 400 with the reason for
+        a bad push, 503 when it cannot be recorded, so Keycloak logs the failure."""
+        guard = self.guard
         try:
-            kong.response.exit(reply.status, reply.body, reply.headers)
-        except Exception as exc:  # noqa: BLE001
-            log.error("kcauth could not send its refusal: %s", _where(exc))
+            method = kong.request.get_method()
+            if method != "POST":
+                reply = errors.Answer(405, {"message": "Method not allowed"}, {"Allow": "POST"})
+            else:
+                path = kong.request.get_path()
+                body = kong.request.get_raw_body()
+                guard.receive(path, body if isinstance(body, bytes) else b"", time.time())
+                if self.config.pass_logout_upstream:
+                    return
+                reply = errors.Answer(200, {"message": "recorded"}, {"Cache-Control": "no-store"})
+        except LogoutRejected as rejected:
+            reply = errors.Answer(400, {"error": "invalid_request", "error_description": rejected.reason},
+                                  {"Cache-Control": "no-store"})
+        except (errors.ProviderUnavailable, SharedUnavailable):
+            reply = errors.answer(errors.ProviderUnavailable(), guard.config.realm)
+        except Exception as exc:  # noqa: BLE001 - an escaping exception would wedge or fail open
+            reply = errors.answer(errors.InternalFault(), guard.config.realm)
+            _report_fault(kong, exc)
+        _send(kong, reply)
+
+
+def _send(kong: Any, reply: errors.Answer) -> None:
+    """The one `kong.response.exit` of a request; nothing may follow it."""
+    try:
+        kong.response.exit(reply.status, reply.body, reply.headers)
+    except Exception as exc:  # noqa: BLE001
+        log.error("kcauth could not send its answer: %s", _where(exc))
 
 
 def _report_fault(kong: Any, exc: BaseException) -> None:

@@ -272,6 +272,32 @@ class Config:
         "answers (keyed by token hash, never the token).",
         RedisConfig(),
     )
+    mode: str = setting(
+        "`guard` protects the route. `revocation_receiver` makes the route the endpoint "
+        "Keycloak sends back-channel logout tokens and not-before pushes to; every guard of "
+        "the same issuer then refuses the revoked sessions' tokens.",
+        "guard", one_of=["guard", "revocation_receiver"],
+    )
+    logout_audiences: tuple[str, ...] = setting(
+        "Receiver: client ids whose logout tokens and not-before pushes are accepted (the "
+        "Keycloak clients whose back-channel logout URL or admin URL point at this route).",
+        [],
+    )
+    pass_logout_upstream: bool = setting(
+        "Receiver: after recording a valid logout, proxy the request on so the application "
+        "behind the route receives its own back-channel logout too.",
+        False,
+    )
+    revocation_ttl: int = setting(
+        "Seconds a revoked session or subject is remembered: at least the realm's longest "
+        "access-token lifespan, after which its tokens have expired anyway.",
+        3600, between=[60, 604800],
+    )
+    not_before: int | None = setting(
+        "Refuse every token issued (`iat`) before this Unix time, like Keycloak's realm "
+        "not-before policy. Empty: no operator not-before.",
+        None, gt=0,
+    )
 
     @classmethod
     def from_kong(cls, raw: dict[str, Any]) -> Config:
@@ -283,7 +309,7 @@ class Config:
 
     def check(self) -> None:
         """The rules Kong's schema language cannot express."""
-        if self.verify_audience and not self.audiences:
+        if self.mode == "guard" and self.verify_audience and not self.audiences:
             raise ConfigError(
                 "config.audiences must name at least one audience while config.verify_audience is true"
             )
@@ -313,6 +339,12 @@ class Config:
             if not owner or not name:
                 raise ConfigError(f"config.required_roles: {role!r} must be `realm:<role>` or `<client-id>:<role>`")
         self._check_introspection()
+        self._check_receiver()
+
+    def _check_receiver(self) -> None:
+        if self.mode == "revocation_receiver" and not self.logout_audiences:
+            raise ConfigError("config.logout_audiences must name the Keycloak clients whose logouts "
+                              "this receiver accepts")
 
     def _check_introspection(self) -> None:
         if self.accept_opaque_tokens and not self.introspect:

@@ -24,6 +24,10 @@ log = logging.getLogger("kcauth.redis")
 SKIP_SECONDS = 5.0  # after a failure, how long Redis is left alone
 
 
+class SharedUnavailable(Exception):
+    """Redis could not take a write that must not be lost (a revocation)."""
+
+
 class SharedStore:
     def __init__(self, config: RedisConfig) -> None:
         self.config = config
@@ -62,6 +66,31 @@ class SharedStore:
             self._client.set(self.config.prefix + key, json.dumps(value, separators=(",", ":")), px=millis)
         except (redis.RedisError, OSError) as exc:
             self._failed("write", exc)
+
+    @property
+    def client(self) -> redis.Redis:
+        return self._client
+
+    def set_if_absent(self, key: str, ttl: float) -> bool | None:
+        """SET NX: True if this call created the key, False if it existed, None if Redis failed."""
+        try:
+            return bool(self._client.set(self.config.prefix + key, "1", nx=True, px=max(1, int(ttl * 1000))))
+        except (redis.RedisError, OSError) as exc:
+            self._failed("write", exc)
+            return None
+
+    def publish_record(self, key: str, channel: str, message: dict[str, Any], ttl: float) -> None:
+        """Store `message` under `key` for `ttl` and publish it on `channel`, atomically; raises
+        SharedUnavailable, because the caller must report the failure (no skipping here)."""
+        data = json.dumps(message, separators=(",", ":"))
+        try:
+            pipe = self._client.pipeline(transaction=True)
+            pipe.set(self.config.prefix + key, data, px=max(1, int(ttl * 1000)))
+            pipe.publish(self.config.prefix + channel, data)
+            pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            self._failed("write", exc)
+            raise SharedUnavailable() from None
 
     def _skipping(self) -> bool:
         return time.monotonic() < self._skip_until

@@ -61,6 +61,14 @@ def validate(token: str, rules: Rules, key_for: KeyLookup, now: float) -> Claims
     # token costs no key lookup (so it cannot trigger a key download) and no verification.
     # Nothing is accepted until the signature is verified below.
     check_claims(claims, rules, now)
+    verify_signature(header, alg, signing_input, signature, key_for)
+    return claims
+
+
+def verify_signature(header: dict[str, Any], alg: str, signing_input: bytes, signature: bytes,
+                     key_for: KeyLookup) -> None:
+    """Check the signature with the realm key the header's kid names (never a key the token
+    carries). `alg` must already be one of the accepted algorithms."""
     kid = header.get("kid")
     if kid is not None and not isinstance(kid, str):
         raise errors.MalformedToken()
@@ -71,7 +79,6 @@ def validate(token: str, rules: Rules, key_for: KeyLookup, now: float) -> Claims
         valid = False
     if not valid:
         raise errors.BadSignature()
-    return claims
 
 
 def split(token: str) -> tuple[dict[str, Any], dict[str, Any], bytes, bytes]:

@@ -144,8 +144,10 @@ class Rpc:
         conn = self._checkout()
         try:
             # Lua strings are byte strings and lua-MessagePack packs them as MessagePack `str`
-            # whatever their bytes: use_bin_type=False does the same for Python bytes.
-            conn.sendall(msgpack.packb([0, msgid, method, list(args)], use_bin_type=False))
+            # whatever their bytes (header values are such strings: see Request.multimap); only
+            # must_fix's fix_raw bodies go out as `bin`, which is what Python bytes become here.
+            conn.sendall(msgpack.packb([0, msgid, method, list(args)], use_bin_type=True,
+                                       unicode_errors="surrogateescape"))
             unpacker = msgpack.Unpacker(raw=False, strict_map_key=False,
                                         unicode_errors="surrogateescape")
             while True:
@@ -203,14 +205,20 @@ class Request:
     headers: list[Header]
     method: str = "GET"
     path: str = "/"
+    query: str = ""
+    body: bytes = b""
     ctx_shared: dict[str, Any] = field(default_factory=dict)
     delayed_response: tuple[int, Any, dict[str, Any]] | None = None
     pdk_calls: list[str] = field(default_factory=list)
+    consumer: dict[str, Any] | None = None  # ngx.ctx.authenticated_consumer
+    credential: dict[str, Any] | None = None  # ngx.ctx.authenticated_credential
 
     def multimap(self, max_headers: int = 100) -> dict[str, list[Any]]:
         """ngx.req.get_headers(): lower-cased names, first 100 headers, then must_fix."""
         out: dict[str, list[Any]] = {}
         for name, value in self.headers[:max_headers]:
+            if isinstance(value, bytes):  # raw client bytes: packed back byte for byte as `str`
+                value = value.decode("utf-8", "surrogateescape")
             out.setdefault(name.lower(), []).append(value)
         return out
 
@@ -233,6 +241,8 @@ class Response:
     ctx_shared: dict[str, Any]
     pdk_calls: list[str]
     errors: list[str]
+    consumer: dict[str, Any] | None = None
+    credential: dict[str, Any] | None = None
 
     def upstream(self, name: str) -> list[str | bytes]:
         return [v for n, v in self.upstream_headers if n.lower() == name.lower()]
@@ -270,8 +280,11 @@ class PluginEntity:
 class Kong:
     """The gateway: plugin entities, per-worker instances, and the access phase."""
 
-    def __init__(self, server: PluginServerProcess, workers: int = 1, rpc_timeout: float = 10.0) -> None:
+    def __init__(self, server: PluginServerProcess, workers: int = 1, rpc_timeout: float = 10.0,
+                 consumers: list[dict[str, Any]] | None = None) -> None:
         self.server = server
+        # The consumers entity table (declarative `consumers:`), for kong.client.load_consumer.
+        self.consumers: list[dict[str, Any]] = list(consumers or [])
         self.info = server.query()
         self.name: str = self.info["Name"]
         self.priority: int = self.info["Priority"]
@@ -303,8 +316,10 @@ class Kong:
     # -- the access phase (kong/init.lua) --
 
     def request(self, entity: PluginEntity, headers: Iterable[Header] = (),
-                acl_allow: list[str] | None = None, worker: int | None = None) -> Response:
-        req = Request(headers=list(headers))
+                acl_allow: list[str] | None = None, worker: int | None = None, *, method: str = "GET",
+                path: str = "/", query: str = "", body: bytes = b"",
+                acl_always_use_authenticated_groups: bool = False) -> Response:
+        req = Request(headers=list(headers), method=method, path=path, query=query, body=body)
         errors: list[str] = []
         worker = next(self._worker) if worker is None else worker
         try:
@@ -313,13 +328,14 @@ class Kong:
             errors.append(str(exc))
             req.delayed_response = (500, UNEXPECTED, {})
         if req.delayed_response is None and acl_allow is not None:
-            self._acl(req, acl_allow)
+            self._acl(req, acl_allow, acl_always_use_authenticated_groups)
         self.error_log.extend(errors)
         if req.delayed_response is not None:
-            status, body, hdrs = req.delayed_response
-            return Response(status, body, {k: str(v) for k, v in (hdrs or {}).items()}, False, [],
-                            req.ctx_shared, req.pdk_calls, errors)
-        return Response(200, None, {}, True, req.headers, req.ctx_shared, req.pdk_calls, errors)
+            status, payload, hdrs = req.delayed_response
+            return Response(status, payload, {k: str(v) for k, v in (hdrs or {}).items()}, False, [],
+                            req.ctx_shared, req.pdk_calls, errors, req.consumer, req.credential)
+        return Response(200, None, {}, True, req.headers, req.ctx_shared, req.pdk_calls, errors,
+                        req.consumer, req.credential)
 
     def _handle_event(self, entity: PluginEntity, req: Request, worker: int, errors: list[str]) -> None:
         """mp_rpc.lua Rpc:handle_event."""
@@ -383,6 +399,26 @@ class Kong:
         if method == "kong.request.get_header":
             values = req.multimap().get(str(args[0]).lower().replace("_", "-"))
             return (values[0] if values else None), None
+        if method == "kong.request.get_method":
+            return req.method, None
+        if method == "kong.request.get_path":
+            return req.path, None
+        if method == "kong.request.get_raw_query":
+            return req.query, None
+        if method == "kong.request.get_raw_body":
+            return req.body, None  # must_fix fix_raw: sent as MessagePack bin
+        if method == "kong.client.load_consumer":
+            return self._load_consumer(args), None
+        if method == "kong.client.authenticate":
+            consumer, credential = (list(args) + [None, None])[:2]
+            if consumer is None and credential is None:
+                raise LuaError("either credential or consumer must be provided")
+            req.consumer, req.credential = consumer, credential
+            return None, None
+        if method == "kong.client.get_consumer":
+            return req.consumer, None
+        if method == "kong.client.get_credential":
+            return req.credential, None
         if method == "kong.service.request.set_headers":
             headers = args[0] if args else None
             if not isinstance(headers, dict):
@@ -423,10 +459,27 @@ class Kong:
         self.error_log.append(f"could not find pdk method: {method}")
         return None, None
 
+    def _load_consumer(self, args: list[Any]) -> dict[str, Any] | None:
+        """kong/pdk/client.lua load_consumer: by id (a UUID), else by username if asked."""
+        consumer_id, by_username = (list(args) + [None, False])[:2]
+        if not isinstance(consumer_id, str):
+            raise LuaError("consumer_id must be a string")
+        is_uuid = _is_uuid(consumer_id)
+        if not is_uuid and not by_username:
+            raise LuaError("cannot load a consumer with an id that is not a uuid")
+        for consumer in self.consumers:
+            if is_uuid and consumer.get("id") == consumer_id:
+                return consumer
+        if by_username:
+            return next((c for c in self.consumers if c.get("username") == consumer_id), None)
+        return None
+
     # -- the bundled ACL plugin, priority 950 (runs after the plugin) --
 
-    def _acl(self, req: Request, allow: list[str]) -> None:
+    def _acl(self, req: Request, allow: list[str], always_use_authenticated_groups: bool = False) -> None:
         groups = req.ctx_shared.get("authenticated_groups")
+        if req.consumer is not None and req.credential is not None and not always_use_authenticated_groups:
+            groups = req.consumer.get("acl_groups")  # an authenticated consumer: its own groups
         if not isinstance(groups, list):
             req.delayed_response = (401, {"message": "Unauthorized"}, {})
         elif not set(groups) & set(allow):
@@ -448,6 +501,13 @@ _STEP_METHODS = {
     "kong.response.get_headers": "plugin.StepMultiMap",
     "kong.service.response.get_headers": "plugin.StepMultiMap",
 }
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        return str(uuid.UUID(value)) == value.lower()
+    except ValueError:
+        return False
 
 
 def kcauth_commands(prefix: Path, extra: str = "") -> tuple[str, str, Path]:

@@ -1,0 +1,212 @@
+"""Revocation without introspection: the receiver route and its enforcement on every guard,
+against the local IdP (forged pushes need a key we control). Keycloak's own pushes are in
+tests/test_keycloak_revocation.py."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import jwt
+import pytest
+
+from kong_plugin_kcauth.logout import BACKCHANNEL_EVENT
+from tests.conftest import bearer, start_plugin_server
+from tests.harness.idp import DROP, LocalIdP, Minter, SigningKey
+from tests.harness.kong import Kong, PluginEntity, Response
+from tests.services.redis import RedisServer
+
+RECEIVER_PATH = "/kcauth/revocations"
+
+
+def guard(kong: Kong, idp: LocalIdP, **extra: Any) -> PluginEntity:
+    return kong.plugin({"issuer": idp.issuer, "audiences": ["orders-api"], **extra})
+
+
+def receiver(kong: Kong, idp: LocalIdP, **extra: Any) -> PluginEntity:
+    return kong.plugin({"issuer": idp.issuer, "mode": "revocation_receiver",
+                        "logout_audiences": ["test-cli"], **extra})
+
+
+def logout_token(idp: LocalIdP, key: SigningKey | None = None, typ: str = "logout+jwt", **claims: Any) -> str:
+    key = key or idp.primary  # type: ignore[attr-defined]
+    now = int(time.time())
+    body: dict[str, Any] = {"iss": idp.issuer, "aud": "test-cli", "iat": now, "exp": now + 120,
+                            "jti": str(uuid.uuid4()), "sid": "session-1", "sub": "user-1",
+                            "events": {BACKCHANNEL_EVENT: {}}}
+    for name, value in claims.items():
+        if value is DROP:
+            body.pop(name, None)
+        else:
+            body[name] = value
+    return jwt.encode(body, key.private, algorithm=key.alg, headers={"kid": key.kid, "typ": typ})
+
+
+def post_logout(kong: Kong, entity: PluginEntity, token: str) -> Response:
+    return kong.request(entity, [("Content-Type", "application/x-www-form-urlencoded")], method="POST",
+                        path=RECEIVER_PATH, body=urlencode({"logout_token": token}).encode())
+
+
+def test_a_session_logout_revokes_that_session_on_every_guard(kong: Kong, idp: LocalIdP, minter: Minter) -> None:
+    plain, admin = guard(kong, idp), guard(kong, idp, required_roles=["realm:user"])
+    mine, other = minter.token(sid="session-1"), minter.token(sid="session-2")
+    for entity in (plain, admin):
+        assert kong.request(entity, bearer(mine)).status == 200  # now cached
+    res = post_logout(kong, receiver(kong, idp), logout_token(idp, sid="session-1"))
+    assert res.status == 200 and res.body == {"message": "recorded"} and not res.proxied
+    assert res.pdk_calls == ["kong.request.get_method", "kong.request.get_path",
+                             "kong.request.get_raw_body", "kong.response.exit"]
+    for entity in (plain, admin):
+        refused = kong.request(entity, bearer(mine))
+        assert refused.status == 401
+        assert 'error_description="The access token was revoked"' in refused.headers["WWW-Authenticate"]
+        assert kong.request(entity, bearer(other)).status == 200
+    assert idp.introspection_requests == 0
+
+
+def test_a_subject_logout_revokes_tokens_issued_until_then(kong: Kong, idp: LocalIdP, minter: Minter) -> None:
+    entity = guard(kong, idp)
+    now = int(time.time())
+    before = minter.token(sub="user-9", sid=DROP, iat=now - 5)
+    assert post_logout(kong, receiver(kong, idp), logout_token(idp, sid=DROP, sub="user-9", iat=now)).status == 200
+    assert kong.request(entity, bearer(before)).status == 401
+    after = minter.token(sub="user-9", sid=DROP, iat=now + 1)
+    assert kong.request(entity, bearer(after)).status == 200, "a later login is not revoked"
+    assert kong.request(entity, bearer(minter.token(sub="user-8"))).status == 200
+
+
+@pytest.mark.parametrize(("forgery", "reason"), [
+    ("wrong key", "invalid signature"),
+    ("wrong issuer", "wrong issuer"),
+    ("wrong audience", "wrong audience"),
+    ("no event", "no back-channel logout event"),
+    ("nonce", "a logout token must not carry a nonce"),
+    ("access token", "not a logout token"),
+    ("expired", "expired"),
+    ("future iat", "missing or future iat"),
+    ("no sid nor sub", "neither sid nor sub"),
+    ("alg none", "signature algorithm not accepted"),
+    ("replay", "replayed logout token"),
+    ("no token", "the request must carry one logout_token"),
+])
+def test_forged_logout_tokens_are_refused_and_revoke_nothing(forgery: str, reason: str, kong: Kong, idp: LocalIdP,
+                                                             minter: Minter) -> None:
+    entity, sink = guard(kong, idp), receiver(kong, idp)
+    token = minter.token(sid="session-1")
+    now = int(time.time())
+    forged = {
+        "wrong key": lambda: logout_token(idp, key=SigningKey("RS256", kid=idp.primary.kid)),  # type: ignore[attr-defined]
+        "wrong issuer": lambda: logout_token(idp, iss=idp.issuer + "x"),
+        "wrong audience": lambda: logout_token(idp, aud="other-app"),
+        "no event": lambda: logout_token(idp, events={}),
+        "nonce": lambda: logout_token(idp, nonce="n-1"),
+        "access token": lambda: minter.token(sid="session-1"),
+        "expired": lambda: logout_token(idp, exp=now - 60),
+        "future iat": lambda: logout_token(idp, iat=now + 600),
+        "no sid nor sub": lambda: logout_token(idp, sid=DROP, sub=DROP),
+        "alg none": lambda: logout_token(idp).rsplit(".", 2)[0] + ".eyJ9.",
+        "replay": None,
+        "no token": None,
+    }[forgery]
+    if forgery == "replay":
+        first = logout_token(idp, sid="session-other")
+        assert post_logout(kong, sink, first).status == 200
+        res = post_logout(kong, sink, first)
+    elif forgery == "no token":
+        res = kong.request(sink, [], method="POST", path=RECEIVER_PATH, body=b"token=abc")
+    elif forgery == "alg none":
+        from tests.harness.idp import forge
+        res = post_logout(kong, sink, forge({"alg": "none", "typ": "logout+jwt"},
+                                            {"iss": idp.issuer, "aud": "test-cli", "sid": "session-1"}))
+    else:
+        res = post_logout(kong, sink, forged())
+    assert res.status == 400, res.body
+    assert res.body == {"error": "invalid_request", "error_description": reason}
+    assert kong.request(entity, bearer(token)).status == 200, "nothing was revoked"
+
+
+def test_receiver_refuses_other_methods(kong: Kong, idp: LocalIdP) -> None:
+    res = kong.request(receiver(kong, idp), [], method="GET", path=RECEIVER_PATH)
+    assert res.status == 405 and res.headers["Allow"] == "POST"
+
+
+def test_receiver_can_pass_the_logout_on(kong: Kong, idp: LocalIdP, minter: Minter) -> None:
+    res = post_logout(kong, receiver(kong, idp, pass_logout_upstream=True), logout_token(idp, sid="s-pass"))
+    assert res.status == 200 and res.proxied
+    assert kong.request(guard(kong, idp), bearer(minter.token(sid="s-pass"))).status == 401
+
+
+def test_operator_not_before(kong: Kong, idp: LocalIdP, minter: Minter) -> None:
+    now = int(time.time())
+    entity = guard(kong, idp, not_before=now)
+    assert kong.request(entity, bearer(minter.token(iat=now - 10))).status == 401
+    assert kong.request(entity, bearer(minter.token(iat=now))).status == 200
+
+
+def push_not_before(idp: LocalIdP, client: str, not_before: int, key: SigningKey | None = None) -> str:
+    key = key or idp.primary  # type: ignore[attr-defined]
+    now = int(time.time())
+    action = {"id": str(uuid.uuid4()), "expiration": now + 10, "resource": client,
+              "action": "PUSH_NOT_BEFORE", "notBefore": not_before, "iss": idp.issuer}
+    return jwt.encode(action, key.private, algorithm=key.alg, headers={"kid": key.kid})
+
+
+def test_pushed_not_before_applies_to_that_clients_tokens(kong: Kong, idp: LocalIdP, minter: Minter) -> None:
+    entity, sink = guard(kong, idp), receiver(kong, idp)
+    now = int(time.time())
+    old_cli, old_web = minter.token(iat=now - 10), minter.token(iat=now - 10, azp="web-app")
+    res = kong.request(sink, [], method="POST", path=RECEIVER_PATH + "/k_push_not_before",
+                       body=push_not_before(idp, "test-cli", now).encode())
+    assert res.status == 200, res.body
+    assert kong.request(entity, bearer(old_cli)).status == 401
+    assert kong.request(entity, bearer(old_web)).status == 200, "another client's tokens are untouched"
+    assert kong.request(entity, bearer(minter.token(iat=now + 1))).status == 200
+    forged = push_not_before(idp, "test-cli", now + 100, key=SigningKey("RS256", kid=idp.primary.kid))  # type: ignore[attr-defined]
+    res = kong.request(sink, [], method="POST", path=RECEIVER_PATH + "/k_push_not_before", body=forged.encode())
+    assert res.status == 400
+
+
+def test_two_processes_share_revocations_through_redis(kong: Kong, idp: LocalIdP, minter: Minter,
+                                                      redis_server: RedisServer) -> None:
+    redis = {"host": redis_server.host, "port": redis_server.port}
+    prefix = Path(tempfile.mkdtemp(prefix="kcr", dir="/tmp"))
+    other_server = start_plugin_server(prefix)
+    other = Kong(other_server)
+    try:
+        token, survivor = minter.token(sid="shared-1"), minter.token(sid="shared-2")
+        there = other.plugin({"issuer": idp.issuer, "audiences": ["orders-api"], "redis": redis})
+        here = guard(kong, idp, redis=redis)
+        assert other.request(there, bearer(token)).status == 200
+        assert kong.request(here, bearer(token)).status == 200
+        assert post_logout(kong, receiver(kong, idp, redis=redis), logout_token(idp, sid="shared-1")).status == 200
+        deadline = time.monotonic() + 1.0
+        while other.request(there, bearer(token)).status == 200:
+            assert time.monotonic() < deadline, "the other process did not learn the revocation within 1 s"
+            time.sleep(0.02)
+        assert kong.request(here, bearer(token)).status == 401
+        assert other.request(there, bearer(survivor)).status == 200
+
+        # A process started later catches up from Redis.
+        late = other.plugin({"issuer": idp.issuer, "audiences": ["orders-api"], "redis": redis, "leeway": 11})
+        assert other.request(late, bearer(token)).status == 401
+
+        # Redis down: the receiver answers 503 (Keycloak records the failure) but still applies
+        # the revocation in its own process; every guard keeps what it knew.
+        redis_server.kill()
+        res = post_logout(kong, receiver(kong, idp, redis=redis), logout_token(idp, sid="shared-2"))
+        assert res.status == 503 and res.headers["Retry-After"] == "5"
+        assert kong.request(here, bearer(token)).status == 401
+        assert kong.request(here, bearer(survivor)).status == 401, "applied where it was received"
+        assert other.request(there, bearer(token)).status == 401
+        assert other.request(there, bearer(survivor)).status == 200, "not shared: Redis was down"
+    finally:
+        if not redis_server.running:
+            redis_server.restart()
+        other.rpc.close()
+        other_server.stop()
+        shutil.rmtree(prefix, ignore_errors=True)
