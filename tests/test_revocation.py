@@ -152,7 +152,7 @@ def push_not_before(idp: LocalIdP, client: str, not_before: int, key: SigningKey
     key = key or idp.primary  # type: ignore[attr-defined]
     now = int(time.time())
     action = {"id": str(uuid.uuid4()), "expiration": now + 10, "resource": client,
-              "action": "PUSH_NOT_BEFORE", "notBefore": not_before, "iss": idp.issuer}
+              "action": "PUSH_NOT_BEFORE", "notBefore": not_before}  # Keycloak sends no iss
     return jwt.encode(action, key.private, algorithm=key.alg, headers={"kid": key.kid})
 
 

@@ -228,6 +228,30 @@ class KeycloakAdmin:
         self._admin("PUT", realm, f"/clients/{rep['id']}", expect=(204,), json=rep)
         return previous or None
 
+    def update_client(self, realm: str, client_id: str, **fields: Any) -> dict[str, Any]:
+        """Set top-level client fields (e.g. adminUrl, frontchannelLogout); return the previous
+        values of those fields, for restoring."""
+        rep = self.get_client(realm, client_id)
+        previous = {name: rep.get(name) for name in fields}
+        rep.update(fields)
+        self._admin("PUT", realm, f"/clients/{rep['id']}", expect=(204,), json=rep)
+        return previous
+
+    def set_realm_not_before(self, realm: str, not_before: int) -> None:
+        """Tokens issued before `not_before` become invalid (the Revocation tab's "Set to now")."""
+        rep = _obj(self._admin("GET", realm, ""))
+        rep["notBefore"] = not_before
+        self._admin("PUT", realm, "", expect=(204,), json=rep)
+
+    def push_revocation(self, realm: str) -> dict[str, Any]:
+        """Push the realm's not-before to every client with an admin URL (k_push_not_before)."""
+        return _obj(self._admin("POST", realm, "/push-revocation"))
+
+    def end_session(self, realm: str, client_id: str, refresh_token: str) -> None:
+        """The user logging out through Keycloak's logout endpoint (a public client's way)."""
+        self._send("POST", self._oidc(realm, "logout"), expect=(204,),
+                   data={"client_id": client_id, "refresh_token": refresh_token})
+
     # ------------------------------------------------------------------ users and sessions
     def user_id(self, realm: str, username: str) -> str:
         found = _list(self._admin("GET", realm, "/users", params={"username": username, "exact": "true"}))

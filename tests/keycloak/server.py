@@ -55,6 +55,10 @@ DEFAULT_HEAP_OPTS = "-Xms256m -Xmx768m"
 DEFAULT_EXTRA_JAVA_OPTS = "-XX:TieredStopAtLevel=1"
 
 
+COMPOSE_KONG_URL = "http://kong:8000"
+UNREACHABLE_URL = "http://127.0.0.1:9"
+
+
 class KeycloakStartError(RuntimeError):
     """Keycloak did not become ready; the message carries the end of its log."""
 
@@ -236,7 +240,10 @@ class KeycloakServer:
         shutil.rmtree(import_dir, ignore_errors=True)
         import_dir.mkdir(parents=True)
         for path in self.realms.values():
-            shutil.copy2(path, import_dir / path.name)
+            # The realm's back-channel logout and admin URLs name the compose stack's Kong; here
+            # they point at a closed loopback port until a test sets its own receiver.
+            text = path.read_text().replace(COMPOSE_KONG_URL, UNREACHABLE_URL)
+            (import_dir / path.name).write_text(text)
 
     def _environment(self) -> dict[str, str]:
         env = {key: value for key, value in os.environ.items()
