@@ -111,6 +111,13 @@ class InsufficientScope(Refusal):
         self.required_scopes = required_scopes
 
 
+class UnknownConsumer(Refusal):
+    status = 403
+    error = "insufficient_scope"
+    description = "The access token does not map to a Kong consumer"
+    message = "Forbidden"
+
+
 # --- the identity provider cannot be used ------------------------------------------------------
 
 class ProviderUnavailable(Refusal):

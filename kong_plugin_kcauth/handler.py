@@ -26,7 +26,8 @@ from . import errors
 from .cache import ExpiringCache, Registry, SingleFlight, token_key
 from .claims import Claims
 from .errors import Refusal
-from .headers import HeaderPlan, HeaderValue, groups_for, upstream_headers
+from .consumers import ConsumerMap, consumer_headers, credential_for
+from .headers import HeaderPlan, HeaderValue, cleared_headers, groups_for, upstream_headers
 from .introspection import Introspector
 from .logout import PUSH_NOT_BEFORE_PATH, LogoutRejected, check_logout_token, check_push_not_before, logout_token_of
 from .revocation import RevocationStore, Subject, digest
@@ -51,6 +52,8 @@ class Grant:
     headers: dict[str, HeaderValue]
     groups: list[str]
     subject: Subject  # what revocations are checked against, on every request
+    consumer: str | None = None  # the consumer_claim value, when consumer mapping is on
+    credential: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,7 @@ class Guard:
             min_refresh_interval=config.jwks_min_refresh_interval,
             max_stale=config.jwks_max_stale,
             timeout=config.http_timeout,
+            rewrite=config.provider_rewrite,
         )
         self.keys = _KEYSETS.get(source, lambda: KeySet(source))
         self.keys.prefetch()
@@ -108,6 +112,8 @@ class Guard:
             self.introspector = Introspector(config, replace(self.rules, defer_missing_audience=False),
                                              config.fingerprint(), shared)
             self.rules = replace(self.rules, defer_missing_audience=True)
+        self.consumers = (ConsumerMap(config.consumer_claim, config.consumer_match, config.anonymous)
+                          if config.consumer_claim or config.anonymous else None)
         # Outcomes of tokens that passed validation, by token hash: never past the token's life,
         # nor past the introspection answer they rest on.
         self.cache: ExpiringCache[Grant | Denial] = ExpiringCache(config.token_cache_size)
@@ -187,7 +193,9 @@ class Guard:
         subject = Subject(sid=digest(claims.get("sid")), sub=digest(claims.get("sub")),
                           azp=claims.get("azp") if isinstance(claims.get("azp"), str) else None,
                           iat=float(iat) if isinstance(iat, (int, float)) and not isinstance(iat, bool) else None)
-        return Grant(upstream_headers(self.plan, claims), groups, subject)
+        consumer = self.consumers.name_in(claims) if self.consumers else None
+        credential = credential_for(self.config.issuer, claims) if self.consumers else None
+        return Grant(upstream_headers(self.plan, claims), groups, subject, consumer, credential)
 
     def _cache_deadline(self, claims: Claims) -> float:
         deadline = float(claims["exp"])
@@ -227,8 +235,22 @@ class Plugin:
         guard = self.guard
         try:
             request_headers = kong.request.get_headers()
-            grant = guard.admit(request_headers, time.time())
-            kong.service.request.set_headers(grant.headers)
+            try:
+                grant = guard.admit(request_headers, time.time())
+            except Refusal as refusal:
+                if refusal.status == 401 and guard.consumers and guard.consumers.anonymous \
+                        and _as_anonymous(kong, guard):
+                    return
+                raise
+            headers = grant.headers
+            if guard.consumers is not None:
+                consumer = guard.consumers.find(kong, grant.consumer) if grant.consumer else None
+                if consumer is None and guard.config.consumer_required:
+                    raise errors.UnknownConsumer()
+                if consumer is not None:
+                    kong.client.authenticate(consumer, grant.credential)
+                headers = {**headers, **consumer_headers(consumer, grant.credential if consumer else None)}
+            kong.service.request.set_headers(headers)
             kong.ctx.shared.set("authenticated_groups", grant.groups)
             return
         except Refusal as refusal:
@@ -263,6 +285,19 @@ class Plugin:
             reply = errors.answer(errors.InternalFault(), guard.config.realm)
             _report_fault(kong, exc)
         _send(kong, reply)
+
+
+def _as_anonymous(kong: Any, guard: Guard) -> bool:
+    """Let a request without a valid token through as the anonymous consumer, carrying no
+    identity; False (the refusal stands) when that consumer does not exist."""
+    assert guard.consumers is not None
+    consumer = guard.consumers.find_anonymous(kong)
+    if consumer is None:
+        log.warning("config.anonymous names no Kong consumer; refusing instead")
+        return False
+    kong.client.authenticate(consumer, None)
+    kong.service.request.set_headers({**cleared_headers(guard.plan), **consumer_headers(consumer, None, True)})
+    return True
 
 
 def _send(kong: Any, reply: errors.Answer) -> None:

@@ -8,6 +8,7 @@ provider sends validators. Freshness of keys is decided by `keys.KeySet`, not by
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import requests
@@ -94,3 +95,24 @@ def _json_object(resp: requests.Response, what: str) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise FetchError(f"{what} did not answer a JSON object")
     return doc
+
+
+def rewrite_origin(url: str, rewrite: tuple[str, str] | None) -> str:
+    """Swap the issuer's origin for the provider's internal one (`provider_url`)."""
+    if rewrite and url.startswith(rewrite[0] + "/"):
+        return rewrite[1] + url[len(rewrite[0]):]
+    return url
+
+
+def discover(discovery_url: str, issuer: str, name: str, timeout: float,
+             rewrite: tuple[str, str] | None = None,
+             fetch_json: Callable[..., dict[str, Any]] = get_json) -> str:
+    """An endpoint of the issuer's OpenID Connect discovery document (cached for an hour)."""
+    doc = fetch_json(discovery_url, timeout, revalidate=False)
+    # OpenID Connect Discovery 1.0 section 4.3: the document must name the same issuer.
+    if doc.get("issuer") != issuer:
+        raise FetchError("discovery document names another issuer")
+    endpoint = doc.get(name)
+    if not isinstance(endpoint, str) or not endpoint.startswith(("https://", "http://")):
+        raise FetchError(f"discovery document has no usable {name}")
+    return rewrite_origin(endpoint, rewrite)

@@ -136,13 +136,9 @@ class Introspector:
         return http.post_form(endpoint, form, headers, self.config.http_timeout)
 
     def _discover(self) -> str:
-        doc = http.get_json(self.config.discovery_url, self.config.http_timeout, revalidate=False)
-        endpoint = doc.get("introspection_endpoint")
-        if doc.get("issuer") != self.config.issuer or not isinstance(endpoint, str) \
-                or not endpoint.startswith(("https://", "http://")):
-            raise http.FetchError("discovery document has no usable introspection_endpoint")
-        self._endpoint = endpoint
-        return endpoint
+        self._endpoint = http.discover(self.config.discovery_url, self.config.issuer, "introspection_endpoint",
+                                       self.config.http_timeout, self.config.provider_rewrite)
+        return self._endpoint
 
     def _failed(self, exc: http.FetchError) -> None:
         seconds = self.config.introspection_breaker_seconds

@@ -45,6 +45,7 @@ class KeySource:
     min_refresh_interval: float
     max_stale: float
     timeout: float
+    rewrite: tuple[str, str] | None = None  # (issuer origin, provider origin): see provider_url
 
 
 @dataclass(frozen=True)
@@ -206,11 +207,5 @@ class KeySet:
             done.set()
 
     def _discover(self) -> str:
-        doc = self._fetch_json(self.source.discovery_url, self.source.timeout, revalidate=False)
-        # OpenID Connect Discovery 1.0 section 4.3: the document must name the same issuer.
-        if doc.get("issuer") != self.source.issuer:
-            raise http.FetchError("discovery document names another issuer")
-        uri = doc.get("jwks_uri")
-        if not isinstance(uri, str) or not uri.startswith(("https://", "http://")):
-            raise http.FetchError("discovery document has no usable jwks_uri")
-        return uri
+        return http.discover(self.source.discovery_url, self.source.issuer, "jwks_uri",
+                             self.source.timeout, self.source.rewrite, self._fetch_json)

@@ -18,6 +18,7 @@ import json
 import re
 import types
 import typing
+from urllib.parse import urlsplit
 from dataclasses import dataclass, field
 from typing import Any, TypeVar, Union
 
@@ -91,6 +92,13 @@ class Config:
         "`https://sso.example.com/realms/acme`. Key discovery uses "
         "`<issuer>/.well-known/openid-configuration` unless `jwks_uri` is set.",
         required=True, match="^https?://",
+    )
+    provider_url: str | None = setting(
+        "Origin (scheme://host:port) at which Kong reaches the identity provider when it is not "
+        "the issuer's (containers: issuer http://localhost:8080/..., Kong reaches "
+        "http://keycloak:8080). Discovery and the endpoints it names are fetched there; the "
+        "issuer is still matched exactly.",
+        None, match="^https?://[^/]+$",
     )
     jwks_uri: str | None = setting(
         "Explicit URL of the realm's JSON Web Key Set. Leave empty to find it through OpenID "
@@ -272,6 +280,27 @@ class Config:
         "answers (keyed by token hash, never the token).",
         RedisConfig(),
     )
+    consumer_claim: str | None = setting(
+        "Claim path whose value names the Kong consumer the request is authenticated as "
+        "(e.g. `azp` for one consumer per client, `preferred_username` per user). Empty: no "
+        "consumer mapping.",
+        None,
+    )
+    consumer_match: str = setting(
+        "How `consumer_claim` names the consumer: by `username` (an id is tried first) or by "
+        "consumer `id` only.",
+        "username", one_of=["username", "id"],
+    )
+    consumer_required: bool = setting(
+        "Refuse (403) a valid token whose `consumer_claim` names no Kong consumer. Off: such "
+        "requests proceed without a consumer.",
+        False,
+    )
+    anonymous: str | None = setting(
+        "Consumer (id or username) a request without a valid token is let through as, Kong's "
+        "usual way to make authentication optional. Empty: such requests get 401.",
+        None,
+    )
     mode: str = setting(
         "`guard` protects the route. `revocation_receiver` makes the route the endpoint "
         "Keycloak sends back-channel logout tokens and not-before pushes to; every guard of "
@@ -340,6 +369,22 @@ class Config:
                 raise ConfigError(f"config.required_roles: {role!r} must be `realm:<role>` or `<client-id>:<role>`")
         self._check_introspection()
         self._check_receiver()
+        self._check_consumers()
+
+    def _check_consumers(self) -> None:
+        if self.consumer_claim:
+            try:
+                parse_claim_path(self.consumer_claim)
+            except ValueError as exc:
+                raise ConfigError(f"config.consumer_claim: {exc}") from None
+        if self.consumer_required and not self.consumer_claim:
+            raise ConfigError("config.consumer_required needs config.consumer_claim")
+        names = {n.lower() for n in self.claim_headers}
+        if (self.consumer_claim or self.anonymous) and names & {"x-consumer-id", "x-consumer-username",
+                                                              "x-consumer-custom-id", "x-credential-identifier",
+                                                              "x-anonymous-consumer"}:
+            raise ConfigError("config.claim_headers cannot name Kong's consumer headers while consumer "
+                              "mapping sets them")
 
     def _check_receiver(self) -> None:
         if self.mode == "revocation_receiver" and not self.logout_audiences:
@@ -370,8 +415,19 @@ class Config:
         return hashlib.sha256(canonical.encode()).hexdigest()
 
     @property
+    def provider_rewrite(self) -> tuple[str, str] | None:
+        """(issuer origin, provider origin) when `provider_url` is set."""
+        if not self.provider_url:
+            return None
+        parts = urlsplit(self.issuer)
+        return f"{parts.scheme}://{parts.netloc}", self.provider_url.rstrip("/")
+
+    @property
     def discovery_url(self) -> str:
-        return self.issuer.rstrip("/") + "/.well-known/openid-configuration"
+        from .http import rewrite_origin
+
+        return rewrite_origin(self.issuer.rstrip("/") + "/.well-known/openid-configuration",
+                              self.provider_rewrite)
 
 
 def load_signing_key(pem: str) -> tuple[Any, str]:

@@ -269,3 +269,16 @@ def test_forged_none_token_with_known_kid(kong: Kong, idp: LocalIdP, minter: Min
     entity = kong.plugin(config(idp))
     token = forge({"alg": "none", "kid": idp.primary.kid}, minter.claims())  # type: ignore[attr-defined]
     assert kong.request(entity, bearer(token)).status == 401
+
+
+def test_provider_url_reaches_a_provider_whose_issuer_names_another_host(kong: Kong, idp: LocalIdP) -> None:
+    idp.public_origin = "http://sso.invalid:8080"  # what tokens say; not resolvable from here
+    token = Minter(idp.issuer, idp.primary).token()  # type: ignore[attr-defined]
+    direct = kong.plugin(config(idp, http_timeout=0.5))
+    assert kong.request(direct, bearer(token)).status == 503, "the issuer's host cannot be reached"
+    internal = kong.plugin(config(idp, provider_url=idp.origin))
+    res = kong.request(internal, bearer(token))
+    assert res.status == 200, res.headers
+    assert idp.discovery_requests >= 1 and idp.jwks_requests >= 1
+    wrong_iss = Minter(idp.origin + "/realms/test", idp.primary).token()  # type: ignore[attr-defined]
+    assert kong.request(internal, bearer(wrong_iss)).status == 401, "the issuer is still matched exactly"

@@ -120,6 +120,7 @@ class LocalIdP:
         self.discovery_requests = 0
         self.fail_with: int | None = None  # answer this HTTP status instead
         self.delay = 0.0
+        self.introspection_delay = 0.0  # seconds, applied to introspection POSTs only
         # Introspection: active for every well-formed unexpired token not in `revoked`, with its
         # own claims (as Keycloak answers); `opaque` maps non-JWT tokens to their claims.
         self.revoked: set[str] = set()
@@ -165,6 +166,8 @@ class LocalIdP:
                     idp.introspection_forms.append(form)
                 if idp.delay:
                     time.sleep(idp.delay)
+                if idp.introspection_delay:
+                    time.sleep(idp.introspection_delay)
                 if idp.fail_with:
                     self.send_error(idp.fail_with)
                     return
@@ -185,11 +188,18 @@ class LocalIdP:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
+        self.public_origin: str | None = None
         self._thread: threading.Thread | None = None
 
     @property
     def issuer(self) -> str:
-        return f"http://127.0.0.1:{self.port}/realms/test"
+        # `public_origin` plays a provider whose issuer (what browsers see) is not where the
+        # gateway reaches it, as in containers.
+        return f"{self.public_origin or self.origin}/realms/test"
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def jwks_uri(self) -> str:
