@@ -1,13 +1,20 @@
 # kcauth: everything a fresh machine needs comes from here.
 #   make test          install (venv, Python packages, Maven for the Keycloak download) and run the tests
+#   make demo          the no-Docker demo: Keycloak, Redis, echo upstream, plugin server and a Kong
+#                      stand-in loaded with kong/kong.yml, on loopback; Ctrl-C stops it
 #   make pluginserver  run the plugin server as Kong would, listening on ./.run/kcauth.socket
+#   make spec-http     run spec/*.yaml over HTTP against a running gateway (GATEWAY=..., ADMIN=...)
+#   make bench         the benchmark (BENCH_ARGS=--quick for a short run)
 #   make reference     print the config reference table that README.md carries
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: test install system-deps pluginserver reference clean
+.PHONY: test install system-deps demo pluginserver spec-http bench reference clean
+
+GATEWAY ?= http://127.0.0.1:8000
+ADMIN   ?= http://127.0.0.1:8001
 
 test: install
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -22,13 +29,24 @@ $(VENV)/.installed: pyproject.toml
 
 # Debian packages the test suite needs: Maven fetches the Keycloak server distribution
 # (tests/keycloak/bootstrap.py); redis-server backs the shared-cache tests (tests/services/redis.py).
-SYSTEM_PACKAGES := $(if $(shell command -v mvn),,maven) $(if $(shell command -v redis-server),,redis-server)
+# npm fetches the Compose Specification's JSON schema for the deployment checks.
+SYSTEM_PACKAGES := $(if $(shell command -v mvn),,maven) $(if $(shell command -v redis-server),,redis-server) \
+                   $(if $(shell command -v npm),,npm)
 
 system-deps:
 	@if [ -n "$(strip $(SYSTEM_PACKAGES))" ]; then \
 	  echo "installing $(strip $(SYSTEM_PACKAGES)) with apt-get"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
 	fi
+
+demo: install
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m tests.demo
+
+spec-http: install
+	$(PY) -m tests.spec_http --gateway $(GATEWAY) --admin $(ADMIN)
+
+bench: install
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m tests.bench $(BENCH_ARGS)
 
 pluginserver: install
 	mkdir -p .run

@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
+from .declarative import Declarative, UnsupportedFeature, load
 from .kong import Kong, PluginEntity
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
@@ -51,6 +52,24 @@ class Gateway:
         self.kong = kong
         self.routes = routes
         self._server: ThreadingHTTPServer | None = None
+        self._admin: ThreadingHTTPServer | None = None
+
+    @classmethod
+    def from_declarative(cls, kong: Kong, decl: Declarative) -> Gateway:
+        """Routes and plugin entities of a loaded kong.yml (kcauth configs are validated and
+        defaulted by Kong's schema rules, as Kong does when it loads the file)."""
+        kong.consumers = decl.consumers
+        routes = []
+        for spec in decl.routes:
+            kcauth = spec.plugins.get("kcauth")
+            acl = spec.plugins.get("acl")
+            routes.append(Route(
+                name=spec.name, paths=spec.paths, upstream=spec.service_url, strip_path=spec.strip_path,
+                methods=spec.methods, kcauth=kong.plugin(kcauth, route_id=spec.name) if kcauth is not None else None,
+                acl_allow=list(acl.get("allow") or []) if acl is not None else None,
+                acl_always_use_authenticated_groups=bool(acl and acl.get("always_use_authenticated_groups")),
+            ))
+        return cls(kong, routes)
 
     def route_for(self, method: str, path: str) -> Route | None:
         scored = [(r.match(method, path), r) for r in self.routes]
@@ -114,6 +133,39 @@ class Gateway:
         threading.Thread(target=self._server.serve_forever, daemon=True, name="gateway").start()
         return self
 
+    def serve_admin(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        """The one Admin API call the stand-in answers: DB-less `POST /config` (a declarative
+        config as JSON), which replaces every route, as Kong's does. Returns its URL."""
+        gateway = self
+
+        class Admin(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                try:
+                    if self.path.split("?")[0] != "/config":
+                        raise UnsupportedFeature(f"Admin API {self.path} is not emulated (only POST /config)")
+                    doc = json.loads(self.rfile.read(length))
+                    gateway.routes = Gateway.from_declarative(gateway.kong, load(doc)).routes
+                    status, body = 201, {"message": "configuration replaced"}
+                except (UnsupportedFeature, ValueError) as exc:
+                    status, body = 400, {"message": str(exc)}
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self._admin = ThreadingHTTPServer((host, port), Admin)
+        self._admin.daemon_threads = True
+        threading.Thread(target=self._admin.serve_forever, daemon=True, name="gateway-admin").start()
+        return f"http://{host}:{self._admin.server_address[1]}"
+
     @property
     def port(self) -> int:
         assert self._server is not None
@@ -124,9 +176,10 @@ class Gateway:
         return f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+        for server in (self._server, self._admin):
+            if server is not None:
+                server.shutdown()
+                server.server_close()
 
 
 def _json(status: int, body: Any) -> tuple[int, list[tuple[str, str]], bytes]:

