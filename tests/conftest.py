@@ -6,8 +6,10 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -16,6 +18,7 @@ from tests.harness.kong import Kong, PluginServerProcess, kcauth_commands
 
 pytest_plugins = ["tests.keycloak.fixtures", "tests.services.fixtures"]
 
+T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent
 # The plugin server command must resolve as it would for Kong: from the environment's PATH.
 BIN = str(Path(sys.executable).parent)
@@ -66,6 +69,23 @@ def idp() -> Iterator[LocalIdP]:
 @pytest.fixture
 def minter(idp: LocalIdP) -> Minter:
     return Minter(idp.issuer, idp.primary)  # type: ignore[attr-defined]
+
+
+def at_once(count: int, call: Callable[[], T], timeout: float = 60) -> list[T]:
+    """Run `call` from `count` threads released together; their results."""
+    barrier = threading.Barrier(count)
+    results: list[T] = []
+
+    def worker() -> None:
+        barrier.wait(timeout)
+        results.append(call())
+
+    threads = [threading.Thread(target=worker) for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    return results
 
 
 def bearer(token: str) -> list[tuple[str, str]]:

@@ -3,7 +3,6 @@ The same behaviour against the real Keycloak is in tests/test_keycloak_introspec
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import Any
 
@@ -15,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from kong_plugin_kcauth import errors
 from kong_plugin_kcauth.introspection import judge
 from kong_plugin_kcauth.tokens import Rules
-from tests.conftest import bearer
+from tests.conftest import at_once, bearer
 from tests.harness.idp import DROP, LocalIdP, Minter
 from tests.harness.kong import Kong
 
@@ -69,19 +68,7 @@ def test_concurrent_requests_share_one_call(kong: Kong, idp: LocalIdP, minter: M
     entity = kong.plugin(sensitive(idp))
     token = minter.token()
     idp.delay = 0.3
-    statuses: list[int] = []
-    barrier = threading.Barrier(50)
-
-    def client() -> None:
-        barrier.wait(5)
-        statuses.append(kong.request(entity, bearer(token)).status)
-
-    threads = [threading.Thread(target=client) for _ in range(50)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    assert statuses == [200] * 50
+    assert at_once(50, lambda: kong.request(entity, bearer(token)).status) == [200] * 50
     assert idp.introspection_requests == 1
 
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import http.client
 import json
-import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
 from .declarative import Declarative, UnsupportedFeature, load
+from .httpd import Reply, json_reply, serve
 from .kong import Kong, PluginEntity
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
@@ -76,12 +76,11 @@ class Gateway:
         scored = [(score, r) for score, r in scored if score >= 0]
         return max(scored, key=lambda sr: sr[0])[1] if scored else None
 
-    def handle(self, method: str, target: str, headers: list[tuple[str, bytes]], body: bytes
-               ) -> tuple[int, list[tuple[str, str]], bytes]:
+    def handle(self, method: str, target: str, headers: list[tuple[str, bytes]], body: bytes) -> Reply:
         parts = urlsplit(target)
         route = self.route_for(method, parts.path)
         if route is None:
-            return _json(404, {"message": "no Route matched with those values"})
+            return json_reply(404, {"message": "no Route matched with those values"})
         route.hits += 1
         if route.kcauth is not None:
             res = self.kong.request(route.kcauth, headers, route.acl_allow, method=method, path=parts.path,
@@ -92,7 +91,7 @@ class Gateway:
             headers = [(n, v if isinstance(v, bytes) else v.encode("latin-1", "replace"))
                        for n, v in res.upstream_headers]
         elif route.acl_allow is not None:
-            return _json(401, {"message": "Unauthorized"})
+            return json_reply(401, {"message": "Unauthorized"})
         path = parts.path
         if route.strip_path:
             prefix = max((p for p in route.paths if route.match(method, path) == len(p)), key=len, default="")
@@ -102,68 +101,23 @@ class Gateway:
     # -- serving --
 
     def serve(self, host: str = "127.0.0.1", port: int = 0) -> Gateway:
-        gateway = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _any(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                # Header values as the client sent them (http.server decodes them as latin-1).
-                raw = [(n, v.encode("latin-1")) for n, v in self.headers.items()]
-                try:
-                    status, out_headers, out_body = gateway.handle(self.command, self.path, raw, body)
-                except Exception as exc:  # the stand-in's own fault: say so, as Kong would with 500
-                    status, out_headers, out_body = _json(500, {"message": f"gateway: {type(exc).__name__}"})
-                self.send_response(status)
-                for name, value in out_headers:
-                    self.send_header(name, value)
-                self.send_header("Content-Length", str(len(out_body)))
-                self.end_headers()
-                self.wfile.write(out_body)
-
-            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _any
-
-        self._server = ThreadingHTTPServer((host, port), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True, name="gateway").start()
+        self._server = serve(self.handle, host, port, name="gateway")
         return self
 
     def serve_admin(self, host: str = "127.0.0.1", port: int = 0) -> str:
         """The one Admin API call the stand-in answers: DB-less `POST /config` (a declarative
         config as JSON), which replaces every route, as Kong's does. Returns its URL."""
-        gateway = self
 
-        class Admin(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+        def handle(method: str, target: str, headers: list[tuple[str, bytes]], body: bytes) -> Reply:
+            if (method, target.split("?")[0]) != ("POST", "/config"):
+                return json_reply(404, {"message": f"{method} {target} is not emulated (only POST /config)"})
+            try:
+                self.routes = Gateway.from_declarative(self.kong, load(json.loads(body))).routes
+            except (UnsupportedFeature, ValueError) as exc:
+                return json_reply(400, {"message": str(exc)})
+            return json_reply(201, {"message": "configuration replaced"})
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                try:
-                    if self.path.split("?")[0] != "/config":
-                        raise UnsupportedFeature(f"Admin API {self.path} is not emulated (only POST /config)")
-                    doc = json.loads(self.rfile.read(length))
-                    gateway.routes = Gateway.from_declarative(gateway.kong, load(doc)).routes
-                    status, body = 201, {"message": "configuration replaced"}
-                except (UnsupportedFeature, ValueError) as exc:
-                    status, body = 400, {"message": str(exc)}
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self._admin = ThreadingHTTPServer((host, port), Admin)
-        self._admin.daemon_threads = True
-        threading.Thread(target=self._admin.serve_forever, daemon=True, name="gateway-admin").start()
+        self._admin = serve(handle, host, port, name="gateway-admin")
         return f"http://{host}:{self._admin.server_address[1]}"
 
     @property
@@ -182,11 +136,7 @@ class Gateway:
                 server.server_close()
 
 
-def _json(status: int, body: Any) -> tuple[int, list[tuple[str, str]], bytes]:
-    return status, [("Content-Type", "application/json; charset=utf-8")], json.dumps(body).encode()
-
-
-def _kong_exit(status: int, body: Any, headers: dict[str, str]) -> tuple[int, list[tuple[str, str]], bytes]:
+def _kong_exit(status: int, body: Any, headers: dict[str, str]) -> Reply:
     """kong/pdk/response.lua exit: a table body is sent as JSON."""
     out = [(k, v) for k, v in headers.items()]
     if isinstance(body, (dict, list)):
@@ -196,7 +146,7 @@ def _kong_exit(status: int, body: Any, headers: dict[str, str]) -> tuple[int, li
 
 
 def _forward(upstream: str, method: str, path: str, query: str, headers: list[tuple[str, bytes]],
-             body: bytes) -> tuple[int, list[tuple[str, str]], bytes]:
+             body: bytes) -> Reply:
     base = urlsplit(upstream)
     conn = http.client.HTTPConnection(base.hostname, base.port or 80, timeout=30)
     try:
@@ -212,40 +162,24 @@ def _forward(upstream: str, method: str, path: str, query: str, headers: list[tu
         out = [(n, v) for n, v in resp.getheaders() if n.lower() not in HOP_BY_HOP]
         return resp.status, out, data
     except OSError:
-        return _json(502, {"message": "An invalid response was received from the upstream server"})
+        return json_reply(502, {"message": "An invalid response was received from the upstream server"})
     finally:
         conn.close()
 
 
 class EchoUpstream:
-    """An upstream that answers every request with what it received, as JSON."""
+    """An upstream that answers every request with what it received, as JSON (every value of
+    every header, so duplicates show)."""
 
     def __init__(self) -> None:
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+        def handle(method: str, target: str, headers: list[tuple[str, bytes]], body: bytes) -> Reply:
+            seen: dict[str, list[str]] = {}
+            for name, value in headers:
+                seen.setdefault(name.lower(), []).append(value.decode("latin-1"))
+            return json_reply(200, {"method": method, "path": target, "headers": seen,
+                                    "body": body.decode("utf-8", "replace")})
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _any(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                data = json.dumps({
-                    "method": self.command, "path": self.path,
-                    "headers": {n.lower(): self.headers.get_all(n) for n in set(self.headers.keys())},
-                    "body": body.decode("utf-8", "replace"),
-                }).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _any
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True, name="echo").start()
+        self._server = serve(handle, name="echo")
 
     @property
     def url(self) -> str:
