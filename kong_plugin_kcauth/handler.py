@@ -1,6 +1,11 @@
 """Kong entry: the plugin class kong-pdk instantiates per configuration, and its access phase.
 
-Read it top to bottom: `Plugin.access` is the whole request path.
+`Plugin.access` (at the bottom) is the whole request path; `Guard` above it is one configuration
+compiled and shared, and `Guard.admit` decides a request: bearer token, remembered outcome or
+local validation (tokens.py) then, on sensitive routes, introspection (introspection.py), the
+scope/role policy (policy.py), the upstream headers (headers.py) and, on every request,
+the revocations Keycloak pushed (revocation.py). In `revocation_receiver` mode the route instead
+receives those pushes (`Plugin._receive`, logout.py).
 
 Two properties of Kong's plugin-server bridge shape it (see README, "Security model"):
 - Kong proxies the request when the plugin server fails (fail-open), so nothing here may raise,
@@ -10,7 +15,9 @@ Two properties of Kong's plugin-server bridge shape it (see README, "Security mo
   the request path needs (one round trip for all request headers).
 
 PDK round trips: 2 on the reject path (read headers, exit), 3 on the allow path (read headers,
-set upstream headers, hand groups to Kong's ACL plugin). Nothing follows `kong.response.exit`.
+set upstream headers, hand groups to Kong's ACL plugin), plus `kong.client.authenticate` (and a
+`load_consumer` per minute per consumer) when consumers are mapped. Nothing follows
+`kong.response.exit`.
 """
 
 from __future__ import annotations
@@ -25,15 +32,15 @@ from typing import Any
 from . import errors
 from .cache import ExpiringCache, Registry, SingleFlight, token_key
 from .claims import Claims
-from .errors import Refusal
 from .consumers import ConsumerMap, consumer_headers, credential_for
+from .errors import Refusal
 from .headers import HeaderPlan, HeaderValue, cleared_headers, groups_for, upstream_headers
 from .introspection import Introspector
-from .logout import PUSH_NOT_BEFORE_PATH, LogoutRejected, check_logout_token, check_push_not_before, logout_token_of
-from .revocation import RevocationStore, Subject, digest
 from .keys import KeySet, KeySource
+from .logout import PUSH_NOT_BEFORE_PATH, LogoutRejected, check_logout_token, check_push_not_before, logout_token_of
 from .policy import Policy, authorize
-from .schema import Config
+from .revocation import RevocationStore, Subject, digest
+from .schema import Config, RedisConfig
 from .shared import SharedStore, SharedUnavailable
 from .tokens import Rules, validate
 
@@ -103,12 +110,11 @@ class Guard:
         )
         self.keys = _KEYSETS.get(source, lambda: KeySet(source))
         self.keys.prefetch()
-        redis = config.redis if config.redis.host else None
-        self.revocations = _REVOCATIONS.get((config.issuer, redis),
-                                            lambda: RevocationStore(config.issuer, redis))
+        shared = _shared(config.redis)
+        self.revocations = _REVOCATIONS.get((config.issuer, config.redis),
+                                            lambda: RevocationStore(config.issuer, shared))
         self.introspector: Introspector | None = None
         if config.introspect:
-            shared = _SHARED.get(config.redis, lambda: SharedStore(config.redis)) if config.redis.host else None
             self.introspector = Introspector(config, replace(self.rules, defer_missing_audience=False),
                                              config.fingerprint(), shared)
             self.rules = replace(self.rules, defer_missing_audience=True)
@@ -202,6 +208,11 @@ class Guard:
         if self.rules.max_token_age is not None:
             deadline = min(deadline, float(claims["iat"]) + self.rules.max_token_age)
         return deadline
+
+
+def _shared(redis: RedisConfig) -> SharedStore | None:
+    """The process's one Redis client for these settings, or None without Redis."""
+    return _SHARED.get(redis, lambda: SharedStore(redis)) if redis.host else None
 
 
 def bearer_token(request_headers: dict[str, Any]) -> str:

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 import redis
 
-from .schema import RedisConfig
 from .shared import SharedStore
 
 log = logging.getLogger("kcauth.revocation")
@@ -48,7 +47,7 @@ class Subject:
 
 
 class RevocationStore:
-    def __init__(self, issuer: str, redis_config: RedisConfig | None,
+    def __init__(self, issuer: str, shared: SharedStore | None,
                  clock: Callable[[], float] = time.time) -> None:
         self.issuer = issuer
         self._clock = clock
@@ -57,7 +56,7 @@ class RevocationStore:
         self._not_before: dict[str, float] = {}  # azp ("" = every client) → not before
         self._jtis: dict[str, float] = {}
         self._lock = threading.Lock()
-        self._shared = SharedStore(redis_config) if redis_config and redis_config.host else None
+        self._shared = shared
         self._scope = "revocation:" + (digest(issuer) or "")
         if self._shared is not None:
             threading.Thread(target=self._follow, daemon=True, name="kcauth-revocations").start()

@@ -210,3 +210,33 @@ def test_redis_killed_mid_test_requests_stay_correct(kong: Kong, kc_admin: Keycl
     finally:
         redis_server.restart()
     assert "redis read failed" in kong.server.log() or "redis write failed" in kong.server.log()
+
+
+def test_private_key_jwt_client_authentication(kong: Kong, kc_admin: KeycloakAdmin, routes: Any,
+                                               proxy: CountingProxy) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    from tests.harness.idp import SigningKey
+
+    key = SigningKey("RS256")
+    pem = key.private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()).decode()
+    # orders-api switched to signed-JWT client authentication with our public key, then back.
+    previous = kc_admin.update_client(REALM, "orders-api", clientAuthenticatorType="client-jwt")
+    old_jwks = kc_admin.set_client_attribute(REALM, "orders-api", "jwks.string",
+                                             json.dumps({"keys": [key.jwk()]}))
+    old_use = kc_admin.set_client_attribute(REALM, "orders-api", "use.jwks.string", "true")
+    try:
+        entity = routes.sensitive(client_auth_method="private_key_jwt", client_secret=None,
+                                  client_private_key=pem, introspection_cache_ttl=0)
+        token = alice(kc_admin)
+        assert kong.request(entity, bearer(token)).status == 200
+        kc_admin.revoke_token(REALM, "test-cli", token)
+        assert kong.request(entity, bearer(token)).status == 401
+        secret_route = routes.sensitive(introspection_cache_ttl=0, introspection_breaker_seconds=0)
+        assert kong.request(secret_route, bearer(alice(kc_admin))).status == 503, \
+            "the secret no longer authenticates orders-api: Keycloak refuses, kcauth fails closed"
+    finally:
+        kc_admin.set_client_attribute(REALM, "orders-api", "use.jwks.string", old_use)
+        kc_admin.set_client_attribute(REALM, "orders-api", "jwks.string", old_jwks)
+        kc_admin.update_client(REALM, "orders-api", **previous)
