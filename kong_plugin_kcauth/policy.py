@@ -29,7 +29,8 @@ def satisfied(required: tuple[str, ...], held: frozenset[str], match: str) -> bo
 
 
 def authorize(policy: Policy, claims: Claims) -> None:
-    if not satisfied(policy.scopes, scopes_of(claims), policy.scopes_match):
+    # Claims are only read for what the route requires.
+    if policy.scopes and not satisfied(policy.scopes, scopes_of(claims), policy.scopes_match):
         raise InsufficientScope(required_scopes=policy.scopes)
-    if not satisfied(policy.roles, roles_of(claims), policy.roles_match):
+    if policy.roles and not satisfied(policy.roles, roles_of(claims), policy.roles_match):
         raise InsufficientScope()

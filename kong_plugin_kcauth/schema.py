@@ -217,8 +217,8 @@ class Config:
     )
     token_cache_size: int = setting(
         "Validated tokens remembered per plugin configuration (by SHA-256 of the token, "
-        "never the token itself, and never past `exp`). 0 disables the cache.",
-        10000, between=[0, 1000000],
+        "never the token itself, and never past `exp`); about 2 KB each. 0 disables it.",
+        10000, between=[0, 200000],
     )
     introspect: bool = setting(
         "Sensitive route: after local validation, also ask the realm's RFC 7662 "

@@ -20,8 +20,12 @@ It is kong-pdk's dedicated server for the one plugin `kcauth`, with three delibe
 
 from __future__ import annotations
 
+import functools
 import json
+import os
 import re
+import threading
+import time
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -33,6 +37,8 @@ NAME = "kcauth"
 # identity it establishes. Below Kong's bundled auth plugins (1050 to 1450), which keeps their
 # order when combined with it.
 PRIORITY = 980
+
+_PARENT = os.getppid()  # read as early as possible: Kong may already be gone when serving starts
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -88,6 +94,7 @@ def _serve(name: str, priority: int, plugin: type, plugin_schema: list[dict[str,
     if options.dump:
         sys.stdout.write(json.dumps([server.get_plugin_info(name)]))
         return
+    _watch_parent()
     listener = _listener_class()(
         server, options.prefix, sock_name=options.socket_name, use_gevent=options.gevent,
         listen_queue_size=options.listen_queue_size,
@@ -100,6 +107,20 @@ def _serve(name: str, priority: int, plugin: type, plugin_schema: list[dict[str,
         server.cleanup()
 
 
+def _watch_parent() -> None:
+    """End the process when Kong, its parent, is gone. kong-pdk's own watchdog calls sys.exit()
+    from a thread, which ends only that thread and leaves an orphaned server running."""
+    parent = _PARENT
+
+    def watch() -> None:
+        # Orphans are adopted by init (pid 1) or a subreaper: either way the parent changes.
+        while os.getppid() == parent and parent != 1:
+            time.sleep(1)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="kcauth-parent-watch").start()
+
+
 def _listener_class() -> type:
     import msgpack
     from kong_pdk.exception import PDKException, PluginServerException
@@ -107,6 +128,7 @@ def _listener_class() -> type:
 
     from .schema import ConfigError
 
+    @functools.lru_cache(maxsize=64)
     def method_name(rpc: str) -> str:
         # "plugin.StepMultiMap" -> "step_multi_map", the PluginServer method serving it.
         return re.sub(r"(?<!^)([A-Z])", r"_\1", rpc.partition(".")[2]).lower()

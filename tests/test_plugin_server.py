@@ -4,6 +4,7 @@ several requests, a misbehaving identity provider or a misbehaving plugin server
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -282,3 +283,28 @@ def test_provider_url_reaches_a_provider_whose_issuer_names_another_host(kong: K
     assert idp.discovery_requests >= 1 and idp.jwks_requests >= 1
     wrong_iss = Minter(idp.origin + "/realms/test", idp.primary).token()  # type: ignore[attr-defined]
     assert kong.request(internal, bearer(wrong_iss)).status == 401, "the issuer is still matched exactly"
+
+
+def test_an_orphaned_plugin_server_exits(tmp_path: Path) -> None:
+    """When Kong (its parent) dies, the plugin server must not linger."""
+    prefix = Path(subprocess.check_output(["mktemp", "-d", "/tmp/kco.XXXX"], text=True).strip())
+    launcher = ("import subprocess, sys; "
+                f"p = subprocess.Popen(['kcauth-pluginserver', '--kong-prefix', {str(prefix)!r}], "
+                "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
+                "print(p.pid)")
+    pid = int(subprocess.check_output([sys.executable, "-c", launcher], env={**plugin_server_env(), "HOME": "/tmp"},
+                                      text=True).strip())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        # Reap it if it was reparented to us (pytest may be a subreaper).
+        try:
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.2)
+    os.kill(pid, 9)
+    raise AssertionError("the orphaned plugin server kept running")
