@@ -1,0 +1,3 @@
+from tests.bench.suite import main
+
+main()
