@@ -44,8 +44,9 @@ def prefix() -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def plugin_server(prefix: Path) -> Iterator[PluginServerProcess]:
-    server = start_plugin_server(prefix)
+def plugin_server(prefix: Path, request: pytest.FixtureRequest) -> Iterator[PluginServerProcess]:
+    # A test module may ask for other server arguments (test_gevent_mode.py: "-g").
+    server = start_plugin_server(prefix, getattr(request.module, "PLUGIN_SERVER_ARGS", ""))
     yield server
     server.stop()
 

@@ -1,15 +1,8 @@
 """The same behaviour with the plugin server in gevent mode (`-g`), the mode the README
-recommends from the benchmark. The tests imported here run again, against a `-g` server: the
-fixtures below replace conftest's for this module."""
+recommends from the benchmark. The tests imported here run again, against a `-g` server."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-
-from tests.conftest import start_plugin_server
 from tests.harness.kong import Kong, PluginServerProcess
 from tests.test_introspection import (  # noqa: F401 - collected again here, in gevent mode
     test_breaker_fails_fast_after_three_failures,
@@ -31,18 +24,7 @@ from tests.test_revocation import (  # noqa: F401
 from tests.test_spec import spec_idp, test_case  # noqa: F401
 
 
-@pytest.fixture(scope="module")
-def plugin_server(prefix: Path) -> Iterator[PluginServerProcess]:
-    server = start_plugin_server(prefix, "-g")
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def kong(plugin_server: PluginServerProcess) -> Iterator[Kong]:
-    gateway = Kong(plugin_server)
-    yield gateway
-    gateway.rpc.close()
+PLUGIN_SERVER_ARGS = "-g"  # read by conftest.plugin_server
 
 
 def test_the_server_really_runs_in_gevent_mode(plugin_server: PluginServerProcess, kong: Kong) -> None:
