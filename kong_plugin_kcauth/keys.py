@@ -128,7 +128,6 @@ class KeySet:
         self._last_kid_refresh = float("-inf")
         self._inflight: threading.Event | None = None
         self._lock = threading.Lock()
-        self.downloads = 0  # successful and failed attempts, for tests and the benchmark
 
     def key_for(self, kid: str | None, alg: str) -> Any:
         """The verification key for a token header, or a `Refusal`."""
@@ -191,7 +190,6 @@ class KeySet:
 
     def _download(self, done: threading.Event) -> None:
         try:
-            self.downloads += 1
             uri = self.source.jwks_uri or self._discover()
             keys = parse_jwks(self._fetch_json(uri, self.source.timeout, revalidate=True))
             if not keys:
