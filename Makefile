@@ -53,7 +53,7 @@ pluginserver: install
 	PATH="$(abspath $(VENV))/bin:$$PATH" kcauth-pluginserver --kong-prefix "$(abspath .run)" --socket-name kcauth.socket
 
 reference: install
-	@$(PY) -m kong_plugin_kcauth.schema
+	@$(PY) -m kong_plugin_kcauth.config
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache

@@ -1,12 +1,71 @@
-"""Reading Keycloak's claims: claim paths, roles and scopes. Pure functions."""
+"""Reading what the identity provider sends: strict JSON, times, claim paths, roles and scopes.
+Pure functions.
+
+Every JSON document from outside (token segments, introspection answers, key sets, discovery,
+Redis entries) is parsed by `json_object`, which refuses what Python's json module would let
+through but nothing downstream can carry: `NaN`/`Infinity`, text that is not UTF-8, and lone
+UTF-16 surrogates (`"\\ud800"`), which MessagePack cannot encode back to Kong.
+"""
 
 from __future__ import annotations
 
+import json
+import math
+import re
 from typing import Any
 
 Claims = dict[str, Any]
 
 _MISSING = object()
+
+# A NumericDate kcauth accepts: a finite number of seconds from 1970 to the end of year 9999.
+MAX_TIME = 253402300799
+# A \uD800-\uDFFF escape: the only way a decoded JSON string can hold a surrogate.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"JSON constant {name} is not allowed")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # 1e999: a number no double holds
+        raise ValueError("JSON number out of range")
+    return value
+
+
+_decoder = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float)
+
+
+def json_object(data: bytes | str) -> dict[str, Any] | None:
+    """A JSON object from UTF-8 text, or None when it is not one (or holds NaN, Infinity, a
+    number no double holds, or a string that cannot be encoded as UTF-8)."""
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        value = _decoder.decode(text)
+        raw = data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass")
+        if _SURROGATE_ESCAPE.search(raw):
+            # Pairs decode to one character; a lone half survives and fails to encode here.
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except (ValueError, RecursionError, UnicodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def is_number(value: object) -> bool:
+    """A JSON number (bool is an int in Python, never a number in JSON)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def time_of(value: object) -> float | None:
+    """A NumericDate as seconds, or None unless it is a finite number in [0, MAX_TIME], so no
+    later arithmetic or comparison on it can overflow or silently be false (NaN)."""
+    if not is_number(value):
+        return None
+    if isinstance(value, int):
+        return float(value) if 0 <= value <= MAX_TIME else None
+    return value if 0.0 <= value <= MAX_TIME else None  # type: ignore[operator,return-value]
 
 
 def parse_claim_path(path: str) -> tuple[str, ...]:

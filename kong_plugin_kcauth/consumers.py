@@ -16,13 +16,9 @@ from typing import Any
 
 from .cache import ExpiringCache
 from .claims import Claims, claim_at, parse_claim_path
-from .headers import REMOVE, HeaderValue
+from .config import Config
 
 CONSUMER_CACHE_SECONDS = 60
-# Kong's conventional consumer headers (kong/plugins/jwt/handler.lua set_consumer), always set or
-# removed when consumer mapping is on, so a client cannot forge them.
-CONSUMER_HEADERS = ("X-Consumer-ID", "X-Consumer-Custom-ID", "X-Consumer-Username",
-                    "X-Credential-Identifier", "X-Anonymous-Consumer")
 _NOT_FOUND: dict[str, Any] = {}
 
 
@@ -32,6 +28,13 @@ class ConsumerMap:
         self.by_username = match == "username"
         self.anonymous = anonymous
         self._found: ExpiringCache[dict[str, Any]] = ExpiringCache(10000)
+
+    @classmethod
+    def from_config(cls, config: Config) -> ConsumerMap | None:
+        """The consumer mapping of a config, None when it maps no consumer."""
+        if not (config.consumer_claim or config.anonymous):
+            return None
+        return cls(config.consumer_claim, config.consumer_match, config.anonymous)
 
     def name_in(self, claims: Claims) -> str | None:
         """The claim value naming the consumer (strings and numbers only)."""
@@ -64,18 +67,3 @@ def credential_for(issuer: str, claims: Claims) -> dict[str, str] | None:
     if not isinstance(sub, str) or not sub:
         return None
     return {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{issuer}#{sub}"))}
-
-
-def consumer_headers(consumer: dict[str, Any] | None, credential: dict[str, str] | None,
-                     anonymous: bool = False) -> dict[str, HeaderValue]:
-    values: dict[str, HeaderValue] = {name: REMOVE for name in CONSUMER_HEADERS}
-    if consumer is not None:
-        for header, field in (("X-Consumer-ID", "id"), ("X-Consumer-Custom-ID", "custom_id"),
-                              ("X-Consumer-Username", "username")):
-            if isinstance(consumer.get(field), str):
-                values[header] = consumer[field]
-    if credential is not None:
-        values["X-Credential-Identifier"] = credential["id"]
-    if anonymous:
-        values["X-Anonymous-Consumer"] = "true"
-    return values

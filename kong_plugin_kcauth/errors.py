@@ -38,6 +38,11 @@ class InvalidRequest(Refusal):
 
 # --- invalid token ----------------------------------------------------------------------------
 
+class InvalidToken(Refusal):
+    """A token refused by a claim rule that is not signed by a key the gateway holds: which
+    rule is not told (jws.verify_after), so forgers cannot probe the configuration."""
+
+
 class TokenTooLarge(Refusal):
     description = "The access token is too large"
 
@@ -135,12 +140,39 @@ class IntrospectionUnavailable(ProviderUnavailable):
     """Introspection failed (unreachable, timed out, garbage) and no fallback applies."""
 
 
+# --- the revocation receiver -------------------------------------------------------------------
+
+class PushRejected(Refusal):
+    """A back-channel logout or not-before push that is refused; `reason` is a fixed category
+    (logout.py) returned to the sender, never input text."""
+
+    status = 400
+    error = "invalid_request"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class MethodNotAllowed(Refusal):
+    status = 405
+    error = None
+    message = "Method not allowed"
+
+
 # --- our own fault -----------------------------------------------------------------------------
 
 class InternalFault(Refusal):
     status = 500
     error = None
     message = "An unexpected error occurred"
+
+
+# Refusals an introspection verdict can carry, by name: the only names read back from Redis.
+VERDICT_REFUSALS: dict[str, type[Refusal]] = {cls.__name__: cls for cls in (
+    TokenInactive, Expired, NotYetValid, TooOld, WrongIssuer, WrongAudience, WrongAuthorizedParty,
+    NotAnAccessToken,
+)}
 
 
 @dataclass(frozen=True)
@@ -153,6 +185,11 @@ class Answer:
 
 
 def answer(refusal: Refusal, realm: str) -> Answer:
+    if isinstance(refusal, PushRejected):
+        return Answer(400, {"error": refusal.error or "", "error_description": refusal.reason},
+                      {"Cache-Control": "no-store"})
+    if isinstance(refusal, MethodNotAllowed):
+        return Answer(405, {"message": refusal.message}, {"Allow": "POST"})
     headers: dict[str, str] = {}
     if refusal.status in (401, 403):
         headers["WWW-Authenticate"] = challenge(refusal, realm)

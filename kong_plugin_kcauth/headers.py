@@ -8,7 +8,8 @@ The encoding contract (documented in the README, relied on by upstream services)
 - numbers as JSON numbers, booleans as `true` / `false`;
 - arrays and objects as compact JSON, ASCII only (non-ASCII and control characters escaped);
 - an absent claim, a null, or a value longer than the configured limit: the header is removed.
-Every configured header name is always set or removed, so a client's own copy never survives.
+Every configured header name is always set or removed, so a client's own copy never survives;
+so are Kong's identity headers (`X-Consumer-*`, ...) and any spelling of either with underscores.
 """
 
 from __future__ import annotations
@@ -17,10 +18,31 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from typing import TYPE_CHECKING
+
 from .claims import Claims, claim_at, parse_claim_path, roles_of
+
+if TYPE_CHECKING:
+    from .config import Config
 
 HeaderValue = str | list[str]
 REMOVE: list[str] = []  # kong.service.request.set_headers with an empty array clears the header
+
+# Headers a claim must never be written into: they change how the request is routed, framed or
+# authenticated upstream.
+RESERVED_HEADERS = frozenset({
+    "host", "authorization", "proxy-authorization", "content-length", "content-type",
+    "transfer-encoding", "connection", "keep-alive", "upgrade", "te", "trailer", "cookie",
+    "expect", "forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto",
+    "x-forwarded-port", "x-forwarded-prefix", "x-real-ip",
+})
+
+# Kong's identity headers (kong/constants.lua HEADERS), set by its auth plugins' `set_consumer`
+# (kong/plugins/key-auth/handler.lua), ACL and oauth2: an upstream trusts them as Kong's, so a
+# client's copy never reaches it (headers.kong_identity_headers, handler.set_identity).
+KONG_IDENTITY_HEADERS = ("X-Consumer-ID", "X-Consumer-Custom-ID", "X-Consumer-Username",
+                         "X-Credential-Identifier", "X-Anonymous-Consumer", "X-Consumer-Groups",
+                         "X-Authenticated-Groups", "X-Authenticated-Scope", "X-Authenticated-Userid")
 
 
 @dataclass(frozen=True)
@@ -39,6 +61,15 @@ class HeaderPlan:
             strip_authorization=strip_authorization,
         )
 
+    @classmethod
+    def from_config(cls, config: Config) -> HeaderPlan:
+        return cls.compile(config.claim_headers, config.header_value_max_length, config.strip_authorization)
+
+    @property
+    def managed(self) -> frozenset[str]:
+        """Every header name (lower-cased) whose value is kcauth's or Kong's alone."""
+        return frozenset(name.lower() for name, _ in self.claims) | {h.lower() for h in KONG_IDENTITY_HEADERS}
+
 
 def upstream_headers(plan: HeaderPlan, claims: Claims) -> dict[str, HeaderValue]:
     """The argument of one `kong.service.request.set_headers` call."""
@@ -54,6 +85,31 @@ def upstream_headers(plan: HeaderPlan, claims: Claims) -> dict[str, HeaderValue]
 def cleared_headers(plan: HeaderPlan) -> dict[str, HeaderValue]:
     """Every configured header removed: what a request with no claims to forward gets."""
     return {name: REMOVE for name, _ in plan.claims}
+
+
+def kong_identity_headers(consumer: dict[str, Any] | None, credential: dict[str, str] | None,
+                          anonymous: bool = False) -> dict[str, HeaderValue]:
+    """Kong's identity headers for an authenticated consumer (or none): each set from it or
+    removed, as Kong's auth plugins' `set_consumer` does."""
+    values: dict[str, HeaderValue] = {name: REMOVE for name in KONG_IDENTITY_HEADERS}
+    if consumer is not None:
+        for header, field in (("X-Consumer-ID", "id"), ("X-Consumer-Custom-ID", "custom_id"),
+                              ("X-Consumer-Username", "username")):
+            if isinstance(consumer.get(field), str):
+                values[header] = consumer[field]
+    if credential is not None:
+        values["X-Credential-Identifier"] = credential["id"]
+    if anonymous:
+        values["X-Anonymous-Consumer"] = "true"
+    return values
+
+
+def spelling_variants(request_headers: dict[str, Any], managed: frozenset[str]) -> dict[str, HeaderValue]:
+    """Removals for client headers that spell a managed header with underscores
+    (`X_Auth_Subject`): Kong's nginx passes them (`underscores_in_headers on`) and WSGI, CGI and
+    many frameworks read them as the very same header."""
+    return {name: REMOVE for name in request_headers
+            if "_" in name and name.replace("_", "-").lower() in managed}
 
 
 def encode(value: Any) -> str | None:

@@ -16,6 +16,8 @@ import requests
 import requests.adapters
 import requests_cache
 
+from .claims import json_object
+
 MAX_BODY = 1 << 20  # a key set or discovery document is a few KB; refuse to hold megabytes
 DISCOVERY_MAX_AGE = 3600
 
@@ -96,11 +98,8 @@ def _json_object(resp: requests.Response, what: str) -> dict[str, Any]:
         raise FetchError(f"{what} answered HTTP {resp.status_code}")
     if len(resp.content) > MAX_BODY:
         raise FetchError(f"{what} answered more than {MAX_BODY} bytes")
-    try:
-        doc = resp.json()
-    except ValueError:
-        raise FetchError(f"{what} did not answer JSON") from None
-    if not isinstance(doc, dict):
+    doc = json_object(resp.content)  # strict: no NaN/Infinity, no lone surrogates
+    if doc is None:
         raise FetchError(f"{what} did not answer a JSON object")
     return doc
 

@@ -3,40 +3,50 @@
 Local validation cannot see logout or revocation; on sensitive routes this module asks.
 Keycloak-friendly by construction:
 - one call per token at a time: concurrent requests with the same uncached token share it
-  (handler.Guard.admit coalesces them);
+  (decision.Guard coalesces them);
 - answers are reused, active ones until min(`introspection_cache_ttl`, token `exp`), inactive
   ones for `introspection_negative_ttl`, in process and, when configured, in Redis for every
-  node and process (keys are digests of the config fingerprint and the token, never tokens);
+  node and process (sealed, keyed by digests of the config fingerprint and the token);
 - after 3 failures in a row a breaker fails fast for `introspection_breaker_seconds`, so a dead
   Keycloak does not add a timeout to every request.
-An answer counts as active only when `active` is the boolean true and its claims pass the same
-claim rules as local validation (issuer, expiry, audience, token type, authorized party).
+
+An answer counts only when it is about this token: `sub`, `iss`, `azp`/`client_id`, `sid`, `jti`
+and `iat` present in both the answer and the locally validated token must agree; an answer that
+does not is a failure of the identity provider (503 under `deny`), never remembered. An active
+answer is accepted only when `active` is the boolean true, its times are sane and its claims pass
+the same claim rules as local validation (issuer, expiry, audience, token type, authorized party).
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import logging
 import threading
 import time
-import uuid
+import logging
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote_plus
-
-import jwt
 
 from . import errors, http
-from .claims import Claims
-from .schema import Config, load_signing_key
+from .claims import Claims, time_of
+from .client_auth import client_authentication
+from .config import Config
+from .logs import Throttled
 from .shared import SharedStore
 from .tokens import Rules, check_claims
 
 log = logging.getLogger("kcauth.introspection")
 
 BREAKER_FAILURES = 3
-ASSERTION_LIFETIME = 60
+# Claims an answer and the token it is about must agree on, where both carry them.
+BOUND_CLAIMS = ("sub", "iss", "sid", "jti", "iat")
+
+
+class BadAnswer(http.FetchError):
+    """Keycloak answered, but not with a usable answer about this token."""
+
+
+class BreakerOpen(http.FetchError):
+    """Too many failures in a row: not asking for a while."""
 
 
 @dataclass(frozen=True)
@@ -48,67 +58,80 @@ class Verdict:
     claims: Claims = field(default_factory=dict)
 
 
-def judge(answer: dict[str, Any], rules: Rules, now: float, ttl: float, negative_ttl: float) -> Verdict:
-    """Turn an introspection answer into a verdict (pure)."""
+def about_this_token(answer: Claims, token: Claims) -> bool:
+    """Whether an answer can be about the token whose validated claims are `token`."""
+    if any(name in answer and name in token and answer[name] != token[name] for name in BOUND_CLAIMS):
+        return False
+    azp = token.get("azp")
+    return azp is None or all(answer.get(name, azp) == azp for name in ("azp", "client_id"))
+
+
+def judge(answer: dict[str, Any], token: Claims | None, rules: Rules, now: float, ttl: float,
+          negative_ttl: float) -> Verdict:
+    """Turn an introspection answer into a verdict (pure); BadAnswer when it is unusable.
+    `token` is the locally validated claims, None for an opaque token."""
     active = answer.get("active")
     if active is False:
         return Verdict(errors.TokenInactive, now + negative_ttl)
     if active is not True:
-        raise http.FetchError("introspection answer has no boolean `active`")
+        raise BadAnswer("introspection answer has no boolean `active`")
+    if token is not None and not about_this_token(answer, token):
+        raise BadAnswer("introspection answered about another token")
+    if any(name in answer and time_of(answer[name]) is None for name in ("exp", "iat", "nbf")) \
+            or "exp" not in answer:
+        raise BadAnswer("introspection answer has no sane `exp`, `iat` or `nbf`")
     try:
         check_claims(answer, rules, now)
     except errors.Refusal as refusal:
         return Verdict(type(refusal), now + negative_ttl)
-    return Verdict(None, min(now + ttl, float(answer["exp"])), answer)
-
-
-def client_authentication(config: Config, audience: str, now: float) -> tuple[dict[str, str], dict[str, str]]:
-    """Form fields and headers that authenticate kcauth's client (RFC 6749 2.3, RFC 7523)."""
-    client_id = config.client_id or ""
-    if config.client_auth_method == "client_secret_basic":
-        # RFC 6749 2.3.1: id and secret are form-encoded before base64.
-        pair = f"{quote_plus(client_id)}:{quote_plus(config.client_secret or '')}"
-        return {}, {"Authorization": "Basic " + base64.b64encode(pair.encode()).decode()}
-    if config.client_auth_method == "client_secret_post":
-        return {"client_id": client_id, "client_secret": config.client_secret or ""}, {}
-    key, alg = load_signing_key(config.client_private_key or "")
-    assertion = jwt.encode(
-        {"iss": client_id, "sub": client_id, "aud": audience, "jti": str(uuid.uuid4()),
-         "iat": int(now), "exp": int(now) + ASSERTION_LIFETIME},
-        key, algorithm=alg,
-    )
-    return {
-        "client_id": client_id,
-        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-        "client_assertion": assertion,
-    }, {}
+    return Verdict(None, min(now + ttl, time_of(answer["exp"]) or now), answer)
 
 
 class Introspector:
-    def __init__(self, config: Config, rules: Rules, fingerprint: str, shared: SharedStore | None) -> None:
-        self.config = config
+    def __init__(self, *, rules: Rules, issuer: str, endpoint: str | None, discovery_url: str,
+                 rewrite: tuple[str, str] | None, client_auth_method: str, client_id: str,
+                 client_secret: str | None, client_private_key: str | None, ttl: float,
+                 negative_ttl: float, breaker_seconds: float, timeout: float, salt: str,
+                 shared: SharedStore | None) -> None:
         self.rules = rules
         self.shared = shared
-        self._salt = fingerprint.encode()
-        self._endpoint = config.introspection_endpoint
+        self._issuer = issuer
+        self._endpoint = endpoint
+        self._discovery_url = discovery_url
+        self._rewrite = rewrite
+        self._client = (client_auth_method, client_id, client_secret, client_private_key)
+        self._ttl, self._negative_ttl = ttl, negative_ttl
+        self._breaker_seconds = breaker_seconds
+        self._timeout = timeout
+        self._salt = salt.encode()
         self._failures = 0
         self._open_until = 0.0
         self._lock = threading.Lock()
-        self._last_fallback_log = 0.0
+        self._notes = Throttled(log, 30)
 
-    def verdict(self, token: str, key: bytes, now: float) -> Verdict:
-        """The verdict for a token (`key` is its digest): from Redis when another node or process
-        asked already, else from Keycloak. Raises IntrospectionUnavailable. Callers coalesce
-        concurrent requests for one token (handler.Guard.admit)."""
+    @classmethod
+    def from_config(cls, config: Config, rules: Rules, shared: SharedStore | None) -> Introspector:
+        return cls(
+            rules=rules, issuer=config.issuer, endpoint=config.introspection_endpoint,
+            discovery_url=config.discovery_url, rewrite=config.provider_rewrite,
+            client_auth_method=config.client_auth_method, client_id=config.client_id or "",
+            client_secret=config.client_secret, client_private_key=config.client_private_key,
+            ttl=config.introspection_cache_ttl, negative_ttl=config.introspection_negative_ttl,
+            breaker_seconds=config.introspection_breaker_seconds, timeout=config.http_timeout,
+            salt=config.fingerprint(), shared=shared,
+        )
+
+    def verdict(self, token: str, key: bytes, claims: Claims | None, now: float) -> Verdict:
+        """The verdict for a token (`key` is its digest, `claims` its validated claims): from
+        Redis when another node or process asked already, else from Keycloak. Raises
+        IntrospectionUnavailable. Callers coalesce concurrent requests for one token."""
         shared_key = "introspection:" + hashlib.sha256(self._salt + key).hexdigest()
         if self.shared is not None:
-            cached = self._from_shared(self.shared.get(shared_key), now)
+            cached = _from_shared(self.shared.get(shared_key), claims, now)
             if cached is not None:
                 return cached
         try:
-            answer = self._call(token, now)
-            verdict = judge(answer, self.rules, now, self.config.introspection_cache_ttl,
-                            self.config.introspection_negative_ttl)
+            verdict = judge(self._call(token, now), claims, self.rules, now, self._ttl, self._negative_ttl)
         except http.FetchError as exc:
             self._failed(exc)
             raise errors.IntrospectionUnavailable() from None
@@ -119,50 +142,54 @@ class Introspector:
         return verdict
 
     def note_fallback(self) -> None:
-        now = time.monotonic()
-        if now - self._last_fallback_log > 30:
-            self._last_fallback_log = now
-            log.warning("introspection unavailable: accepting locally validated tokens "
-                        "(introspection_failure = local)")
+        self._notes.warning("introspection unavailable: accepting locally validated tokens "
+                            "(introspection_failure = local)")
 
     def _call(self, token: str, now: float) -> dict[str, Any]:
         if time.monotonic() < self._open_until:
-            raise http.FetchError("breaker open")
+            raise BreakerOpen("breaker open")
         endpoint = self._endpoint or self._discover()
-        form, headers = client_authentication(self.config, self.config.issuer, now)
+        method, client_id, secret, private_key = self._client
+        form, headers = client_authentication(method, client_id, secret, private_key, self._issuer, now)
         form.update(token=token, token_type_hint="access_token")
-        return http.post_form(endpoint, form, headers, self.config.http_timeout)
+        return http.post_form(endpoint, form, headers, self._timeout)
 
     def _discover(self) -> str:
-        self._endpoint = http.discover(self.config.discovery_url, self.config.issuer, "introspection_endpoint",
-                                       self.config.http_timeout, self.config.provider_rewrite)
+        self._endpoint = http.discover(self._discovery_url, self._issuer, "introspection_endpoint",
+                                       self._timeout, self._rewrite)
         return self._endpoint
 
     def _failed(self, exc: http.FetchError) -> None:
-        seconds = self.config.introspection_breaker_seconds
+        if isinstance(exc, BreakerOpen):
+            return
+        seconds = self._breaker_seconds
         with self._lock:
-            if str(exc) == "breaker open":
-                return
             self._failures += 1
             opening = seconds > 0 and self._failures >= BREAKER_FAILURES
             if opening:
                 self._open_until = time.monotonic() + seconds
                 self._failures = 0
-        log.warning("introspection failed: %s%s", exc,
-                    f"; failing fast for {seconds} s" if opening else "")
+        if isinstance(exc, BadAnswer):
+            self._notes.warning("introspection failed: %s", exc)
+        else:
+            log.warning("introspection failed: %s%s", exc, f"; failing fast for {seconds} s" if opening else "")
 
-    @staticmethod
-    def _from_shared(value: dict[str, Any] | None, now: float) -> Verdict | None:
-        if not value or not isinstance(value.get("deadline"), (int, float)) or value["deadline"] <= now:
-            return None
-        name = value.get("refusal")
-        refusal = getattr(errors, name, None) if isinstance(name, str) else None
-        if name is not None and not (isinstance(refusal, type) and issubclass(refusal, errors.Refusal)):
-            return None
-        claims = value.get("claims")
-        if refusal is None and not (isinstance(claims, dict) and claims.get("active") is True):
-            return None  # an active verdict always carries the answer it came from
-        return Verdict(refusal, float(value["deadline"]), claims if refusal is None else {})
+
+def _from_shared(value: dict[str, Any] | None, claims: Claims | None, now: float) -> Verdict | None:
+    """A verdict another process stored (already opened: sealed by a gateway), if still usable."""
+    if value is None:
+        return None
+    deadline, name, answer = time_of(value.get("deadline")), value.get("refusal"), value.get("claims")
+    if deadline is None or deadline <= now:
+        return None
+    if name is not None:
+        refusal = errors.VERDICT_REFUSALS.get(name) if isinstance(name, str) else None
+        return Verdict(refusal, deadline) if refusal is not None else None
+    if not (isinstance(answer, dict) and answer.get("active") is True):
+        return None  # an active verdict always carries the answer it came from
+    if claims is not None and not about_this_token(answer, claims):
+        return None
+    return Verdict(None, deadline, answer)
 
 
 def _to_shared(verdict: Verdict) -> dict[str, Any]:

@@ -26,6 +26,7 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from . import http
+from .config import Config
 from .errors import KeysUnavailable, UnknownKey
 
 log = logging.getLogger("kcauth.keys")
@@ -46,6 +47,13 @@ class KeySource:
     max_stale: float
     timeout: float
     rewrite: tuple[str, str] | None = None  # (issuer origin, provider origin): see provider_url
+
+    @classmethod
+    def from_config(cls, config: Config) -> KeySource:
+        return cls(jwks_uri=config.jwks_uri, discovery_url=config.discovery_url, issuer=config.issuer,
+                   refresh_interval=config.jwks_refresh_interval,
+                   min_refresh_interval=config.jwks_min_refresh_interval, max_stale=config.jwks_max_stale,
+                   timeout=config.http_timeout, rewrite=config.provider_rewrite)
 
 
 @dataclass(frozen=True)
@@ -129,10 +137,20 @@ class KeySet:
         self._inflight: threading.Event | None = None
         self._lock = threading.Lock()
 
-    def key_for(self, kid: str | None, alg: str) -> Any:
-        """The verification key for a token header, or a `Refusal`."""
+    def key_for(self, kid: str | None, alg: str, *, download: bool = True) -> Any:
+        """The verification key for a token header, or a `Refusal`. `download=False` uses only
+        the keys held (once the first key set is in) and never downloads for the token's kid
+        (jws.KeyLookup)."""
         now = self._clock()
         keys = self._usable(now)
+        if not download:
+            if keys is None and self._fetched_at is None:
+                self.refresh(wait=True)  # the first key set, rate-limited like any download
+                keys = self._usable(self._clock())
+            jwk = select_key(keys or {}, kid, alg)
+            if jwk is None:
+                raise UnknownKey()
+            return jwk.key
         if keys is None:
             self.refresh(wait=True)
             keys = self._usable(self._clock())

@@ -5,27 +5,28 @@
 - Keycloak's not-before push (`k_push_not_before` under a client's admin URL): a JWT admin action,
   signed by the realm, carrying `notBefore`: tokens of that client issued earlier are invalid.
 
-Both are verified with the realm's keys (the guards' key set) before anything is recorded. Each
-refusal has a reason category (`LogoutRejected.reason`) that the receiver returns with its 400.
+Both go through the JWS layer (jws.py) with the realm's keys (the guards' key set), claims first,
+before anything is recorded. Every refusal is an `errors.PushRejected` with a fixed reason
+category, which the receiver returns with its 400.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 from urllib.parse import parse_qs
 
-from . import errors
-from .tokens import KeyLookup, Rules, audiences_of, split, verify_signature
+from . import errors, jws
+from .claims import Claims, time_of
+from .tokens import Rules, audiences_of
 
 BACKCHANNEL_EVENT = "http://schemas.openid.net/event/backchannel-logout"
 PUSH_NOT_BEFORE_PATH = "k_push_not_before"
-
-
-class LogoutRejected(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+# Keycloak sends a push the moment it happens: anything older (or, for a not-before action, valid
+# for longer) than this, beyond the leeway, is refused as stale, so a captured push cannot be
+# replayed later.
+PUSH_MAX_AGE = 300
+_MAX_FORM_FIELDS = 20
 
 
 @dataclass(frozen=True)
@@ -43,80 +44,96 @@ class NotBefore:
 
 
 def logout_token_of(body: bytes) -> str:
-    fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=20)
+    try:
+        fields = parse_qs(body.decode("utf-8", "replace"), max_num_fields=_MAX_FORM_FIELDS)
+    except ValueError:
+        raise errors.PushRejected("too many form fields") from None
     tokens = fields.get("logout_token", [])
     if len(tokens) != 1:
-        raise LogoutRejected("the request must carry one logout_token")
+        raise errors.PushRejected("the request must carry one logout_token")
     return tokens[0]
 
 
-def _verified(token: str, rules: Rules, key_for: KeyLookup, typ: str | None, issuer: bool = True) -> dict[str, Any]:
-    if len(token) > rules.max_token_size:
-        raise LogoutRejected("token too large")
-    try:
-        header, claims, signing_input, signature = split(token)
-    except errors.Refusal:
-        raise LogoutRejected("malformed token") from None
-    alg = header.get("alg")
-    if not isinstance(alg, str) or alg not in rules.algorithms:
-        raise LogoutRejected("signature algorithm not accepted")
-    if typ is not None and str(header.get("typ", "")).lower() != typ:
-        raise LogoutRejected("not a logout token")
-    if "crit" in header:
-        raise LogoutRejected("malformed token")
-    try:
-        verify_signature(header, alg, signing_input, signature, key_for)
-    except errors.ProviderUnavailable:
-        raise
-    except errors.Refusal:
-        raise LogoutRejected("invalid signature") from None
-    if issuer and claims.get("iss") != rules.issuer:
-        raise LogoutRejected("wrong issuer")
-    return claims
-
-
-def check_logout_token(token: str, rules: Rules, key_for: KeyLookup, audiences: frozenset[str],
+def check_logout_token(token: str, rules: Rules, key_for: jws.KeyLookup, audiences: frozenset[str],
                        now: float) -> Logout:
     """OIDC Back-Channel Logout 1.0 section 2.6 validation (raises KeysUnavailable, too)."""
-    claims = _verified(token, rules, key_for, typ="logout+jwt")
+    signed = _parse(token, rules)
+    if signed.typ not in ("logout+jwt", "application/logout+jwt"):
+        raise errors.PushRejected("not a logout token")
+    claims = signed.claims
+    _verify(signed, lambda: _logout_claims(claims, rules, audiences, now), key_for)
+    sid, sub = claims.get("sid"), claims.get("sub")
+    return Logout(sid=sid if isinstance(sid, str) and sid else None,
+                  sub=sub if isinstance(sub, str) and sub else None,
+                  jti=claims["jti"], iat=time_of(claims["iat"]) or 0.0)
+
+
+def _logout_claims(claims: Claims, rules: Rules, audiences: frozenset[str], now: float) -> None:
+    if claims.get("iss") != rules.issuer:
+        raise errors.PushRejected("wrong issuer")
     if not audiences_of(claims) & audiences:
-        raise LogoutRejected("wrong audience")
-    iat, exp = claims.get("iat"), claims.get("exp")
-    if not _number(iat) or iat > now + rules.leeway:  # type: ignore[operator]
-        raise LogoutRejected("missing or future iat")
-    if exp is not None and (not _number(exp) or now > exp + rules.leeway):
-        raise LogoutRejected("expired")
+        raise errors.PushRejected("wrong audience")
+    iat = time_of(claims.get("iat"))
+    if iat is None or iat > now + rules.leeway:
+        raise errors.PushRejected("missing or future iat")
+    if iat < now - PUSH_MAX_AGE - rules.leeway:
+        raise errors.PushRejected("stale logout token")
+    if "exp" in claims:
+        exp = time_of(claims["exp"])
+        if exp is None or now > exp + rules.leeway:
+            raise errors.PushRejected("expired")
     events = claims.get("events")
     if not isinstance(events, dict) or not isinstance(events.get(BACKCHANNEL_EVENT), dict):
-        raise LogoutRejected("no back-channel logout event")
+        raise errors.PushRejected("no back-channel logout event")
     if "nonce" in claims:
-        raise LogoutRejected("a logout token must not carry a nonce")
-    sid, sub, jti = claims.get("sid"), claims.get("sub"), claims.get("jti")
+        raise errors.PushRejected("a logout token must not carry a nonce")
+    jti = claims.get("jti")
     if not isinstance(jti, str) or not jti:
-        raise LogoutRejected("missing jti")
-    sid = sid if isinstance(sid, str) and sid else None
-    sub = sub if isinstance(sub, str) and sub else None
-    if sid is None and sub is None:
-        raise LogoutRejected("neither sid nor sub")
-    return Logout(sid=sid, sub=sub, jti=jti, iat=float(iat))  # type: ignore[arg-type]
+        raise errors.PushRejected("missing jti")
+    if not any(isinstance(claims.get(n), str) and claims.get(n) for n in ("sid", "sub")):
+        raise errors.PushRejected("neither sid nor sub")
 
 
-def check_push_not_before(token: str, rules: Rules, key_for: KeyLookup, audiences: frozenset[str],
+def check_push_not_before(token: str, rules: Rules, key_for: jws.KeyLookup, audiences: frozenset[str],
                           now: float) -> NotBefore:
-    """Keycloak's PUSH_NOT_BEFORE admin action, sent to `<admin URL>/k_push_not_before`."""
-    # Keycloak's admin actions carry no `iss`: the realm's signature is what binds them to it.
-    claims = _verified(token, rules, key_for, typ=None, issuer=False)
+    """Keycloak's PUSH_NOT_BEFORE admin action, sent to `<admin URL>/k_push_not_before`.
+    Keycloak's admin actions carry no `iss`: the realm's signature is what binds them to it."""
+    signed = _parse(token, rules)
+    claims = signed.claims
+    _verify(signed, lambda: _not_before_claims(claims, audiences, rules, now), key_for)
+    return NotBefore(client=claims["resource"], not_before=time_of(claims["notBefore"]) or 0.0)
+
+
+def _not_before_claims(claims: Claims, audiences: frozenset[str], rules: Rules, now: float) -> None:
     if claims.get("action") != "PUSH_NOT_BEFORE":
-        raise LogoutRejected("not a not-before push")
-    client, not_before, expiration = claims.get("resource"), claims.get("notBefore"), claims.get("expiration")
+        raise errors.PushRejected("not a not-before push")
+    client = claims.get("resource")
     if not isinstance(client, str) or client not in audiences:
-        raise LogoutRejected("wrong audience")
-    if not _number(expiration) or now > expiration + rules.leeway:  # type: ignore[operator]
-        raise LogoutRejected("expired")
-    if not _number(not_before):
-        raise LogoutRejected("missing notBefore")
-    return NotBefore(client=client, not_before=float(not_before))  # type: ignore[arg-type]
+        raise errors.PushRejected("wrong audience")
+    expiration = time_of(claims.get("expiration"))
+    if expiration is None or now > expiration + rules.leeway:
+        raise errors.PushRejected("expired")
+    if expiration > now + PUSH_MAX_AGE + rules.leeway:
+        raise errors.PushRejected("stale not-before push")
+    if time_of(claims.get("notBefore")) is None:
+        raise errors.PushRejected("missing notBefore")
 
 
-def _number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def _parse(token: str, rules: Rules) -> jws.Signed:
+    try:
+        return jws.parse(token, rules.max_token_size, rules.algorithms)
+    except errors.TokenTooLarge:
+        raise errors.PushRejected("token too large") from None
+    except errors.UnacceptedAlgorithm:
+        raise errors.PushRejected("signature algorithm not accepted") from None
+    except errors.Refusal:
+        raise errors.PushRejected("malformed token") from None
+
+
+def _verify(signed: jws.Signed, check: Callable[[], None], key_for: jws.KeyLookup) -> None:
+    try:
+        jws.verify_after(signed, check, key_for)
+    except (errors.PushRejected, errors.ProviderUnavailable):
+        raise
+    except errors.Refusal:  # bad signature, unknown key, or a refused push not signed by the realm
+        raise errors.PushRejected("invalid signature") from None

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .claims import Claims, roles_of, scopes_of
+from .config import Config
 from .errors import InsufficientScope
 
 
@@ -18,6 +19,10 @@ class Policy:
     scopes_match: str = "all"
     roles: tuple[str, ...] = ()
     roles_match: str = "all"
+
+    @classmethod
+    def from_config(cls, config: Config) -> Policy:
+        return cls(config.required_scopes, config.scopes_match, config.required_roles, config.roles_match)
 
 
 def satisfied(required: tuple[str, ...], held: frozenset[str], match: str) -> bool:

@@ -4,167 +4,236 @@ One store per issuer (and Redis settings) in the process, consulted by every gua
 on every request, cached tokens included: a few dictionary lookups, no call to anything.
 
 With Redis, every plugin server process and Kong node learns a revocation at once: the receiver
-writes it as a key with a TTL (the durable record, read in full when a process starts or
+writes it as a sealed key with a TTL (the durable record, read in full when a process starts or
 reconnects) and publishes it on a channel every process subscribes to (the push, so nobody
 polls). Pub/sub was chosen over polling because a revocation must apply within a second while
 costing nothing on the request path; a message lost during a disconnection is recovered by the
-full read on reconnect. Without Redis the store is per process.
+full read on reconnect. On every (re)connect, and every `RESTORE_INTERVAL` after, a process also
+writes back every record it holds that Redis lacks, so a Redis that restarts empty (or loses
+keys) gets the revocations back from the processes that survived it. Without Redis the store is
+per process.
 
-Identifiers are stored as SHA-256 digests (sessions and subjects are personal data).
+Identifiers are stored as digests (keyed with the Redis secret when shared): sessions and
+subjects are personal data.
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import redis
-
-from .shared import SharedStore
+from .claims import Claims, time_of
+from .shared import SharedStore, SharedUnavailable, Subscription
 
 log = logging.getLogger("kcauth.revocation")
 
 MAX_ENTRIES = 200_000  # per kind; a flood of logouts cannot grow memory without bound
+RESTORE_INTERVAL = 30.0  # seconds between two write-backs of held revocations to Redis
 
 
-def digest(value: object) -> str | None:
-    return hashlib.sha256(value.encode()).hexdigest()[:32] if isinstance(value, str) and value else None
+class Kind(enum.Enum):
+    SESSION = "sid"  # every token of the session, whenever issued
+    SUBJECT = "sub"  # the user's tokens issued up to the logout
+    NOT_BEFORE = "nbf"  # a client's tokens (key: client id, "" for all) issued before `at`
+
+
+@dataclass(frozen=True)
+class Entry:
+    at: float  # the logout's or not-before's time
+    until: float  # forget after (the tokens it concerns have expired by then)
 
 
 @dataclass(frozen=True)
 class Subject:
-    """What the store needs of a token, computed once when the token is validated."""
+    """What the store needs of an accepted token, computed once when it is accepted: the
+    digests of every `sid` and `sub` it was seen with (the token's own claims, and the
+    introspection answer's), its client and its issue time."""
 
-    sid: str | None  # digests
-    sub: str | None
+    sids: tuple[str, ...]
+    subs: tuple[str, ...]
     azp: str | None
     iat: float | None
 
 
 class RevocationStore:
-    def __init__(self, issuer: str, shared: SharedStore | None,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, issuer: str, shared: SharedStore | None, clock: Callable[[], float] = time.time) -> None:
         self.issuer = issuer
+        self.shared = shared
         self._clock = clock
-        self._sids: dict[str, float] = {}  # digest → forget after
-        self._subs: dict[str, tuple[float, float]] = {}  # digest → (logged out at, forget after)
-        self._not_before: dict[str, float] = {}  # azp ("" = every client) → not before
+        self._entries: dict[Kind, dict[str, Entry]] = {kind: {} for kind in Kind}
         self._jtis: dict[str, float] = {}
         self._lock = threading.Lock()
-        self._shared = shared
-        self._scope = "revocation:" + (digest(issuer) or "")
-        if self._shared is not None:
-            threading.Thread(target=self._follow, daemon=True, name="kcauth-revocations").start()
+        self._scope = "revocation:" + hashlib.sha256(issuer.encode()).hexdigest()[:32]
+        self._follower: threading.Thread | None = None
+        self._starting = threading.Lock()
+
+    def start(self) -> None:
+        """Follow the other processes' revocations through Redis (once per store). The first
+        catch-up is done before returning (at instance start, bounded by Redis' timeout), so a
+        process that just started never accepts a token revoked before it started."""
+        with self._starting:
+            if self.shared is None or self._follower is not None:
+                return
+            self._follower = threading.Thread(target=self._follow, args=(self._connect(),), daemon=True,
+                                              name="kcauth-revocations")
+            self._follower.start()
+
+    def _connect(self) -> Subscription | None:
+        """Subscribe, then read every record (so nothing published in between is missed)."""
+        assert self.shared is not None
+        subscription = None
+        try:
+            subscription = self.shared.subscribe(self._channel)
+            for message in self.shared.records(self._scope):
+                self._on_message(message)
+            return subscription
+        except SharedUnavailable as exc:
+            log.warning("revocations from Redis unavailable (%s); retrying",
+                        type(exc.__cause__).__name__ if exc.__cause__ else "unavailable")
+            if subscription is not None:
+                subscription.close()
+            return None
+
+    def digest(self, value: object) -> str | None:
+        if not isinstance(value, str) or not value:
+            return None
+        if self.shared is not None:
+            return self.shared.pseudonym(value)
+        return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+    def subject(self, *claim_sets: Claims) -> Subject:
+        """The Subject of a token accepted on `claim_sets` (the token's, then the answer's)."""
+        def each(name: str) -> tuple[str, ...]:
+            found = (self.digest(claims.get(name)) for claims in claim_sets)
+            return tuple(dict.fromkeys(d for d in found if d is not None))
+
+        first = claim_sets[0]
+        azp = first.get("azp")
+        iat = next((t for t in (time_of(c.get("iat")) for c in claim_sets) if t is not None), None)
+        return Subject(each("sid"), each("sub"), azp if isinstance(azp, str) else None, iat)
 
     # -- the request path --
 
     def revoked(self, subject: Subject, not_before: float | None) -> bool:
-        iat = subject.iat
-        if subject.sid is not None and self._sids.get(subject.sid, 0.0) > self._clock():
-            return True
-        if subject.sub is not None and subject.sub in self._subs:
-            at, until = self._subs[subject.sub]
-            if until > self._clock() and (iat is None or iat <= at):
+        now = self._clock()
+        sessions, subjects, limits = (self._entries[k] for k in Kind)
+        for sid in subject.sids:
+            entry = sessions.get(sid)
+            if entry is not None and entry.until > now:
                 return True
+        iat = subject.iat
+        for sub in subject.subs:
+            entry = subjects.get(sub)
+            if entry is not None and entry.until > now and (iat is None or iat <= entry.at):
+                return True
+        limit = not_before or 0.0
+        for client in ("", subject.azp or ""):
+            entry = limits.get(client)
+            if entry is not None and entry.until > now:
+                limit = max(limit, entry.at)
         if iat is None:
-            return bool(self._not_before or not_before)
-        limit = max(not_before or 0.0, self._not_before.get("", 0.0),
-                    self._not_before.get(subject.azp or "", 0.0))
+            return limit > 0
         return iat < limit
 
     # -- the receiver --
 
     def first_sighting(self, jti: str, ttl: float) -> bool:
         """Record a logout token id; False if it was seen before (a replay)."""
-        key = digest(jti) or ""
+        key = self.digest(jti) or ""
         now = self._clock()
         with self._lock:
             if self._jtis.get(key, 0) > now:
                 return False
-            self._prune(self._jtis)
+            if len(self._jtis) >= MAX_ENTRIES:
+                self._prune(self._jtis, now)
             self._jtis[key] = now + ttl
-        if self._shared is not None:
-            fresh = self._shared.set_if_absent(f"{self._scope}:jti:{key}", ttl)
-            if fresh is False:
-                return False
+        if self.shared is not None and self.shared.set_if_absent(f"{self._scope}:jti:{key}", ttl) is False:
+            return False
         return True
 
-    def record(self, kind: str, ident: str, at: float, ttl: float) -> None:
-        """Record a revocation here and, with Redis, for every process. `kind` is `sid` or `sub`
-        (with `ident` a raw identifier), or `nbf` (with `ident` the client id, "" for all)."""
-        key = ident if kind == "nbf" else (digest(ident) or "")
-        self._apply(kind, key, at, self._clock() + ttl)
-        if self._shared is not None:
-            message = {"kind": kind, "key": key, "at": at, "until": self._clock() + ttl}
-            self._shared.publish_record(f"{self._scope}:{kind}:{key}", f"{self._scope}:events", message, ttl)
+    def record(self, kind: Kind, ident: str, at: float, ttl: float) -> None:
+        """Record a revocation here and, with Redis, for every process (raises SharedUnavailable
+        when Redis cannot take it; it is applied here anyway). `ident` is a raw sid or sub, or a
+        client id ("" for all) for NOT_BEFORE."""
+        key = ident if kind is Kind.NOT_BEFORE else (self.digest(ident) or "")
+        entry = Entry(at, self._clock() + ttl)
+        self._apply(kind, key, entry)
+        if self.shared is not None:
+            self.shared.publish_record(self._scope, self._channel, _message(kind, key, entry), ttl)
+
+    # -- internals --
 
     @property
-    def shared(self) -> SharedStore | None:
-        return self._shared
+    def _channel(self) -> str:
+        return f"{self._scope}:events"
 
-    def _apply(self, kind: str, key: str, at: float, until: float) -> None:
+    def _apply(self, kind: Kind, key: str, entry: Entry) -> None:
         with self._lock:
-            if kind == "sid":
-                self._prune(self._sids)
-                self._sids[key] = max(until, self._sids.get(key, 0))
-            elif kind == "sub":
-                self._prune(self._subs)
-                old_at, old_until = self._subs.get(key, (0.0, 0.0))
-                self._subs[key] = (max(at, old_at), max(until, old_until))
-            elif kind == "nbf":
-                self._not_before[key] = max(at, self._not_before.get(key, 0.0))
+            entries = self._entries[kind]
+            old = entries.get(key)
+            if old is not None:
+                entry = Entry(max(entry.at, old.at), max(entry.until, old.until))
+            elif len(entries) >= MAX_ENTRIES:
+                self._prune(entries, self._clock())
+            entries[key] = entry
 
-    def _prune(self, entries: dict[str, object]) -> None:
-        if len(entries) < MAX_ENTRIES:
-            return
-        now = self._clock()
-        for key in [k for k, v in entries.items() if (v[1] if isinstance(v, tuple) else v) <= now]:  # type: ignore[index]
+    @staticmethod
+    def _prune(entries: dict[str, Entry] | dict[str, float], now: float) -> None:
+        for key in [k for k, v in entries.items() if (v.until if isinstance(v, Entry) else v) <= now]:
             del entries[key]
         while len(entries) >= MAX_ENTRIES:  # still full of live entries: drop the oldest
             del entries[next(iter(entries))]
 
-    # -- following other processes through Redis --
-
-    def _follow(self) -> None:
-        assert self._shared is not None
-        backoff = 0.5
-        while True:
-            try:
-                pubsub = self._shared.client.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(f"{self._shared.config.prefix}{self._scope}:events")
-                self._catch_up()
-                backoff = 0.5
-                while True:
-                    message = pubsub.get_message(timeout=1.0)
-                    if message and message.get("type") == "message":
-                        self._on_message(message.get("data"))
-            except (redis.RedisError, OSError) as exc:
-                log.warning("revocation feed from Redis interrupted (%s); retrying", type(exc).__name__)
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
-
-    def _catch_up(self) -> None:
-        assert self._shared is not None
-        client, prefix = self._shared.client, self._shared.config.prefix
-        for raw_key in client.scan_iter(match=f"{prefix}{self._scope}:*", count=500):
-            key = raw_key.decode() if isinstance(raw_key, bytes) else raw_key
-            kind = key[len(prefix) + len(self._scope) + 1:].split(":", 1)[0]
-            if kind in ("sid", "sub", "nbf"):
-                self._on_message(client.get(key))
-
-    def _on_message(self, data: object) -> None:
+    def _on_message(self, message: dict[str, object] | None) -> None:
+        if message is None:
+            return
         try:
-            message = json.loads(data) if isinstance(data, (bytes, str)) else None
+            kind = Kind(message.get("kind"))
         except ValueError:
             return
-        if not isinstance(message, dict):
-            return
-        kind, key, at, until = (message.get(k) for k in ("kind", "key", "at", "until"))
-        if kind in ("sid", "sub", "nbf") and isinstance(key, str) and isinstance(at, (int, float)) \
-                and isinstance(until, (int, float)):
-            self._apply(kind, key, float(at), float(until))
+        key, at, until = message.get("key"), time_of(message.get("at")), time_of(message.get("until"))
+        if isinstance(key, str) and at is not None and until is not None:
+            self._apply(kind, key, Entry(at, until))
+
+    # -- following other processes through Redis --
+
+    def _follow(self, subscription: Subscription | None) -> None:
+        backoff = 0.5
+        while True:
+            if subscription is None:
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+                subscription = self._connect()
+                continue
+            backoff = 0.5
+            try:
+                while True:
+                    self._restore()
+                    until = time.monotonic() + RESTORE_INTERVAL
+                    while time.monotonic() < until:
+                        self._on_message(subscription.next(timeout=1.0))
+            except SharedUnavailable as exc:
+                log.warning("revocation feed from Redis interrupted (%s); retrying",
+                            type(exc.__cause__).__name__ if exc.__cause__ else "unavailable")
+                subscription.close()
+                subscription = None
+
+    def _restore(self) -> None:
+        """Write back what Redis lost (it restarted empty, or someone deleted records)."""
+        assert self.shared is not None
+        now = self._clock()
+        with self._lock:
+            held = [(_message(kind, key, entry), entry.until - now) for kind in Kind
+                    for key, entry in self._entries[kind].items() if entry.until > now]
+        restored = self.shared.restore(self._scope, held)
+        if restored:
+            log.warning("wrote %d revocations back to Redis, which had lost them", restored)
+
+
+def _message(kind: Kind, key: str, entry: Entry) -> dict[str, object]:
+    return {"kind": kind.value, "key": key, "at": entry.at, "until": entry.until}

@@ -1,499 +1,81 @@
-"""The plugin's configuration: one definition, two views.
+"""Config machinery: one dataclass definition (config.py), three views of it.
 
-`Config` is the typed, frozen object the code reads. Each field carries its Kong schema attributes
-in its metadata, and `kong_schema()` derives the schema Kong validates (Kong's schema language,
-kong/db/schema/metaschema.lua) from the very same fields, so the two cannot drift apart. The
-README's config reference is checked against `reference_rows()` by the test suite.
+A config field is a dataclass field whose metadata carries its description and its Kong schema
+attributes (`setting`). From that one definition:
+- `kong_fields` emits the schema Kong validates (Kong's schema language,
+  kong/db/schema/metaschema.lua), dumped by `kcauth-pluginserver --dump`;
+- `load` checks a config the way Kong's schema does (kong/db/schema/init.lua `validate_field`:
+  type, then the validators in Kong's order, with Kong's messages and flattened paths, such as
+  `config.leeway: value should be between 0 and 300`) and builds the typed, frozen object, so the
+  plugin never runs with a config its own schema forbids, whoever sent it;
+- `reference_markdown` renders the README's config reference.
 
-Kong validates types, ranges and patterns before a config ever reaches the plugin server; what its
-schema language cannot express (cross-field rules, header name syntax, claim path syntax) is
-checked in `Config.from_kong`, which raises `ConfigError` and so fails the instance start.
+Only the attributes the definition uses are implemented; an unknown one fails at import.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import re
 import types
 import typing
-from urllib.parse import urlsplit
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any, TypeVar, Union
+
+from . import luapattern
 
 T = TypeVar("T")
 
-from .claims import parse_claim_path
-
-# Asymmetric JWS algorithms only: HMAC would make the key set's public keys into shared secrets,
-# and `none` is no signature at all, so neither can be named in a config.
-ASYMMETRIC_ALGORITHMS = (
-    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
-)
-
-# Headers a claim must never be written into: they change how the request is routed, framed or
-# authenticated upstream.
-RESERVED_HEADERS = frozenset({
-    "host", "authorization", "proxy-authorization", "content-length", "content-type",
-    "transfer-encoding", "connection", "keep-alive", "upgrade", "te", "trailer", "cookie",
-    "expect", "forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto",
-    "x-forwarded-port", "x-forwarded-prefix", "x-real-ip",
-})
-
-_HEADER_NAME = re.compile(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")  # RFC 9110 token
-_SCOPE_TOKEN = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+$")  # RFC 6749 scope-token
-
 
 class ConfigError(ValueError):
-    """A config Kong accepted but the plugin cannot run with; the message names the field."""
+    """A config the plugin cannot run with; the message names the field."""
+
+
+# Kong's attributes that validate (kong/db/schema/init.lua Schema.validators_order), and those
+# that only describe.
+_VALIDATORS = ("one_of", "gt", "between", "len_min", "len_max", "match_none", "match")
+_DESCRIPTIVE = {"required", "referenceable", "encrypted", "elements", "keys", "values"}
 
 
 def setting(description: str, default: Any = dataclasses.MISSING, **kong: Any) -> Any:
     """A config field: its description and Kong attributes ride in the dataclass metadata."""
+    unknown = set(kong) - set(_VALIDATORS) - _DESCRIPTIVE
+    if unknown:
+        raise TypeError(f"unsupported Kong attributes: {sorted(unknown)}")
     meta = {"description": description, "kong": kong}
     if isinstance(default, (list, dict)):
         frozen = tuple(default) if isinstance(default, list) else dict(default)
-        return field(default_factory=lambda: frozen, metadata=meta)
-    return field(default=default, metadata=meta)
+        return dataclasses.field(default_factory=lambda: frozen, metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
 
 
-@dataclass(frozen=True)
-class RedisConfig:
-    host: str | None = setting(
-        "Redis host shared by all Kong nodes for introspection answers. Empty keeps the "
-        "cache in each plugin server process only.",
-        None,
-    )
-    port: int = setting("TCP port of the Redis server.", 6379, between=[1, 65535])
-    tls: bool = setting("Connect to Redis over TLS (certificates verified).", False)
-    username: str | None = setting("Redis ACL user name, when Redis uses ACLs.", None)
-    password: str | None = setting(
-        "Redis password. Referenceable: use a Kong vault reference such as "
-        "`{vault://env/kcauth-redis-password}`; never logged.",
-        None, referenceable=True, encrypted=True,
-    )
-    database: int = setting("Redis logical database number.", 0, between=[0, 15])
-    prefix: str = setting(
-        "Prefix of every key kcauth writes to Redis, so several gateways can share one Redis.",
-        "kcauth:", len_min=1,
-    )
-    timeout: float = setting(
-        "Connect and read timeout in seconds for Redis. A slow or dead Redis is skipped "
-        "for a few seconds and the in-process cache carries on.",
-        0.25, between=[0.01, 5],
-    )
+# --- Kong's schema ---------------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class Config:
-    issuer: str = setting(
-        "The token issuer, matched exactly against the `iss` claim, e.g. "
-        "`https://sso.example.com/realms/acme`. Key discovery uses "
-        "`<issuer>/.well-known/openid-configuration` unless `jwks_uri` is set.",
-        required=True, match="^https?://",
-    )
-    provider_url: str | None = setting(
-        "Origin (scheme://host:port) at which Kong reaches the identity provider when it is not "
-        "the issuer's (containers: issuer http://localhost:8080/..., Kong reaches "
-        "http://keycloak:8080). Discovery and the endpoints it names are fetched there; the "
-        "issuer is still matched exactly.",
-        None, match="^https?://[^/]+$",
-    )
-    jwks_uri: str | None = setting(
-        "Explicit URL of the realm's JSON Web Key Set. Leave empty to find it through OpenID "
-        "Connect discovery on the issuer. Never taken from a token.",
-        None, match="^https?://",
-    )
-    audiences: tuple[str, ...] = setting(
-        "Accepted audiences: the token's `aud` claim must contain at least one of them. "
-        "Required while `verify_audience` is true (Keycloak adds a client id to `aud` through "
-        "an audience mapper).",
-        [],
-    )
-    verify_audience: bool = setting(
-        "Check the `aud` claim against `audiences`. Turn off only for realms that cannot "
-        "put the API into `aud`; any token of the realm is then accepted.",
-        True,
-    )
-    authorized_parties: tuple[str, ...] = setting(
-        "Accepted authorized parties: when not empty, the token's `azp` claim (the Keycloak "
-        "client that obtained it) must be one of these client ids.",
-        [],
-    )
-    algorithms: tuple[str, ...] = setting(
-        "Accepted signature algorithms. Only asymmetric ones can be named; `none` and HS* "
-        "can never be enabled. The key's type and `alg` must agree with the token too.",
-        ["RS256", "PS256", "ES256", "EdDSA"], elements={"one_of": list(ASYMMETRIC_ALGORITHMS)},
-        len_min=1,
-    )
-    leeway: int = setting(
-        "Clock skew tolerance in seconds applied to `exp`, `nbf`, `iat` and `max_token_age`.",
-        10, between=[0, 300],
-    )
-    max_token_age: int | None = setting(
-        "Refuse tokens whose `iat` is older than this many seconds, whatever their `exp` says. "
-        "Empty means no limit.",
-        None, gt=0,
-    )
-    max_token_size: int = setting(
-        "Largest accepted token, in bytes; longer tokens are refused before any parsing.",
-        8192, between=[512, 65536],
-    )
-    required_scopes: tuple[str, ...] = setting(
-        "Scopes the token's space-separated `scope` claim must carry, combined by "
-        "`scopes_match`. Empty means no scope requirement.",
-        [],
-    )
-    scopes_match: str = setting(
-        "How `required_scopes` combine: `all` needs every listed scope, `any` needs one.",
-        "all", one_of=["all", "any"],
-    )
-    required_roles: tuple[str, ...] = setting(
-        "Roles the token must carry, written `realm:<role>` for realm roles and "
-        "`<client-id>:<role>` for client roles (split at the last colon), combined by "
-        "`roles_match`. Scope and role requirements must both hold.",
-        [], elements={"match": "^.+:[^:]+$"},
-    )
-    roles_match: str = setting(
-        "How `required_roles` combine: `all` needs every listed role, `any` needs one.",
-        "all", one_of=["all", "any"],
-    )
-    claim_headers: dict[str, str] = setting(
-        "Upstream headers to set from token claims: header name to claim path. Paths are "
-        "dot-separated (`realm_access.roles`) or RFC 6901 JSON Pointers (`/a.b/c`). Client "
-        "copies of every listed header are always removed.",
-        {
-            "X-Auth-Subject": "sub",
-            "X-Auth-Username": "preferred_username",
-            "X-Auth-Client": "azp",
-            "X-Auth-Scope": "scope",
-            "X-Auth-Realm-Roles": "realm_access.roles",
-        },
-        keys={"match": "^[%w!#$%%&'*+.^_`|~-]+$"},
-    )
-    header_value_max_length: int = setting(
-        "Longest claim header value in bytes after encoding. A longer value is not "
-        "forwarded (the header is removed) rather than truncated into a wrong value.",
-        2048, between=[16, 16384],
-    )
-    strip_authorization: bool = setting(
-        "Remove the Authorization header before proxying, so the upstream never sees the "
-        "token. Off by default because many upstreams pass the token on.",
-        False,
-    )
-    authenticated_group: str = setting(
-        "Group always handed to Kong's ACL plugin (kong.ctx.shared.authenticated_groups) "
-        "for an accepted token, so ACL can refuse requests this plugin did not accept.",
-        "kcauth:authenticated", len_min=1,
-    )
-    roles_as_groups: bool = setting(
-        "Also hand the token's roles to Kong's ACL plugin as groups, named `realm:<role>` "
-        "and `<client-id>:<role>` like `required_roles`.",
-        True,
-    )
-    realm: str = setting(
-        "The `realm` parameter of the WWW-Authenticate challenge sent with 401 and 403.",
-        "kong", match='^[^%c"\\]+$',
-    )
-    jwks_refresh_interval: int = setting(
-        "Seconds after which held signing keys are refreshed from the key set in the "
-        "background (requests keep using the held keys meanwhile).",
-        300, between=[10, 86400],
-    )
-    jwks_min_refresh_interval: int = setting(
-        "Least seconds between two key set downloads caused by tokens with an unknown key "
-        "id, so a flood of random key ids cannot turn into a flood of downloads.",
-        10, between=[1, 3600],
-    )
-    jwks_max_stale: int = setting(
-        "Seconds held keys stay usable after the last successful key set download while "
-        "the identity provider cannot be reached; past that requests get 503.",
-        3600, between=[10, 604800],
-    )
-    http_timeout: float = setting(
-        "Connect and read timeout in seconds for discovery and key set requests.",
-        3.0, between=[0.1, 30],
-    )
-    token_cache_size: int = setting(
-        "Validated tokens remembered per plugin configuration (by SHA-256 of the token, "
-        "never the token itself, and never past `exp`); about 2 KB each. 0 disables it.",
-        10000, between=[0, 200000],
-    )
-    introspect: bool = setting(
-        "Sensitive route: after local validation, also ask the realm's RFC 7662 "
-        "introspection endpoint whether the token is still active, so logout and revocation "
-        "are seen (within `introspection_cache_ttl`).",
-        False,
-    )
-    accept_opaque_tokens: bool = setting(
-        "With `introspect`, also accept tokens that are not JWTs, judged by introspection "
-        "alone. Off: every token must pass local validation first.",
-        False,
-    )
-    introspection_endpoint: str | None = setting(
-        "Explicit introspection URL. Empty: the `introspection_endpoint` of the issuer's "
-        "discovery document.",
-        None, match="^https?://",
-    )
-    client_id: str | None = setting(
-        "Client id kcauth authenticates as at the introspection endpoint (the API's "
-        "confidential client; Keycloak 26.7+ requires it in the token's `aud`).",
-        None,
-    )
-    client_secret: str | None = setting(
-        "Secret of `client_id` for client_secret_basic and client_secret_post. "
-        "Referenceable: use a Kong vault reference; never logged.",
-        None, referenceable=True, encrypted=True,
-    )
-    client_auth_method: str = setting(
-        "How kcauth authenticates to the introspection endpoint.",
-        "client_secret_basic", one_of=["client_secret_basic", "client_secret_post", "private_key_jwt"],
-    )
-    client_private_key: str | None = setting(
-        "PEM private key (RSA or EC P-256) signing the client assertion for private_key_jwt. "
-        "Referenceable: use a Kong vault reference; never logged.",
-        None, referenceable=True, encrypted=True,
-    )
-    introspection_cache_ttl: int = setting(
-        "Seconds an active answer is reused (never past the token's `exp`): the longest a "
-        "revoked token can still pass. 0 asks Keycloak on every request.",
-        30, between=[0, 3600],
-    )
-    introspection_negative_ttl: int = setting(
-        "Seconds an inactive answer is reused, so a replayed revoked token cannot hammer "
-        "Keycloak. 0 disables the negative cache.",
-        10, between=[0, 3600],
-    )
-    introspection_failure: str = setting(
-        "When introspection fails (Keycloak down, slow, answering garbage): `deny` answers "
-        "503 with Retry-After; `local` accepts what local validation accepted.",
-        "deny", one_of=["deny", "local"],
-    )
-    introspection_breaker_seconds: int = setting(
-        "After 3 failed introspection calls in a row, fail fast for this many seconds "
-        "instead of waiting for a dead Keycloak on every request. 0 disables it.",
-        5, between=[0, 300],
-    )
-    redis: RedisConfig = setting(
-        "Optional Redis shared by Kong nodes and plugin server processes for introspection "
-        "answers (keyed by token hash, never the token).",
-        RedisConfig(),
-    )
-    consumer_claim: str | None = setting(
-        "Claim path whose value names the Kong consumer the request is authenticated as "
-        "(e.g. `azp` for one consumer per client, `preferred_username` per user). Empty: no "
-        "consumer mapping.",
-        None,
-    )
-    consumer_match: str = setting(
-        "How `consumer_claim` names the consumer: by `username` (an id is tried first) or by "
-        "consumer `id` only.",
-        "username", one_of=["username", "id"],
-    )
-    consumer_required: bool = setting(
-        "Refuse (403) a valid token whose `consumer_claim` names no Kong consumer. Off: such "
-        "requests proceed without a consumer.",
-        False,
-    )
-    anonymous: str | None = setting(
-        "Consumer (id or username) a request without a valid token is let through as, Kong's "
-        "usual way to make authentication optional. Empty: such requests get 401.",
-        None,
-    )
-    mode: str = setting(
-        "`guard` protects the route. `revocation_receiver` makes the route the endpoint "
-        "Keycloak sends back-channel logout tokens and not-before pushes to; every guard of "
-        "the same issuer then refuses the revoked sessions' tokens.",
-        "guard", one_of=["guard", "revocation_receiver"],
-    )
-    logout_audiences: tuple[str, ...] = setting(
-        "Receiver: client ids whose logout tokens and not-before pushes are accepted (the "
-        "Keycloak clients whose back-channel logout URL or admin URL point at this route).",
-        [],
-    )
-    pass_logout_upstream: bool = setting(
-        "Receiver: after recording a valid logout, proxy the request on so the application "
-        "behind the route receives its own back-channel logout too.",
-        False,
-    )
-    revocation_ttl: int = setting(
-        "Seconds a revoked session or subject is remembered: at least the realm's longest "
-        "access-token lifespan, after which its tokens have expired anyway.",
-        3600, between=[60, 604800],
-    )
-    not_before: int | None = setting(
-        "Refuse every token issued (`iat`) before this Unix time, like Keycloak's realm "
-        "not-before policy. Empty: no operator not-before.",
-        None, gt=0,
-    )
-
-    @classmethod
-    def from_kong(cls, raw: dict[str, Any]) -> Config:
-        """Build the typed config from what Kong sends at StartInstance (defaults applied,
-        plus Kong's own keys such as `__seq__` and `route_id`, which are ignored)."""
-        config = _build(cls, raw, "config")
-        config.check()
-        return config
-
-    def check(self) -> None:
-        """The rules Kong's schema language cannot express."""
-        if self.mode == "guard" and self.verify_audience and not self.audiences:
-            raise ConfigError(
-                "config.audiences must name at least one audience while config.verify_audience is true"
-            )
-        if self.jwks_max_stale < self.jwks_refresh_interval:
-            raise ConfigError("config.jwks_max_stale must be at least config.jwks_refresh_interval")
-        if not self.authenticated_group.strip():
-            raise ConfigError("config.authenticated_group must not be blank")
-        seen: set[str] = set()
-        for name, path in self.claim_headers.items():
-            lower = name.lower()
-            if not _HEADER_NAME.match(name):
-                raise ConfigError(f"config.claim_headers: {name!r} is not a valid header name")
-            if lower in RESERVED_HEADERS:
-                raise ConfigError(f"config.claim_headers: {name!r} is reserved and cannot carry a claim")
-            if lower in seen:
-                raise ConfigError(f"config.claim_headers: {name!r} is listed twice (names are case-insensitive)")
-            seen.add(lower)
-            try:
-                parse_claim_path(path)
-            except ValueError as exc:
-                raise ConfigError(f"config.claim_headers[{name!r}]: {exc}") from None
-        for scope in self.required_scopes:
-            if not _SCOPE_TOKEN.match(scope):
-                raise ConfigError(f"config.required_scopes: {scope!r} is not a valid scope token")
-        for role in self.required_roles:
-            owner, _, name = role.rpartition(":")
-            if not owner or not name:
-                raise ConfigError(f"config.required_roles: {role!r} must be `realm:<role>` or `<client-id>:<role>`")
-        self._check_introspection()
-        self._check_receiver()
-        self._check_consumers()
-
-    def _check_consumers(self) -> None:
-        if self.consumer_claim:
-            try:
-                parse_claim_path(self.consumer_claim)
-            except ValueError as exc:
-                raise ConfigError(f"config.consumer_claim: {exc}") from None
-        if self.consumer_required and not self.consumer_claim:
-            raise ConfigError("config.consumer_required needs config.consumer_claim")
-        names = {n.lower() for n in self.claim_headers}
-        if (self.consumer_claim or self.anonymous) and names & {"x-consumer-id", "x-consumer-username",
-                                                              "x-consumer-custom-id", "x-credential-identifier",
-                                                              "x-anonymous-consumer"}:
-            raise ConfigError("config.claim_headers cannot name Kong's consumer headers while consumer "
-                              "mapping sets them")
-
-    def _check_receiver(self) -> None:
-        if self.mode == "revocation_receiver" and not self.logout_audiences:
-            raise ConfigError("config.logout_audiences must name the Keycloak clients whose logouts "
-                              "this receiver accepts")
-
-    def _check_introspection(self) -> None:
-        if self.accept_opaque_tokens and not self.introspect:
-            raise ConfigError("config.accept_opaque_tokens needs config.introspect: only introspection can judge them")
-        if not self.introspect:
-            return
-        if not self.client_id:
-            raise ConfigError("config.client_id is required when config.introspect is true")
-        if self.client_auth_method == "private_key_jwt":
-            if not self.client_private_key:
-                raise ConfigError("config.client_private_key is required for private_key_jwt")
-            try:
-                load_signing_key(self.client_private_key)
-            except ValueError as exc:
-                raise ConfigError(f"config.client_private_key: {exc}") from None
-        elif not self.client_secret:
-            raise ConfigError(f"config.client_secret is required for {self.client_auth_method}")
-
-    def fingerprint(self) -> str:
-        """Stable digest of every setting: caches are scoped by it, so an answer computed under
-        one configuration is never served under another."""
-        canonical = json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
-
-    @property
-    def provider_rewrite(self) -> tuple[str, str] | None:
-        """(issuer origin, provider origin) when `provider_url` is set."""
-        if not self.provider_url:
-            return None
-        parts = urlsplit(self.issuer)
-        return f"{parts.scheme}://{parts.netloc}", self.provider_url.rstrip("/")
-
-    @property
-    def discovery_url(self) -> str:
-        from .http import rewrite_origin
-
-        return rewrite_origin(self.issuer.rstrip("/") + "/.well-known/openid-configuration",
-                              self.provider_rewrite)
-
-
-def load_signing_key(pem: str) -> tuple[Any, str]:
-    """The private key of a PEM and the JWS alg it signs with (RS256 or ES256)."""
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
-    from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
-    try:
-        key = load_pem_private_key(pem.encode(), password=None)
-    except (ValueError, TypeError):
-        raise ValueError("not an unencrypted PEM private key") from None
-    if isinstance(key, rsa.RSAPrivateKey) and key.key_size >= 2048:
-        return key, "RS256"
-    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp256r1":
-        return key, "ES256"
-    raise ValueError("must be an RSA key of 2048 bits or more, or an EC P-256 key")
-
-
-def _build(cls: type[T], raw: Any, path: str) -> T:
-    """A config dataclass from Kong's JSON record; absent or null fields take their default."""
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must be a record")
+def kong_fields(cls: type) -> list[dict[str, Any]]:
+    """A config record's fields in Kong's schema language."""
     hints = typing.get_type_hints(cls)
-    values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        value = raw.get(f.name)
-        if value is None:
-            if _default_of(f) is None and f.default is dataclasses.MISSING:
-                raise ConfigError(f"{path}.{f.name} is required")
-            continue
-        values[f.name] = _coerce(f"{path}.{f.name}", hints[f.name], value)
-    return cls(**values)
+    out: list[dict[str, Any]] = []
+    for f in dataclasses.fields(cls):
+        out.append({f.name: kong_field(f, hints[f.name])})
+    return out
 
 
-def _coerce(name: str, hint: Any, value: Any) -> Any:
-    """Turn Kong's JSON value into the field's Python type, refusing anything else."""
-    base = _strip_optional(hint)
-    origin = typing.get_origin(base)
-    if dataclasses.is_dataclass(base):
-        return _build(base, value, name)  # type: ignore[arg-type]
-    if base is bool:
-        ok = isinstance(value, bool)
-    elif base is int:
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif base is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        value = float(value) if ok else value
-    elif base is str:
-        ok = isinstance(value, str)
-    elif origin is tuple:
-        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
-        value = tuple(value) if ok else value
-    elif origin is dict:
-        ok = isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
-    else:  # pragma: no cover - a new field type needs a branch here
-        raise TypeError(f"unsupported config type for {name}: {hint}")
-    if not ok:
-        raise ConfigError(f"{name} has the wrong type ({type(value).__name__})")
-    return value
-
-
-def _strip_optional(hint: Any) -> Any:
-    if typing.get_origin(hint) in (Union, types.UnionType):
-        args = [a for a in typing.get_args(hint) if a is not type(None)]
-        return args[0]
-    return hint
+def kong_field(f: dataclasses.Field[Any], hint: Any) -> dict[str, Any]:
+    spec = _kong_type(hint)
+    attrs = dict(f.metadata["kong"])
+    for part in ("elements", "keys", "values"):
+        if part in attrs:
+            spec[part] = {**spec[part], **attrs.pop(part)}
+    spec.update(attrs)
+    spec["description"] = f.metadata["description"]
+    default = _default_of(f)
+    if spec["type"] == "record":
+        spec["required"] = True  # Kong fills a missing record with its fields' defaults
+    elif default is not None:
+        spec["default"] = list(default) if isinstance(default, tuple) else default
+    elif not attrs.get("required"):
+        spec["required"] = False
+    return spec
 
 
 def _kong_type(hint: Any) -> dict[str, Any]:
@@ -507,32 +89,129 @@ def _kong_type(hint: Any) -> dict[str, Any]:
     if origin is dict:
         return {"type": "map", "keys": {"type": "string"}, "values": {"type": "string"}}
     if dataclasses.is_dataclass(base):
-        return {"type": "record", "fields": kong_schema(base)}  # type: ignore[arg-type]
+        return {"type": "record", "fields": kong_fields(base)}  # type: ignore[arg-type]
     raise TypeError(f"no Kong type for {hint}")  # pragma: no cover
 
 
-def kong_schema(cls: type = None) -> list[dict[str, Any]]:  # type: ignore[assignment]
-    """A config record's fields in Kong's schema language (`Config`'s is what `-dump` reports)."""
-    cls = cls or Config
+# --- Kong's validation, then the typed object -------------------------------------------------
+
+def load(cls: type[T], raw: Any, path: str = "config") -> T:
+    """The typed config from Kong's JSON record (absent or null fields take their default),
+    refused with Kong's own message when Kong's schema would refuse it."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a record")
     hints = typing.get_type_hints(cls)
-    out: list[dict[str, Any]] = []
-    for f in dataclasses.fields(cls):
-        spec = _kong_type(hints[f.name])
-        attrs = dict(f.metadata["kong"])
-        for part in ("elements", "keys"):
-            if part in attrs:
-                spec[part] = {**spec[part], **attrs.pop(part)}
-        spec.update(attrs)
-        spec["description"] = f.metadata["description"]
-        default = _default_of(f)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        name = f"{path}.{f.name}"
+        spec = kong_field(f, hints[f.name])
+        value = raw.get(f.name)
+        if value is None:
+            if spec.get("required") and spec["type"] != "record":
+                raise ConfigError(f"{name}: required field missing")
+            if spec["type"] != "record":
+                continue
+            value = {}
         if spec["type"] == "record":
-            spec["required"] = True  # Kong fills a missing record with its fields' defaults
-        elif default is not None:
-            spec["default"] = list(default) if isinstance(default, tuple) else default
-        elif not attrs.get("required"):
-            spec["required"] = False
-        out.append({f.name: spec})
-    return out
+            values[f.name] = load(_strip_optional(hints[f.name]), value, name)
+            continue
+        problem = field_problem(spec, value)
+        if problem is not None:
+            where, message = problem
+            raise ConfigError(f"{name}{where}: {message}")
+        values[f.name] = _COERCE.get(spec["type"], lambda v: v)(value)
+    return cls(**values)
+
+
+_COERCE: dict[str, Callable[[Any], Any]] = {"array": tuple, "number": float, "integer": int, "map": dict}
+
+
+def field_problem(spec: dict[str, Any], value: Any) -> tuple[str, str] | None:
+    """Kong's verdict on a value (null only inside arrays and maps, where Kong requires one):
+    None, or (path suffix, message)."""
+    if value is None:
+        return "", "required field missing"
+    kind = spec["type"]
+    type_error = _TYPE_ERRORS[kind](value)
+    if type_error:
+        return "", type_error
+    if kind == "array":
+        for i, element in enumerate(value, 1):
+            problem = field_problem({"type": "string", **spec["elements"]}, element)
+            if problem is not None:
+                return f".{i}{problem[0]}", problem[1]
+    elif kind == "map":
+        for key, item in value.items():
+            for part, v in (("keys", key), ("values", item)):
+                problem = field_problem({"type": "string", **spec[part]}, v)
+                if problem is not None:
+                    return problem
+    if kind == "string":
+        if spec.get("referenceable") and is_reference(value):
+            # Kong resolves references before the plugin sees a config: one left is a vault
+            # that could not be read, and is not a secret to use.
+            return "", "the vault reference could not be resolved"
+        if "len_min" not in spec:
+            spec = {**spec, "len_min": 1}  # Kong refuses empty strings unless told otherwise
+    for attr in _VALIDATORS:
+        if attr in spec:
+            message = _VALIDATE[attr](value, spec[attr])
+            if message is not None:
+                return "", message
+    return None
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+
+
+_TYPE_ERRORS: dict[str, Callable[[Any], str | None]] = {
+    "string": lambda v: None if isinstance(v, str) else "expected a string",
+    "integer": lambda v: None if _is_int(v) or (isinstance(v, float) and _is_num(v) and v == int(v))
+    else "expected an integer",
+    "number": lambda v: None if _is_num(v) else "expected a number",
+    "boolean": lambda v: None if isinstance(v, bool) else "expected a boolean",
+    "array": lambda v: None if isinstance(v, list) else "expected an array",
+    "map": lambda v: None if isinstance(v, dict) else "expected a map",
+}
+
+
+def is_reference(value: str) -> bool:
+    """kong/pdk/vault.lua is_reference."""
+    return value.startswith("{vault://") and value.endswith("}")
+
+
+def _d(n: Any) -> str:
+    """Lua's string.format("%d", n) in LuaJIT: truncated (Kong's `between` message)."""
+    return str(int(n))
+
+
+def _tostring(n: Any) -> str:
+    """LuaJIT's tostring of a number (Kong's `gt` message): "%.14g"."""
+    return format(float(n), ".14g")
+
+
+_VALIDATE: dict[str, Callable[[Any, Any], str | None]] = {
+    "one_of": lambda v, options: None if v in options else "expected one of: " + ", ".join(options),
+    "gt": lambda v, limit: None if v > limit else f"value must be greater than {_tostring(limit)}",
+    "between": lambda v, lim: None if lim[0] <= v <= lim[1]
+    else f"value should be between {_d(lim[0])} and {_d(lim[1])}",
+    "len_min": lambda v, n: None if len(v) >= n else f"length must be at least {n}",
+    "len_max": lambda v, n: None if len(v) <= n else f"length must be at most {n}",
+    "match_none": lambda v, rules: next((r["err"] for r in rules if luapattern.find(v, r["pattern"])), None),
+    "match": lambda v, pattern: None if luapattern.find(v, pattern) else f"invalid value: {v}",
+}
+
+
+def _strip_optional(hint: Any) -> Any:
+    if typing.get_origin(hint) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0]
+    return hint
 
 
 def _default_of(f: dataclasses.Field[Any]) -> Any:
@@ -543,11 +222,17 @@ def _default_of(f: dataclasses.Field[Any]) -> Any:
     return None
 
 
-def reference_markdown() -> str:
-    """The README's config reference table (`python -m kong_plugin_kcauth.schema` prints it;
-    a test checks the README against it)."""
+def canonical(obj: Any) -> str:
+    """A stable JSON text of a config object (caches are scoped by its digest)."""
+    return json.dumps(dataclasses.asdict(obj), sort_keys=True, separators=(",", ":"))
+
+
+# --- the README's reference --------------------------------------------------------------------
+
+def reference_markdown(fields: list[dict[str, Any]]) -> str:
+    """The config reference table of `kong_fields(Config)`."""
     lines = ["| field | type | default | description |", "| --- | --- | --- | --- |"]
-    for name, spec in _flat_fields(kong_schema()):
+    for name, spec in _flat_fields(fields):
         kind = spec["type"]
         if kind == "array":
             kind = f"array of {spec['elements']['type']}"
@@ -578,7 +263,3 @@ def _flat_fields(fields: list[dict[str, Any]], prefix: str = "") -> list[tuple[s
         if spec["type"] == "record":
             out.extend(_flat_fields(spec["fields"], prefix + name + "."))
     return out
-
-
-if __name__ == "__main__":
-    print(reference_markdown(), end="")

@@ -8,11 +8,11 @@ kong.conf (or KONG_* environment), with both socket settings explicit:
     pluginserver_kcauth_start_cmd = kcauth-pluginserver --kong-prefix /usr/local/kong --socket-name kcauth.socket
     pluginserver_kcauth_query_cmd = kcauth-pluginserver --dump
 
-It is kong-pdk's dedicated server for the one plugin `kcauth`, with three deliberate changes:
+It is kong-pdk's dedicated server for the one plugin `kcauth`, with deliberate changes:
+- kcauth's own event handling and listener (bridge.py): nothing an event carries can drop Kong's
+  connection (Kong would proxy the request), and no event leaves a thread or greenlet behind;
 - the default socket name is `kcauth.socket`, the name Kong derives for a server called `kcauth`
   (kong-pdk would pick `kcauth.sock`, and Kong would then never reach it);
-- requests are decoded tolerantly: a client header that is not valid UTF-8 would otherwise make
-  kong-pdk's decoder raise, drop Kong's connection, and Kong would proxy the request unchecked;
 - `-m` (multiprocessing) is refused, because it loses the process-wide key and token caches, and
   `-g` (gevent) monkey-patches the standard library first, or blocking I/O would stall every
   request in the process.
@@ -20,13 +20,11 @@ It is kong-pdk's dedicated server for the one plugin `kcauth`, with three delibe
 
 from __future__ import annotations
 
-import functools
 import json
 import os
-import re
+import sys
 import threading
 import time
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -46,10 +44,10 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _kcauth() -> tuple[type, list[dict[str, Any]], str]:
-    from . import __version__, schema
+    from . import __version__, config
     from .handler import Plugin
 
-    return Plugin, schema.kong_schema(), __version__
+    return Plugin, config.kong_schema(), __version__
 
 
 def run(argv: list[str] | None, load_plugin: Callable[[], tuple[type, list[dict[str, Any]], str]],
@@ -77,14 +75,15 @@ def _serve(name: str, priority: int, plugin: type, plugin_schema: list[dict[str,
     from kong_pdk import cli
     from kong_pdk.logger import Logger
     from kong_pdk.module import Module
-    from kong_pdk.server import PluginServer
+
+    from . import bridge
 
     options = cli.parse(dedicated=True)
 
     # The shape kong-pdk's Module reads: what a plugin file would define at module level.
     spec = type("Spec", (), {"Plugin": plugin, "Schema": plugin_schema, "version": version, "priority": priority})
 
-    server = PluginServer(
+    server = bridge.server_class(options.gevent)(
         loglevel=Logger.WARNING - options.verbose,
         use_gevent=options.gevent,
         name=f"{name} version {version}",
@@ -95,7 +94,7 @@ def _serve(name: str, priority: int, plugin: type, plugin_schema: list[dict[str,
         sys.stdout.write(json.dumps([server.get_plugin_info(name)]))
         return
     _watch_parent()
-    listener = _listener_class()(
+    listener = bridge.listener_class()(
         server, options.prefix, sock_name=options.socket_name, use_gevent=options.gevent,
         listen_queue_size=options.listen_queue_size,
     )
@@ -119,51 +118,6 @@ def _watch_parent() -> None:
         os._exit(0)
 
     threading.Thread(target=watch, daemon=True, name="kcauth-parent-watch").start()
-
-
-def _listener_class() -> type:
-    import msgpack
-    from kong_pdk.exception import PDKException, PluginServerException
-    from kong_pdk.listener import UnixStreamServer
-
-    from .schema import ConfigError
-
-    @functools.lru_cache(maxsize=64)
-    def method_name(rpc: str) -> str:
-        # "plugin.StepMultiMap" -> "step_multi_map", the PluginServer method serving it.
-        return re.sub(r"(?<!^)([A-Z])", r"_\1", rpc.partition(".")[2]).lower()
-
-    class Listener(UnixStreamServer):  # type: ignore[misc]
-        """kong-pdk's listener with a decoder that cannot be made to fail by client bytes."""
-
-        def handle(self, conn: Any, address: Any, *_: Any) -> None:
-            packer = msgpack.Packer(unicode_errors="surrogateescape")
-            unpacker = msgpack.Unpacker(strict_map_key=False, unicode_errors="surrogateescape")
-            while True:
-                data = conn.recv(65536)
-                if not data:
-                    return
-                unpacker.feed(data)
-                for message in unpacker:
-                    if not (isinstance(message, list) and len(message) == 4 and message[0] == 0):
-                        return  # not a MessagePack-RPC request: drop the connection
-                    _, msgid, method, params = message
-                    conn.sendall(packer.pack(self._dispatch(msgid, method, params)))
-
-        def _dispatch(self, msgid: int, method: Any, params: Any) -> list[Any]:
-            if not isinstance(method, str) or not method.startswith("plugin."):
-                return [1, msgid, f"RPC for {method} is not supported", None]
-            try:
-                result = getattr(self.ps, method_name(method))(*params)
-            except (PluginServerException, PDKException, ConfigError) as exc:
-                # Kong logs this; a ConfigError names the setting the operator must fix.
-                return [1, msgid, str(exc), None]
-            except Exception as exc:  # noqa: BLE001 - answer Kong rather than drop it
-                self.logger.error(f"rpc {method} failed: {type(exc).__name__}")
-                return [1, msgid, f"{method} failed: {type(exc).__name__}", None]
-            return [1, msgid, None, result]
-
-    return Listener
 
 
 if __name__ == "__main__":

@@ -1,96 +1,200 @@
-"""The cache shared by Kong nodes and plugin server processes: Redis, when configured.
+"""What kcauth shares between Kong nodes and plugin server processes: Redis, when configured.
 
-It is an optimisation, never a dependency: every failure (Redis down, slow, refusing the
-password) is logged, Redis is skipped for a few seconds, and the caller carries on with its
-in-process cache and the identity provider. Keys are digests, never tokens.
+Redis is a trust boundary. Keys are derived from `redis.secret`, which only the gateways hold:
+- introspection verdicts are sealed with AES-256-GCM, the entry's full key name as associated
+  data, so a Redis writer cannot forge one, move a genuine one to another token's key, or read a
+  claim; a verdict that fails to open is ignored (logged once a minute) and Keycloak is asked;
+- revocations are records held in key names with a MAC (`publish_record`), so one cannot be
+  forged, altered or hidden by overwriting; pub/sub messages are sealed like verdicts.
+What a Redis writer can still do: delete entries (extra introspection calls; deleted revocations
+are written back by every process holding them, within `revocation.RESTORE_INTERVAL`), and
+replay a genuine verdict under its own key, never past the deadline sealed inside it.
+
+For the request path Redis is an optimisation, never a dependency: a failure (Redis down, slow,
+refusing the password) is logged, Redis is skipped for a few seconds, and the caller carries on
+with its in-process state and the identity provider. Key names are digests, never tokens.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import logging
+import os
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import redis
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .schema import RedisConfig
+from .claims import json_object
+from .config import RedisConfig
+from .logs import Throttled
 
 log = logging.getLogger("kcauth.redis")
 
 SKIP_SECONDS = 5.0  # after a failure, how long Redis is left alone
+_NONCE = 12
 
 
 class SharedUnavailable(Exception):
-    """Redis could not take a write that must not be lost (a revocation)."""
+    """Redis could not take (or give) what the caller must not lose silently (a revocation)."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _derive(secret: str, purpose: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"kcauth " + purpose).derive(secret.encode())
 
 
 class SharedStore:
     def __init__(self, config: RedisConfig) -> None:
         self.config = config
+        secret = config.secret or ""
+        self._aead = AESGCM(_derive(secret, b"redis seal v1"))
+        self._pseudonym_key = _derive(secret, b"redis pseudonym v1")
+        self._record_key = _derive(secret, b"redis record v1")
         self._client = redis.Redis(
             host=config.host or "", port=config.port, db=config.database,
             username=config.username, password=config.password, ssl=config.tls,
             socket_timeout=config.timeout, socket_connect_timeout=config.timeout,
             # redis-py retries with backoff by default, which turns a dead Redis into seconds
-            # of stall per request; one attempt, then the in-process cache.
+            # of stall per request; one attempt, then the in-process state.
             retry=Retry(NoBackoff(), 0), retry_on_timeout=False,
         )
         self._skip_until = 0.0
         self._lock = threading.Lock()
+        self._forged = Throttled(log, 60)
+
+    # -- sealing --
+
+    def pseudonym(self, value: str) -> str:
+        """A keyed digest of a personal identifier (sid, sub), the same on every gateway."""
+        return hmac.new(self._pseudonym_key, value.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:32]
+
+    def _seal(self, name: str, value: dict[str, Any]) -> bytes:
+        nonce = os.urandom(_NONCE)
+        data = json.dumps(value, separators=(",", ":")).encode()
+        return nonce + self._aead.encrypt(nonce, data, name.encode())
+
+    def _open(self, name: str, raw: Any) -> dict[str, Any] | None:
+        if not isinstance(raw, bytes) or len(raw) <= _NONCE:
+            self._forged.warning("ignoring a Redis entry that kcauth did not write")
+            return None
+        try:
+            data = self._aead.decrypt(raw[:_NONCE], raw[_NONCE:], name.encode())
+        except InvalidTag:
+            self._forged.warning("ignoring a Redis entry that fails authentication (written without "
+                                 "redis.secret, or forged)")
+            return None
+        return json_object(data)
+
+    # -- the request path: best effort --
 
     def get(self, key: str) -> dict[str, Any] | None:
         if self._skipping():
             return None
+        name = self.config.prefix + key
         try:
-            raw = self._client.get(self.config.prefix + key)
+            raw = self._client.get(name)
         except (redis.RedisError, OSError) as exc:
             self._failed("read", exc)
             return None
-        if raw is None:
-            return None
-        try:
-            value = json.loads(raw)
-        except ValueError:
-            return None
-        return value if isinstance(value, dict) else None
+        return None if raw is None else self._open(name, raw)
 
     def put(self, key: str, value: dict[str, Any], ttl: float) -> None:
         millis = int(ttl * 1000)
         if millis <= 0 or self._skipping():
             return
+        name = self.config.prefix + key
         try:
-            self._client.set(self.config.prefix + key, json.dumps(value, separators=(",", ":")), px=millis)
+            self._client.set(name, self._seal(name, value), px=millis)
         except (redis.RedisError, OSError) as exc:
             self._failed("write", exc)
-
-    @property
-    def client(self) -> redis.Redis:
-        return self._client
 
     def set_if_absent(self, key: str, ttl: float) -> bool | None:
         """SET NX: True if this call created the key, False if it existed, None if Redis failed."""
         try:
-            return bool(self._client.set(self.config.prefix + key, "1", nx=True, px=max(1, int(ttl * 1000))))
+            return bool(self._client.set(self.config.prefix + key, b"1", nx=True, px=max(1, int(ttl * 1000))))
         except (redis.RedisError, OSError) as exc:
             self._failed("write", exc)
             return None
 
-    def publish_record(self, key: str, channel: str, message: dict[str, Any], ttl: float) -> None:
-        """Store `message` under `key` for `ttl` and publish it on `channel`, atomically; raises
-        SharedUnavailable, because the caller must report the failure (no skipping here)."""
-        data = json.dumps(message, separators=(",", ":"))
+    # -- records that must not be lost: failures raise SharedUnavailable --
+    #
+    # A record (a revocation) lives in its key's name: the message and a MAC over it, with an
+    # empty value. Overwriting the value changes nothing, and a forged or altered name fails its
+    # MAC; what a Redis writer can still do is delete names, which the processes holding the
+    # records write back (`restore`).
+
+    def publish_record(self, scope: str, channel: str, message: dict[str, Any], ttl: float) -> None:
+        """Store `message` for `ttl` and publish it on `channel`, atomically."""
+        chan = self.config.prefix + channel
         try:
             pipe = self._client.pipeline(transaction=True)
-            pipe.set(self.config.prefix + key, data, px=max(1, int(ttl * 1000)))
-            pipe.publish(self.config.prefix + channel, data)
+            pipe.set(self._record_name(scope, message), b"", px=max(1, int(ttl * 1000)))
+            pipe.publish(chan, self._seal(chan, message))
             pipe.execute()
         except (redis.RedisError, OSError) as exc:
             self._failed("write", exc)
             raise SharedUnavailable() from None
+
+    def restore(self, scope: str, records: list[tuple[dict[str, Any], float]]) -> int:
+        """Write back records (message, ttl) that Redis lost, leaving those it holds; how many
+        were missing."""
+        live = [(self._record_name(scope, message), ttl) for message, ttl in records if ttl > 0.001]
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for name, ttl in live:
+                pipe.set(name, b"", px=int(ttl * 1000), nx=True)
+            return sum(1 for created in pipe.execute() if created)
+        except (redis.RedisError, OSError) as exc:
+            raise SharedUnavailable() from exc
+
+    def records(self, scope: str) -> Iterator[dict[str, Any]]:
+        """Every record of `scope` that Redis holds and that passes its MAC."""
+        start = len(self.config.prefix) + len(scope) + len(":rec:")
+        try:
+            for name in self._client.scan_iter(match=f"{self.config.prefix}{scope}:rec:*", count=500):
+                text = name.decode("ascii", "replace") if isinstance(name, bytes) else str(name)
+                body, _, tag = text[start:].partition(".")
+                message = self._record_message(scope, body, tag)
+                if message is not None:
+                    yield message
+        except (redis.RedisError, OSError) as exc:
+            raise SharedUnavailable() from exc
+
+    def _record_name(self, scope: str, message: dict[str, Any]) -> str:
+        body = _b64(json.dumps(message, sort_keys=True, separators=(",", ":")).encode())
+        return f"{self.config.prefix}{scope}:rec:{body}.{self._tag(scope, body)}"
+
+    def _record_message(self, scope: str, body: str, tag: str) -> dict[str, Any] | None:
+        if not hmac.compare_digest(tag, self._tag(scope, body)):
+            self._forged.warning("ignoring a Redis record whose name fails authentication")
+            return None
+        try:
+            return json_object(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        except ValueError:
+            return None
+
+    def _tag(self, scope: str, body: str) -> str:
+        return _b64(hmac.new(self._record_key, f"{scope}:{body}".encode(), hashlib.sha256).digest()[:16])
+
+    def subscribe(self, channel: str) -> Subscription:
+        return Subscription(self, self.config.prefix + channel)
+
+    # -- failures --
 
     def _skipping(self) -> bool:
         return time.monotonic() < self._skip_until
@@ -101,5 +205,34 @@ class SharedStore:
                 return
             self._skip_until = time.monotonic() + SKIP_SECONDS
         # The exception type only: redis-py messages can carry connection details.
-        log.warning("redis %s failed (%s); using the in-process cache for %.0f s",
+        log.warning("redis %s failed (%s); using the in-process state for %.0f s",
                     what, type(exc).__name__, SKIP_SECONDS)
+
+
+class Subscription:
+    """One channel's opened messages; any failure raises SharedUnavailable (reconnect, catch up)."""
+
+    def __init__(self, store: SharedStore, channel: str) -> None:
+        self._store = store
+        self._channel = channel
+        try:
+            self._pubsub = store._client.pubsub(ignore_subscribe_messages=True)
+            self._pubsub.subscribe(channel)
+        except (redis.RedisError, OSError) as exc:
+            raise SharedUnavailable() from exc
+
+    def next(self, timeout: float) -> dict[str, Any] | None:
+        """The next message, or None when none came within `timeout` seconds."""
+        try:
+            message = self._pubsub.get_message(timeout=timeout)
+        except (redis.RedisError, OSError) as exc:
+            raise SharedUnavailable() from exc
+        if not message or message.get("type") != "message":
+            return None
+        return self._store._open(self._channel, message.get("data"))
+
+    def close(self) -> None:
+        try:
+            self._pubsub.close()
+        except (redis.RedisError, OSError):
+            pass

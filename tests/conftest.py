@@ -51,6 +51,27 @@ def plugin_server(prefix: Path, request: pytest.FixtureRequest) -> Iterator[Plug
     server.stop()
 
 
+# kong-pdk's two usable modes: threads (its default) and gevent (`-g`, the recommended one).
+SERVER_MODES = {"threads": "", "gevent": "-g"}
+
+
+@pytest.fixture(scope="module", params=list(SERVER_MODES))
+def each_mode_kong(request: pytest.FixtureRequest) -> Iterator[Kong]:
+    """Kong driving a plugin server of each mode in turn (tests that must hold in both)."""
+    path = Path(tempfile.mkdtemp(prefix="kcm", dir="/tmp"))
+    server = start_plugin_server(path, SERVER_MODES[request.param])
+    gateway = Kong(server)
+    yield gateway
+    gateway.rpc.close()
+    server.stop()
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
+
+
 @pytest.fixture(scope="module")
 def kong(plugin_server: PluginServerProcess) -> Iterator[Kong]:
     gateway = Kong(plugin_server)

@@ -34,6 +34,7 @@ from tests.services.redis import RedisServer
 REPO = Path(__file__).resolve().parent.parent
 KONG_YML = REPO / "kong" / "kong.yml"
 CLIENT_SECRET = "orders-api-secret"  # the demo realm's public test secret (kong/keycloak/README.md)
+REDIS_SECRET = "demo-only-redis-secret-change-me-0123456789"  # as docker-compose.yml
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kong-yml", type=Path, default=KONG_YML)
     args = parser.parse_args(argv)
     os.environ.setdefault("KCAUTH_CLIENT_SECRET", CLIENT_SECRET)
+    os.environ.setdefault("KCAUTH_REDIS_SECRET", REDIS_SECRET)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     started: list[Any] = []

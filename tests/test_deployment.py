@@ -22,7 +22,7 @@ import pytest
 import requests
 import yaml
 
-from kong_plugin_kcauth.schema import Config, kong_schema
+from kong_plugin_kcauth.config import Config, kong_schema
 from tests.harness import kong_schema as kong
 from tests.harness.declarative import UnsupportedFeature, load
 from tests.keycloak.admin import KeycloakAdmin
@@ -84,12 +84,19 @@ def test_every_kcauth_config_in_kong_yml_passes_the_plugin_schema() -> None:
     for raw in configs:
         full = kong.apply_defaults(config_field, raw)
         assert kong.validate_config(config_field, full) == [], raw
-        # Kong resolves vault references before the plugin sees them.
-        resolved = {k: ("secret" if isinstance(v, str) and v.startswith("{vault://") else v) for k, v in full.items()}
-        Config.from_kong(resolved)
+        Config.from_kong(resolved(full))
 
 
-def test_kong_yml_shows_every_route_kind_guarded_by_acl() -> None:
+def resolved(value: Any) -> Any:
+    """Kong resolves vault references before the plugin sees a config."""
+    if isinstance(value, dict):
+        return {k: resolved(v) for k, v in value.items()}
+    if isinstance(value, str) and value.startswith("{vault://"):
+        return "a-secret-of-forty-characters-for-tests!!"
+    return value
+
+
+def test_every_route_of_kong_yml_through_kcauth_has_a_kong_native_guard() -> None:
     plugins = kong_yml_plugins()
     by_route: dict[str, dict[str, Any]] = {}
     for p in plugins:
@@ -100,6 +107,8 @@ def test_kong_yml_shows_every_route_kind_guarded_by_acl() -> None:
     for route, named in by_route.items():
         if named["kcauth"].get("mode") != "revocation_receiver":
             assert "acl" in named, f"{route} has no ACL guard"
+        else:  # kcauth answers every push itself; this answers only when it could not
+            assert named["request-termination"]["status_code"] == 503, f"{route} has no fallback"
     routes = yaml.safe_load((REPO / "kong" / "kong.yml").read_text())["services"][0]["routes"]
     assert "public" in {r["name"] for r in routes} and "public" not in by_route
 
@@ -131,7 +140,7 @@ def test_pluginserver_settings_agree_with_the_package() -> None:
     dump = json.loads(subprocess.run([str(Path(sys.executable).parent / Path(query[0]).name), "--dump"],
                                      capture_output=True, check=True).stdout)
     assert dump[0]["Name"] == env["KONG_PLUGINSERVER_NAMES"]
-    assert {p["name"] for p in kong_yml_plugins()} <= {dump[0]["Name"], "acl"}
+    assert {p["name"] for p in kong_yml_plugins()} <= {dump[0]["Name"], "acl", "request-termination"}
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -201,14 +210,27 @@ def test_demo_end_to_end(demo: dict[str, Any], kc_admin: KeycloakAdmin) -> None:
     assert seen["x-auth-username"] == ["alice"] and seen["x-consumer-username"] == ["test-cli"]
     assert requests.get(f"{gateway}/payments", headers={"Authorization": f"Bearer {token}"}, timeout=10).status_code == 200
 
+    bad_push = requests.post(f"{gateway}/kcauth/revocations", data={"logout_token": "x.y.z"}, timeout=30)
+    assert bad_push.status_code == 400  # the receiver's instance now runs in the plugin server
+
     os.kill(demo["plugin_server_pid"], signal.SIGKILL)
     time.sleep(0.3)
     guarded = requests.get(f"{gateway}/orders/1", headers={"Authorization": f"Bearer {token}"}, timeout=30)
     assert guarded.status_code == 401, "a dead plugin server: Kong fails open, the ACL guard answers 401"
     assert guarded.json() == {"message": "Unauthorized"}
+    echo_hits = demo_echo_hits(gateway)
+    push = requests.post(f"{gateway}/kcauth/revocations", data={"logout_token": "x.y.z"}, timeout=30)
+    assert push.status_code == 503, "the receiver route, as shipped, answers non-2xx with kcauth down"
+    assert push.json() == {"message": "revocation receiver unavailable"}
+    assert demo_echo_hits(gateway) == echo_hits + 1, "and proxies nothing (only the count's own request)"
 
     demo["process"].send_signal(signal.SIGINT)
     assert demo["process"].wait(30) == 0, "Ctrl-C stops it cleanly"
+
+
+def demo_echo_hits(gateway: str) -> int:
+    """Requests the echo upstream has answered, this one included (asked through /public)."""
+    return int(requests.get(f"{gateway}/public", timeout=10).json()["hits"])
 
 
 def test_spec_cases_over_http_against_the_demo(demo: dict[str, Any]) -> None:

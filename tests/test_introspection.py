@@ -203,10 +203,10 @@ ACTIVE = {"active": True, "iss": "https://kc/realms/r", "aud": "api", "typ": "Be
 
 
 def test_judge_active_answers_are_reused_until_ttl_or_exp() -> None:
-    assert judge(ACTIVE, RULES, NOW, ttl=30, negative_ttl=10).deadline == NOW + 30
-    assert judge(ACTIVE, RULES, NOW, ttl=300, negative_ttl=10).deadline == NOW + 100
-    assert judge(ACTIVE, RULES, NOW, ttl=0, negative_ttl=10).deadline == NOW
-    assert judge(ACTIVE, RULES, NOW, 30, 10).refusal is None
+    assert judge(ACTIVE, None, RULES, NOW, ttl=30, negative_ttl=10).deadline == NOW + 30
+    assert judge(ACTIVE, None, RULES, NOW, ttl=300, negative_ttl=10).deadline == NOW + 100
+    assert judge(ACTIVE, None, RULES, NOW, ttl=0, negative_ttl=10).deadline == NOW
+    assert judge(ACTIVE, None, RULES, NOW, 30, 10).refusal is None
 
 
 @pytest.mark.parametrize(("answer", "refusal"), [
@@ -217,7 +217,7 @@ def test_judge_active_answers_are_reused_until_ttl_or_exp() -> None:
     ({**ACTIVE, "exp": NOW - 1}, errors.Expired),
 ])
 def test_judge_refusals_use_the_negative_ttl(answer: dict[str, Any], refusal: type[errors.Refusal]) -> None:
-    verdict = judge(answer, RULES, NOW, ttl=30, negative_ttl=10)
+    verdict = judge(answer, None, RULES, NOW, ttl=30, negative_ttl=10)
     assert verdict.refusal is refusal and verdict.deadline == NOW + 10
 
 
@@ -226,4 +226,38 @@ def test_judge_refuses_answers_without_a_boolean_active(active: object) -> None:
     from kong_plugin_kcauth.http import FetchError
 
     with pytest.raises(FetchError):
-        judge({**ACTIVE, "active": active}, RULES, NOW, 30, 10)
+        judge({**ACTIVE, "active": active}, None, RULES, NOW, 30, 10)
+
+
+@pytest.mark.parametrize("override", [{"sub": "someone-else"}, {"preferred_username": "mallory", "sub": "m"},
+                                      {"sid": "another-session"}, {"jti": "another-token"}, {"azp": "other-client"},
+                                      {"client_id": "other-client"}, {"iat": 12345}])
+def test_an_answer_about_another_token_is_a_failure_never_remembered(kong: Kong, idp: LocalIdP, minter: Minter,
+                                                                     override: dict[str, Any]) -> None:
+    entity = kong.plugin(sensitive(idp, introspection_breaker_seconds=0))
+    token = minter.token()
+    idp.answer_override = override
+    logged = kong.server.log().count("introspection answered about another token")
+    for _ in range(3):
+        res = kong.request(entity, bearer(token))
+        assert res.status == 503 and not res.proxied, "an IdP answering about someone else is failing"
+    assert idp.introspection_requests == 3, "the bad answer was not remembered"
+    assert kong.server.log().count("introspection answered about another token") - logged == 1, \
+        "logged once, not per request"
+    idp.answer_override = {}
+    res = kong.request(entity, bearer(token))
+    assert res.status == 200 and res.upstream("X-Auth-Subject") == [minter.claims()["sub"]]
+
+
+@pytest.mark.parametrize("answer", [
+    b'{"active": true, "exp": NaN}', b'{"active": true, "exp": Infinity}', b'{"active": true, "exp": 1e999}',
+    b'{"active": true, "exp": 1' + b"0" * 400 + b'}', b'{"active": true, "exp": -1' + b"0" * 400 + b'}',
+    b'{"active": true, "iat": "yesterday", "exp": 99999999999}', b'{"active": true, "sub": "\\ud800"}',
+    b'{"active": true}', b'[true]', b'\xff\xfe',
+])
+def test_broken_numbers_and_strings_in_an_answer_are_503(kong: Kong, idp: LocalIdP, minter: Minter,
+                                                         answer: bytes) -> None:
+    entity = kong.plugin(sensitive(idp, introspection_breaker_seconds=0))
+    idp.raw_answer = answer
+    res = kong.request(entity, bearer(minter.token()))
+    assert res.status == 503 and res.errors == [], (res.status, res.errors)

@@ -31,7 +31,7 @@ RECEIVER = "/kcauth/revocations"
 class Setup:
     def __init__(self, kong: Kong, other: Kong, keycloak: KeycloakServer, redis_server: RedisServer,
                  proxy: CountingProxy) -> None:
-        self.redis = {"host": redis_server.host, "port": redis_server.port}
+        self.redis = redis_server.plugin_config()
         self.issuer = keycloak.issuer(REALM)
         self.kong, self.other, self.proxy = kong, other, proxy
         # Every call the guards make to Keycloak goes through the counting proxy.

@@ -281,7 +281,7 @@ def test_provider_url_reaches_a_provider_whose_issuer_names_another_host(kong: K
     res = kong.request(internal, bearer(token))
     assert res.status == 200, res.headers
     assert idp.discovery_requests >= 1 and idp.jwks_requests >= 1
-    wrong_iss = Minter(idp.origin + "/realms/test", idp.primary).token()  # type: ignore[attr-defined]
+    wrong_iss = Minter(f"{idp.origin}/realms/{idp.realm}", idp.primary).token()  # type: ignore[attr-defined]
     assert kong.request(internal, bearer(wrong_iss)).status == 401, "the issuer is still matched exactly"
 
 

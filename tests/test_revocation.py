@@ -4,6 +4,7 @@ tests/test_keycloak_revocation.py."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 import time
@@ -17,7 +18,7 @@ import pytest
 
 from kong_plugin_kcauth.logout import BACKCHANNEL_EVENT
 from tests.conftest import bearer, start_plugin_server
-from tests.harness.idp import DROP, LocalIdP, Minter, SigningKey
+from tests.harness.idp import DROP, LocalIdP, Minter, SigningKey, jwt_part, sign_payload
 from tests.harness.kong import Kong, PluginEntity, Response
 from tests.services.redis import RedisServer
 
@@ -93,6 +94,10 @@ def test_a_subject_logout_revokes_tokens_issued_until_then(kong: Kong, idp: Loca
     ("alg none", "signature algorithm not accepted"),
     ("replay", "replayed logout token"),
     ("no token", "the request must carry one logout_token"),
+    ("a day old, no exp", "stale logout token"),
+    ("a year old, no exp", "stale logout token"),
+    ("huge iat", "missing or future iat"),
+    ("NaN exp", "malformed token"),
 ])
 def test_forged_logout_tokens_are_refused_and_revoke_nothing(forgery: str, reason: str, kong: Kong, idp: LocalIdP,
                                                              minter: Minter) -> None:
@@ -112,6 +117,11 @@ def test_forged_logout_tokens_are_refused_and_revoke_nothing(forgery: str, reaso
         "alg none": lambda: logout_token(idp).rsplit(".", 2)[0] + ".eyJ9.",
         "replay": None,
         "no token": None,
+        "a day old, no exp": lambda: logout_token(idp, iat=now - 86400, exp=DROP),
+        "a year old, no exp": lambda: logout_token(idp, iat=now - 365 * 86400, exp=DROP),
+        "huge iat": lambda: logout_token(idp, iat=10 ** 400),
+        "NaN exp": lambda: sign_payload(json.dumps({**jwt_part(logout_token(idp), 1), "exp": float("nan")}).encode(),
+                                        idp.primary, {"typ": "logout+jwt"}),  # type: ignore[attr-defined]
     }[forgery]
     if forgery == "replay":
         first = logout_token(idp, sid="session-other")
@@ -128,6 +138,31 @@ def test_forged_logout_tokens_are_refused_and_revoke_nothing(forgery: str, reaso
     assert res.status == 400, res.body
     assert res.body == {"error": "invalid_request", "error_description": reason}
     assert kong.request(entity, bearer(token)).status == 200, "nothing was revoked"
+
+
+@pytest.mark.parametrize("body", [
+    "&".join(f"f{i}=x" for i in range(50)).encode(), b"logout_token=a&logout_token=b", b"\xff\xfe\x00",
+    b"logout_token=" + b"A" * 70000, b"logout_token=%ZZ", b"=&&==", b"logout_token=a.b.c",
+    b'{"logout_token": "x"}',
+], ids=["50 fields", "two tokens", "binary", "huge", "bad escape", "empty pairs", "three segments", "json"])
+def test_any_body_shape_gets_400(kong: Kong, idp: LocalIdP, body: bytes) -> None:
+    sink = receiver(kong, idp)
+    for path in (RECEIVER_PATH, RECEIVER_PATH + "/k_push_not_before"):
+        res = kong.request(sink, [("Content-Type", "application/x-www-form-urlencoded")], method="POST",
+                           path=path, body=body)
+        assert res.status == 400 and res.errors == [], (res.status, res.body)
+        assert set(res.body) == {"error", "error_description"}
+
+
+def test_a_stale_not_before_push_is_refused(kong: Kong, idp: LocalIdP) -> None:
+    key = idp.primary  # type: ignore[attr-defined]
+    now = int(time.time())
+    action = {"id": "a-1", "expiration": now + 86400, "resource": "test-cli", "action": "PUSH_NOT_BEFORE",
+              "notBefore": now}
+    stale = jwt.encode(action, key.private, algorithm=key.alg, headers={"kid": key.kid})
+    res = kong.request(receiver(kong, idp), [], method="POST", path=RECEIVER_PATH + "/k_push_not_before",
+                       body=stale.encode())
+    assert res.status == 400 and res.body["error_description"] == "stale not-before push"
 
 
 def test_receiver_refuses_other_methods(kong: Kong, idp: LocalIdP) -> None:
@@ -173,7 +208,7 @@ def test_pushed_not_before_applies_to_that_clients_tokens(kong: Kong, idp: Local
 
 def test_two_processes_share_revocations_through_redis(kong: Kong, idp: LocalIdP, minter: Minter,
                                                       redis_server: RedisServer) -> None:
-    redis = {"host": redis_server.host, "port": redis_server.port}
+    redis = redis_server.plugin_config()
     prefix = Path(tempfile.mkdtemp(prefix="kcr", dir="/tmp"))
     other_server = start_plugin_server(prefix)
     other = Kong(other_server)

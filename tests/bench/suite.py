@@ -6,8 +6,8 @@ Phases, in order (each can be picked with --only):
 2. `burst`: 64 concurrent requests with one fresh token on a sensitive route, counting the
    introspection calls that reach the endpoint;
 3. `modes`: kong-pdk's threads (default) and gevent (-g) modes at 8 connections;
-4. `memory`: RSS of a fresh kcauth plugin server before and after 100,000 distinct valid and
-   100,000 distinct invalid tokens;
+4. `memory`: RSS of a fresh kcauth plugin server, in each mode, before and after 100,000
+   distinct valid and 100,000 distinct refused tokens;
 5. `keycloak`: the sensitive-route miss path against a real Keycloak (KCAUTH_BENCH_KEYCLOAK=1).
 """
 
@@ -140,7 +140,7 @@ class Results:
     idp_calls: dict[tuple[str, int], int] = field(default_factory=dict)
     burst: dict[str, Any] = field(default_factory=dict)
     modes: dict[tuple[str, str], Run] = field(default_factory=dict)
-    memory: dict[str, Any] = field(default_factory=dict)
+    memory: dict[str, dict[str, Any]] = field(default_factory=dict)  # by server mode
     keycloak: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
     duration: float = 0.0
@@ -305,46 +305,50 @@ class Bench:
                 s.stop()
 
     def memory(self) -> None:
+        """Both modes: refusals leaked ~10 KB each under kong-pdk's own gevent event handling."""
         flood, chunk = self.p.flood, self.p.flood_chunk
         log(f"memory: minting {flood:,} valid (ES256) and {flood:,} invalid tokens")
         warm_valid = self.mint.valid(self.flood_key, max(100, flood // 100))
         valid = self.mint.valid(self.flood_key, flood)
-        bad_sig = self.mint.forged(flood // 2, kid=self.flood_key.kid, alg="ES256", signature_bytes=64)
-        random_kid = self.mint.forged(flood - flood // 2, kid=None, alg="ES256", signature_bytes=64)
-        invalid = [t for pair in zip(bad_sig, random_kid) for t in pair] + bad_sig[len(random_kid):] \
-            + random_kid[len(bad_sig):]
+        third = flood // 3
+        bad_sig = self.mint.forged(third, kid=self.flood_key.kid, alg="ES256", signature_bytes=64)
+        random_kid = self.mint.forged(third, kid=None, alg="ES256", signature_bytes=64)
+        invalid = [t for trio in zip(bad_sig, random_kid, garbage(flood - 2 * third)) for t in trio]
+        invalid += garbage(flood - len(invalid))
         warm_invalid = self.mint.forged(len(warm_valid), kid=self.flood_key.kid, alg="ES256", signature_bytes=64) \
-            + self.mint.forged(len(warm_valid), kid=None, alg="ES256", signature_bytes=64)
-        server = Server("kcauth", self.r.mode).start()  # fresh: nothing measured before shares it
-        try:
-            entity = server.entity(self.ctx.local("bench-memory"))
-            conns = MODES_CONNS
-            # Warm-up: every path once (first use of modules, connections, thread stacks), so
-            # that only what the flood leaves behind counts as growth.
-            drive(server, entity, Tokens(warm_valid, cycle=False), conns, len(warm_valid), 600, expect_allowed)
-            drive(server, entity, Tokens(warm_invalid, cycle=False), conns, len(warm_invalid), 600,
-                  expect_status(401))
-            drive(server, entity, Tokens.same(warm_valid[0]), conns, len(warm_valid), 600, expect_allowed)
-            samples = [("start (after warm-up)", 0, server.rss_mb())]
-            errors = 0
-            t0 = time.perf_counter()
-            for label, tokens, check in (("valid", valid, expect_allowed), ("invalid", invalid, expect_status(401))):
-                source = Tokens(tokens, cycle=False)
-                for done in range(0, len(tokens), chunk):
-                    n = min(chunk, len(tokens) - done)
-                    run = drive(server, entity, source, conns, n, 3600, check)
-                    errors += run.errors
-                    if run.errors:
-                        log(f"  memory: {run.errors} wrong answers, first: {run.first_error[:300]}")
-                    samples.append((label, done + n, server.rss_mb()))
-                log(f"memory: after {len(tokens):,} {label} tokens: RSS {samples[-1][2]:.1f} MB")
-            self.r.memory = {
-                "samples": samples, "errors": errors, "conns": conns, "flood": flood,
-                "hwm": server.rss_mb("VmHWM"), "threads": server.threads(),
-                "seconds": time.perf_counter() - t0, "cache_size": 10_000,
-            }
-        finally:
-            server.stop()
+            + self.mint.forged(len(warm_valid), kid=None, alg="ES256", signature_bytes=64) + garbage(len(warm_valid))
+        for mode in ("threads", "gevent"):
+            server = Server("kcauth", mode).start()  # fresh: nothing measured before shares it
+            try:
+                entity = server.entity(self.ctx.local("bench-memory"))
+                conns = MODES_CONNS
+                # Warm-up: every path once (first use of modules, connections, thread stacks), so
+                # that only what the flood leaves behind counts as growth.
+                drive(server, entity, Tokens(warm_valid, cycle=False), conns, len(warm_valid), 600, expect_allowed)
+                drive(server, entity, Tokens(warm_invalid, cycle=False), conns, len(warm_invalid), 600,
+                      expect_status(401))
+                drive(server, entity, Tokens.same(warm_valid[0]), conns, len(warm_valid), 600, expect_allowed)
+                samples = [("start (after warm-up)", 0, server.rss_mb())]
+                errors = 0
+                t0 = time.perf_counter()
+                for label, tokens, check in (("valid", valid, expect_allowed),
+                                             ("invalid", invalid, expect_status(401))):
+                    source = Tokens(tokens, cycle=False)
+                    for done in range(0, len(tokens), chunk):
+                        n = min(chunk, len(tokens) - done)
+                        run = drive(server, entity, source, conns, n, 3600, check)
+                        errors += run.errors
+                        if run.errors:
+                            log(f"  memory: {run.errors} wrong answers, first: {run.first_error[:300]}")
+                        samples.append((label, done + n, server.rss_mb()))
+                    log(f"memory ({mode}): after {len(tokens):,} {label} tokens: RSS {samples[-1][2]:.1f} MB")
+                self.r.memory[mode] = {
+                    "samples": samples, "errors": errors, "conns": conns, "flood": flood,
+                    "hwm": server.rss_mb("VmHWM"), "threads": server.threads(),
+                    "seconds": time.perf_counter() - t0, "cache_size": 10_000,
+                }
+            finally:
+                server.stop()
 
     def keycloak(self) -> None:
         if os.environ.get("KCAUTH_BENCH_KEYCLOAK") != "1":

@@ -5,13 +5,13 @@ never wedges the server or fails open. The product has no test hook of its own."
 import os
 
 if os.environ.get("KCAUTH_TEST_FAULT") == "1":
-    from kong_plugin_kcauth import handler
+    from kong_plugin_kcauth import decision
 
-    _admit = handler.Guard.admit
+    _decide = decision.Guard.decide
 
-    def admit(self, request_headers, now):  # type: ignore[no-untyped-def]
-        if request_headers.get("authorization") == ["Bearer boom"]:
+    def decide(self, token, now):  # type: ignore[no-untyped-def]
+        if token == "boom":
             return 1 / 0
-        return _admit(self, request_headers, now)
+        return _decide(self, token, now)
 
-    handler.Guard.admit = admit
+    decision.Guard.decide = decide

@@ -5,7 +5,7 @@ from kong_pdk.cli import start_dedicated_server
 
 from kong_plugin_kcauth import __version__
 from kong_plugin_kcauth.handler import Plugin
-from kong_plugin_kcauth.schema import kong_schema
+from kong_plugin_kcauth.config import kong_schema
 from kong_plugin_kcauth.server import PRIORITY
 
 if __name__ == "__main__":

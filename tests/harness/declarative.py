@@ -1,8 +1,9 @@
 """Kong's DB-less declarative config (kong.yml), read the way the gateway stand-in needs it.
 
 Only what the stand-in emulates is accepted: services with a `url`, their routes by path prefix
-(`paths`, `strip_path`, `methods`), the plugins `kcauth` and `acl` (global, per service or per
-route, the most specific one winning as in Kong), consumers and their ACL groups, and Kong's env
+(`paths`, `strip_path`, `methods`), the plugins `kcauth`, `acl` and `request-termination`
+(`status_code` and `message` only; global, per service or per route, the most specific one
+winning as in Kong), consumers and their ACL groups, and Kong's env
 vault references (`{vault://env/<name>}`). Anything else is refused with the path of the
 unsupported key, so the demo never silently behaves unlike Kong.
 """
@@ -17,7 +18,7 @@ from typing import Any
 
 import yaml
 
-SUPPORTED_PLUGINS = {"kcauth", "acl"}
+SUPPORTED_PLUGINS = {"kcauth", "acl", "request-termination"}
 _TOP = {"_format_version", "_transform", "services", "routes", "plugins", "consumers", "acls"}
 _SERVICE = {"name", "url", "routes", "plugins", "tags", "connect_timeout", "read_timeout", "write_timeout", "retries"}
 _ROUTE = {"name", "paths", "strip_path", "methods", "plugins", "tags", "service", "protocols", "preserve_host"}
@@ -73,6 +74,8 @@ def load(source: str | Path | dict[str, Any], rewrite: dict[str, str] | None = N
         if name == "acl" and (set(config) - {"allow", "always_use_authenticated_groups", "hide_groups_header"}
                               or not config.get("allow")):
             raise UnsupportedFeature(f"{where}: only ACL allow lists are emulated")
+        if name == "request-termination" and set(config) - {"status_code", "message"}:
+            raise UnsupportedFeature(f"{where}: only request-termination's status_code and message are emulated")
         route = plugin.get("route", route)
         service = plugin.get("service", service)
         if route:

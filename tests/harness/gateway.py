@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import threading
 from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
 from typing import Any
@@ -19,6 +20,10 @@ from urllib.parse import urlsplit
 from .declarative import Declarative, UnsupportedFeature, load
 from .httpd import Reply, json_reply, serve
 from .kong import Kong, PluginEntity
+
+# kong/plugins/request-termination/handler.lua: the default message for a status.
+_DEFAULT_MESSAGES = {401: "Unauthorized", 404: "Not found", 405: "Method not allowed",
+                     500: "An unexpected error occurred", 502: "Bad Gateway", 503: "Service unavailable"}
 
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te",
               "trailers", "transfer-encoding", "upgrade", "host", "content-length"}
@@ -34,6 +39,8 @@ class Route:
     kcauth: PluginEntity | None = None
     acl_allow: list[str] | None = None
     acl_always_use_authenticated_groups: bool = False
+    # request-termination (priority 2, after kcauth and ACL): (status, message)
+    terminate: tuple[int, str | None] | None = None
     hits: int = field(default=0, compare=False)
 
     def match(self, method: str, path: str) -> int:
@@ -63,11 +70,14 @@ class Gateway:
         for spec in decl.routes:
             kcauth = spec.plugins.get("kcauth")
             acl = spec.plugins.get("acl")
+            termination = spec.plugins.get("request-termination")
             routes.append(Route(
                 name=spec.name, paths=spec.paths, upstream=spec.service_url, strip_path=spec.strip_path,
                 methods=spec.methods, kcauth=kong.plugin(kcauth, route_id=spec.name) if kcauth is not None else None,
                 acl_allow=list(acl.get("allow") or []) if acl is not None else None,
                 acl_always_use_authenticated_groups=bool(acl and acl.get("always_use_authenticated_groups")),
+                terminate=(int(termination.get("status_code", 503)), termination.get("message"))
+                if termination is not None else None,
             ))
         return cls(kong, routes)
 
@@ -92,6 +102,9 @@ class Gateway:
                        for n, v in res.upstream_headers]
         elif route.acl_allow is not None:
             return json_reply(401, {"message": "Unauthorized"})
+        if route.terminate is not None:  # kong/plugins/request-termination/handler.lua
+            status, message = route.terminate
+            return json_reply(status, {"message": message or _DEFAULT_MESSAGES.get(status, "")})
         path = parts.path
         if route.strip_path:
             prefix = max((p for p in route.paths if route.match(method, path) == len(p)), key=len, default="")
@@ -169,15 +182,21 @@ def _forward(upstream: str, method: str, path: str, query: str, headers: list[tu
 
 class EchoUpstream:
     """An upstream that answers every request with what it received, as JSON (every value of
-    every header, so duplicates show)."""
+    every header, so duplicates show), and how many requests it has answered (`hits`)."""
 
     def __init__(self) -> None:
+        self.hits = 0
+        lock = threading.Lock()
+
         def handle(method: str, target: str, headers: list[tuple[str, bytes]], body: bytes) -> Reply:
+            with lock:
+                self.hits += 1
+                hits = self.hits
             seen: dict[str, list[str]] = {}
             for name, value in headers:
                 seen.setdefault(name.lower(), []).append(value.decode("latin-1"))
             return json_reply(200, {"method": method, "path": target, "headers": seen,
-                                    "body": body.decode("utf-8", "replace")})
+                                    "body": body.decode("utf-8", "replace"), "hits": hits})
 
         self._server = serve(handle, name="echo")
 

@@ -68,6 +68,13 @@ class SigningKey:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
+def sign_payload(payload: bytes, key: SigningKey, headers: dict[str, Any] | None = None) -> str:
+    """A JWS over arbitrary payload bytes (JSON with NaN, huge numbers, lone surrogates...),
+    signed with a realm key: the token a compromised or buggy issuer could produce."""
+    return jwt.api_jws.PyJWS().encode(payload, key.private, algorithm=key.alg,
+                                      headers={"kid": key.kid, "typ": "JWT", **(headers or {})})
+
+
 class Minter:
     """Issues tokens shaped like Keycloak's access tokens."""
 
@@ -94,6 +101,12 @@ class Minter:
             else:
                 claims[k] = v
         return claims
+
+    def raw_token(self, key: SigningKey | None = None, **claims: Any) -> str:
+        """A realm-signed token whose claims are serialized as Python's json writes them, with
+        NaN, Infinity, huge integers and lone surrogates (`\\ud800` escapes) kept."""
+        body = json.dumps(self.claims(**claims), allow_nan=True, ensure_ascii=True).encode()
+        return sign_payload(body, key or self.key)
 
     def token(self, key: SigningKey | None = None, headers: dict[str, Any] | None = None,
               **claims: Any) -> str:
@@ -128,6 +141,11 @@ class LocalIdP:
         self.introspection_requests = 0
         self.introspection_forms: list[dict[str, str]] = []
         self.client = ("orders-api", "orders-api-secret")
+        # Merged into every active answer (an IdP answering about another subject, with
+        # broken numbers...); `raw_answer`, when set, is sent as the body as is.
+        self.answer_override: dict[str, Any] = {}
+        self.answer_without: set[str] = set()  # claims left out of active answers
+        self.raw_answer: bytes | None = None
         self._lock = threading.Lock()
         idp = self
 
@@ -175,6 +193,13 @@ class LocalIdP:
                         ":".join(idp.client).encode()).decode():
                     self._json(401, {"error": "invalid_client"})
                     return
+                if idp.raw_answer is not None:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(idp.raw_answer)))
+                    self.end_headers()
+                    self.wfile.write(idp.raw_answer)
+                    return
                 self._json(200, idp.introspect(form.get("token", "")))
 
             def _json(self, status: int, body: dict[str, Any]) -> None:
@@ -189,13 +214,16 @@ class LocalIdP:
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self.public_origin: str | None = None
+        # Unique per IdP: a later test's IdP may get a closed one's port, and must not share its
+        # issuer (and so the plugin server's key set and caches for that issuer).
+        self.realm = "test-" + uuid.uuid4().hex[:8]
         self._thread: threading.Thread | None = None
 
     @property
     def issuer(self) -> str:
         # `public_origin` plays a provider whose issuer (what browsers see) is not where the
         # gateway reaches it, as in containers.
-        return f"{self.public_origin or self.origin}/realms/test"
+        return f"{self.public_origin or self.origin}/realms/{self.realm}"
 
     @property
     def origin(self) -> str:
@@ -214,7 +242,9 @@ class LocalIdP:
             return {"active": False}
         if token in self.revoked or claims.get("exp", 0) < time.time():
             return {"active": False}
-        return {"active": True, **claims, "client_id": claims.get("azp"), "token_type": "Bearer"}
+        answer = {"active": True, **claims, "client_id": claims.get("azp"), "token_type": "Bearer",
+                  **self.answer_override}
+        return {k: v for k, v in answer.items() if k not in self.answer_without}
 
     def start(self) -> LocalIdP:
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)

@@ -275,6 +275,9 @@ class PluginEntity:
     route_id: str | None = None
     service_id: str | None = None
     seq: int = 0
+    # False: the config reaches StartInstance without Kong's validation, as if written past the
+    # Admin API (a direct database write, an older schema): what the plugin's own checks face.
+    validated: bool = True
 
 
 class Kong:
@@ -318,8 +321,17 @@ class Kong:
     def request(self, entity: PluginEntity, headers: Iterable[Header] = (),
                 acl_allow: list[str] | None = None, worker: int | None = None, *, method: str = "GET",
                 path: str = "/", query: str = "", body: bytes = b"",
-                acl_always_use_authenticated_groups: bool = False) -> Response:
+                acl_always_use_authenticated_groups: bool = False,
+                authenticated_by: tuple[dict[str, Any], dict[str, Any]] | None = None) -> Response:
         req = Request(headers=list(headers), method=method, path=path, query=query, body=body)
+        if authenticated_by is not None:
+            # Another auth plugin ran first (higher priority), as key-auth's set_consumer does:
+            # kong.client.authenticate, then its identity headers on the service request.
+            req.consumer, req.credential = authenticated_by
+            req.set_header("X-Consumer-ID", req.consumer["id"])
+            req.set_header("X-Consumer-Username", req.consumer.get("username") or [])
+            req.set_header("X-Credential-Identifier", req.credential["id"])
+            req.set_header("X-Anonymous-Consumer", [])
         errors: list[str] = []
         worker = next(self._worker) if worker is None else worker
         try:
@@ -336,6 +348,12 @@ class Kong:
                             req.ctx_shared, req.pdk_calls, errors, req.consumer, req.credential)
         return Response(200, None, {}, True, req.headers, req.ctx_shared, req.pdk_calls, errors,
                         req.consumer, req.credential)
+
+    def status(self) -> dict[str, Any]:
+        """plugin.GetStatus: kong-pdk's status, plus kcauth's counts of live events, running
+        handlers, threads and greenlets (bridge.py)."""
+        result: dict[str, Any] = self.rpc.call("plugin.GetStatus")
+        return result
 
     def _handle_event(self, entity: PluginEntity, req: Request, worker: int, errors: list[str]) -> None:
         """mp_rpc.lua Rpc:handle_event."""
@@ -376,7 +394,7 @@ class Kong:
                 return info["id"]
             conf = kong_schema.kong_config_for_instance(
                 self.config_field, entity.config, plugin_id=entity.id, seq=entity.seq,
-                route_id=entity.route_id, service_id=entity.service_id)
+                route_id=entity.route_id, service_id=entity.service_id, validate=entity.validated)
             status = self.rpc.call("plugin.StartInstance", {"Name": self.name, "Config": json.dumps(conf)})
             running[entity.id] = {"id": status["Id"], "seq": entity.seq}
             if info:

@@ -26,6 +26,7 @@ HOST = "127.0.0.1"
 START_TIMEOUT = 10.0
 STOP_TIMEOUT = 5.0
 INSTALL_HINT = "run `make system-deps` or `apt-get install -y redis-server`"
+PLUGIN_SECRET = "tests-only-redis-secret-0123456789abcdef"  # kcauth's redis.secret in the tests
 
 
 def free_port() -> int:
@@ -61,6 +62,10 @@ class RedisServer:
     @property
     def password(self) -> str | None:
         return self._password
+
+    def plugin_config(self, **extra: object) -> dict[str, object]:
+        """kcauth's `redis` config record for this server (with the gateways' shared secret)."""
+        return {"host": HOST, "port": self.port, "secret": PLUGIN_SECRET, **extra}
 
     @property
     def url(self) -> str:

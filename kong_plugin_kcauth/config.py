@@ -1,0 +1,399 @@
+"""kcauth's configuration: every field, its Kong attributes and description, the rules
+between fields, and what is derived from them.
+
+The machinery that turns this one definition into Kong's schema, the typed config and the README
+reference is schema.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from .headers import KONG_IDENTITY_HEADERS, RESERVED_HEADERS
+from .jws import ASYMMETRIC_ALGORITHMS
+from .schema import ConfigError, canonical, kong_fields, load, reference_markdown, setting
+
+__all__ = ["Config", "RedisConfig", "ConfigError", "kong_schema"]
+
+
+
+def _any_case(name: str) -> str:
+    """A Lua pattern matching exactly `name`, in any letter case."""
+    return "".join(f"[{ch.upper()}{ch.lower()}]" if ch.isalpha() else (ch if ch.isdigit() else "%" + ch)
+                   for ch in name)
+
+
+# Claim header names that would let a token rewrite how the request is routed, framed or
+# authenticated, or pass for Kong's own identity headers.
+_RESERVED_NAME_RULES = [{"pattern": f"^{_any_case(name)}$", "err": f"'{name}' is reserved and cannot carry a claim"}
+                        for name in sorted(RESERVED_HEADERS | {h.lower() for h in KONG_IDENTITY_HEADERS})]
+# claims.parse_claim_path's rule, as Lua patterns: no empty segment in `a.b` nor in `/a/b`.
+_CLAIM_PATH_RULES = [{"pattern": pattern, "err": "the claim path has an empty segment"}
+                     for pattern in ("^%.", "^[^/].*%.$", "^[^/].*%.%.", "^/$", "^//", "^/.*//", "^/.*/$")]
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    host: str | None = setting(
+        "Redis host shared by all Kong nodes for introspection answers. Empty keeps the "
+        "cache in each plugin server process only.",
+        None,
+    )
+    port: int = setting("TCP port of the Redis server.", 6379, between=[1, 65535])
+    tls: bool = setting("Connect to Redis over TLS (certificates verified).", False)
+    username: str | None = setting("Redis ACL user name, when Redis uses ACLs.", None)
+    password: str | None = setting(
+        "Redis password. Referenceable: use a Kong vault reference such as "
+        "`{vault://env/kcauth-redis-password}`; never logged.",
+        None, referenceable=True, encrypted=True,
+    )
+    database: int = setting("Redis logical database number.", 0, between=[0, 15])
+    secret: str | None = setting(
+        "Required with `host`: a secret of at least 32 characters shared by every gateway (e.g. "
+        "`openssl rand -base64 32`), from which kcauth derives the key that encrypts and "
+        "authenticates every entry it writes to Redis, so whoever can write to Redis cannot forge "
+        "a verdict or read a claim. Referenceable; never logged.",
+        None, referenceable=True, encrypted=True, len_min=32,
+    )
+    prefix: str = setting(
+        "Prefix of every key kcauth writes to Redis, so several gateways can share one Redis.",
+        "kcauth:", len_min=1,
+    )
+    timeout: float = setting(
+        "Connect and read timeout in seconds for Redis. A slow or dead Redis is skipped "
+        "for a few seconds and the in-process cache carries on.",
+        0.25, between=[0.01, 5],
+    )
+
+
+@dataclass(frozen=True)
+class Config:
+    issuer: str = setting(
+        "The token issuer, matched exactly against the `iss` claim, e.g. "
+        "`https://sso.example.com/realms/acme`. Key discovery uses "
+        "`<issuer>/.well-known/openid-configuration` unless `jwks_uri` is set.",
+        required=True, match="^https?://",
+    )
+    provider_url: str | None = setting(
+        "Origin (scheme://host:port) at which Kong reaches the identity provider when it is not "
+        "the issuer's (containers: issuer http://localhost:8080/..., Kong reaches "
+        "http://keycloak:8080). Discovery and the endpoints it names are fetched there; the "
+        "issuer is still matched exactly.",
+        None, match="^https?://[^/]+$",
+    )
+    jwks_uri: str | None = setting(
+        "Explicit URL of the realm's JSON Web Key Set. Leave empty to find it through OpenID "
+        "Connect discovery on the issuer. Never taken from a token.",
+        None, match="^https?://",
+    )
+    audiences: tuple[str, ...] = setting(
+        "Accepted audiences: the token's `aud` claim must contain at least one of them. "
+        "Required while `verify_audience` is true (Keycloak adds a client id to `aud` through "
+        "an audience mapper).",
+        [],
+    )
+    verify_audience: bool = setting(
+        "Check the `aud` claim against `audiences`. Turn off only for realms that cannot "
+        "put the API into `aud`; any token of the realm is then accepted.",
+        True,
+    )
+    authorized_parties: tuple[str, ...] = setting(
+        "Accepted authorized parties: when not empty, the token's `azp` claim (the Keycloak "
+        "client that obtained it) must be one of these client ids.",
+        [],
+    )
+    algorithms: tuple[str, ...] = setting(
+        "Accepted signature algorithms. Only asymmetric ones can be named; `none` and HS* "
+        "can never be enabled. The key's type and `alg` must agree with the token too.",
+        ["RS256", "PS256", "ES256", "EdDSA"], elements={"one_of": list(ASYMMETRIC_ALGORITHMS)},
+        len_min=1,
+    )
+    leeway: int = setting(
+        "Clock skew tolerance in seconds applied to `exp`, `nbf`, `iat` and `max_token_age`.",
+        10, between=[0, 300],
+    )
+    max_token_age: int | None = setting(
+        "Refuse tokens whose `iat` is older than this many seconds, whatever their `exp` says. "
+        "Empty means no limit.",
+        None, gt=0,
+    )
+    max_token_size: int = setting(
+        "Largest accepted token, in bytes; longer tokens are refused before any parsing.",
+        8192, between=[512, 65536],
+    )
+    required_scopes: tuple[str, ...] = setting(
+        "Scopes the token's space-separated `scope` claim must carry, combined by "
+        "`scopes_match`. Empty means no scope requirement.",
+        [], elements={"match": "^[]-~!#-[]+$"},  # RFC 6749 3.3 scope-token: %x21 / %x23-5B / %x5D-7E
+    )
+    scopes_match: str = setting(
+        "How `required_scopes` combine: `all` needs every listed scope, `any` needs one.",
+        "all", one_of=["all", "any"],
+    )
+    required_roles: tuple[str, ...] = setting(
+        "Roles the token must carry, written `realm:<role>` for realm roles and "
+        "`<client-id>:<role>` for client roles (split at the last colon), combined by "
+        "`roles_match`. Scope and role requirements must both hold.",
+        [], elements={"match": "^.+:[^:]+$"},
+    )
+    roles_match: str = setting(
+        "How `required_roles` combine: `all` needs every listed role, `any` needs one.",
+        "all", one_of=["all", "any"],
+    )
+    claim_headers: dict[str, str] = setting(
+        "Upstream headers to set from token claims: header name to claim path. Paths are "
+        "dot-separated (`realm_access.roles`) or RFC 6901 JSON Pointers (`/a.b/c`). Client "
+        "copies of every listed header are always removed.",
+        {
+            "X-Auth-Subject": "sub",
+            "X-Auth-Username": "preferred_username",
+            "X-Auth-Client": "azp",
+            "X-Auth-Scope": "scope",
+            "X-Auth-Realm-Roles": "realm_access.roles",
+        },
+        keys={"match": "^[%w!#$%%&'*+.^_`|~-]+$", "match_none": _RESERVED_NAME_RULES},
+        values={"match_none": _CLAIM_PATH_RULES},
+    )
+    header_value_max_length: int = setting(
+        "Longest claim header value in bytes after encoding. A longer value is not "
+        "forwarded (the header is removed) rather than truncated into a wrong value.",
+        2048, between=[16, 16384],
+    )
+    strip_authorization: bool = setting(
+        "Remove the Authorization header before proxying, so the upstream never sees the "
+        "token. Off by default because many upstreams pass the token on.",
+        False,
+    )
+    authenticated_group: str = setting(
+        "Group always handed to Kong's ACL plugin (kong.ctx.shared.authenticated_groups) "
+        "for an accepted token, so ACL can refuse requests this plugin did not accept.",
+        "kcauth:authenticated", match="%S",
+    )
+    roles_as_groups: bool = setting(
+        "Also hand the token's roles to Kong's ACL plugin as groups, named `realm:<role>` "
+        "and `<client-id>:<role>` like `required_roles`.",
+        True,
+    )
+    realm: str = setting(
+        "The `realm` parameter of the WWW-Authenticate challenge sent with 401 and 403.",
+        "kong", match='^[^%c"\\]+$',
+    )
+    jwks_refresh_interval: int = setting(
+        "Seconds after which held signing keys are refreshed from the key set in the "
+        "background (requests keep using the held keys meanwhile).",
+        300, between=[10, 86400],
+    )
+    jwks_min_refresh_interval: int = setting(
+        "Least seconds between two key set downloads caused by tokens with an unknown key "
+        "id, so a flood of random key ids cannot turn into a flood of downloads.",
+        10, between=[1, 3600],
+    )
+    jwks_max_stale: int = setting(
+        "Seconds held keys stay usable after the last successful key set download while "
+        "the identity provider cannot be reached; past that requests get 503.",
+        3600, between=[10, 604800],
+    )
+    http_timeout: float = setting(
+        "Connect and read timeout in seconds for each request to the identity provider (discovery, "
+        "key set, introspection). At most 5: a request's evaluation may need four such requests, and "
+        "Kong gives up on the plugin server after 60 s (and then proxies).",
+        3.0, between=[0.1, 5],
+    )
+    token_cache_size: int = setting(
+        "Validated tokens remembered per plugin configuration (by SHA-256 of the token, "
+        "never the token itself, and never past `exp`); about 2 KB each. 0 disables it.",
+        10000, between=[0, 200000],
+    )
+    introspect: bool = setting(
+        "Sensitive route: after local validation, also ask the realm's RFC 7662 "
+        "introspection endpoint whether the token is still active, so logout and revocation "
+        "are seen (within `introspection_cache_ttl`).",
+        False,
+    )
+    accept_opaque_tokens: bool = setting(
+        "With `introspect`, also accept tokens that are not JWTs, judged by introspection "
+        "alone. Off: every token must pass local validation first.",
+        False,
+    )
+    introspection_endpoint: str | None = setting(
+        "Explicit introspection URL. Empty: the `introspection_endpoint` of the issuer's "
+        "discovery document.",
+        None, match="^https?://",
+    )
+    client_id: str | None = setting(
+        "Client id kcauth authenticates as at the introspection endpoint (the API's "
+        "confidential client; Keycloak 26.7+ requires it in the token's `aud`).",
+        None,
+    )
+    client_secret: str | None = setting(
+        "Secret of `client_id` for client_secret_basic and client_secret_post. "
+        "Referenceable: use a Kong vault reference; never logged.",
+        None, referenceable=True, encrypted=True,
+    )
+    client_auth_method: str = setting(
+        "How kcauth authenticates to the introspection endpoint.",
+        "client_secret_basic", one_of=["client_secret_basic", "client_secret_post", "private_key_jwt"],
+    )
+    client_private_key: str | None = setting(
+        "PEM private key (RSA or EC P-256) signing the client assertion for private_key_jwt. "
+        "Referenceable: use a Kong vault reference; never logged.",
+        None, referenceable=True, encrypted=True,
+    )
+    introspection_cache_ttl: int = setting(
+        "Seconds an active answer is reused (never past the token's `exp`): the longest a "
+        "revoked token can still pass. 0 asks Keycloak on every request.",
+        30, between=[0, 3600],
+    )
+    introspection_negative_ttl: int = setting(
+        "Seconds an inactive answer is reused, so a replayed revoked token cannot hammer "
+        "Keycloak. 0 disables the negative cache.",
+        10, between=[0, 3600],
+    )
+    introspection_failure: str = setting(
+        "When introspection fails (Keycloak down, slow, answering garbage): `deny` answers "
+        "503 with Retry-After; `local` accepts what local validation accepted.",
+        "deny", one_of=["deny", "local"],
+    )
+    introspection_breaker_seconds: int = setting(
+        "After 3 failed introspection calls in a row, fail fast for this many seconds "
+        "instead of waiting for a dead Keycloak on every request. 0 disables it.",
+        5, between=[0, 300],
+    )
+    redis: RedisConfig = setting(
+        "Optional Redis shared by Kong nodes and plugin server processes for introspection "
+        "answers (keyed by token hash, never the token).",
+        RedisConfig(),
+    )
+    consumer_claim: str | None = setting(
+        "Claim path whose value names the Kong consumer the request is authenticated as "
+        "(e.g. `azp` for one consumer per client, `preferred_username` per user). Empty: no "
+        "consumer mapping.",
+        None, match_none=_CLAIM_PATH_RULES,
+    )
+    consumer_match: str = setting(
+        "How `consumer_claim` names the consumer: by `username` (an id is tried first) or by "
+        "consumer `id` only.",
+        "username", one_of=["username", "id"],
+    )
+    consumer_required: bool = setting(
+        "Refuse (403) a valid token whose `consumer_claim` names no Kong consumer. Off: such "
+        "requests proceed without a consumer.",
+        False,
+    )
+    anonymous: str | None = setting(
+        "Consumer (id or username) a request without a valid token is let through as, Kong's "
+        "usual way to make authentication optional. Empty: such requests get 401.",
+        None,
+    )
+    mode: str = setting(
+        "`guard` protects the route. `revocation_receiver` makes the route the endpoint "
+        "Keycloak sends back-channel logout tokens and not-before pushes to; every guard of "
+        "the same issuer then refuses the revoked sessions' tokens.",
+        "guard", one_of=["guard", "revocation_receiver"],
+    )
+    logout_audiences: tuple[str, ...] = setting(
+        "Receiver: client ids whose logout tokens and not-before pushes are accepted (the "
+        "Keycloak clients whose back-channel logout URL or admin URL point at this route).",
+        [],
+    )
+    pass_logout_upstream: bool = setting(
+        "Receiver: after recording a valid logout, proxy the request on so the application "
+        "behind the route receives its own back-channel logout too.",
+        False,
+    )
+    revocation_ttl: int = setting(
+        "Seconds a revoked session or subject is remembered: at least the realm's longest "
+        "access-token lifespan, after which its tokens have expired anyway.",
+        3600, between=[60, 604800],
+    )
+    not_before: int | None = setting(
+        "Refuse every token issued (`iat`) before this Unix time, like Keycloak's realm "
+        "not-before policy. Empty: no operator not-before.",
+        None, gt=0,
+    )
+
+    @classmethod
+    def from_kong(cls, raw: dict[str, Any]) -> Config:
+        """Build the typed config from what Kong sends at StartInstance (defaults applied,
+        plus Kong's own keys such as `__seq__` and `route_id`, which are ignored)."""
+        config = load(cls, raw)
+        config.check()
+        return config
+
+    def check(self) -> None:
+        """The rules Kong's schema language cannot express."""
+        if self.mode == "guard" and self.verify_audience and not self.audiences:
+            raise ConfigError(
+                "config.audiences must name at least one audience while config.verify_audience is true"
+            )
+        if self.jwks_max_stale < self.jwks_refresh_interval:
+            raise ConfigError("config.jwks_max_stale must be at least config.jwks_refresh_interval")
+        if self.redis.host and not self.redis.secret:
+            raise ConfigError("config.redis.secret is required with config.redis.host: it seals what "
+                              "kcauth shares through Redis")
+        names = [name.lower() for name in self.claim_headers]
+        if len(set(names)) != len(names):
+            raise ConfigError("config.claim_headers: a header is listed twice (names are case-insensitive)")
+        self._check_introspection()
+        self._check_receiver()
+        self._check_consumers()
+
+    def _check_consumers(self) -> None:
+        if self.consumer_required and not self.consumer_claim:
+            raise ConfigError("config.consumer_required needs config.consumer_claim")
+
+    def _check_receiver(self) -> None:
+        if self.mode == "revocation_receiver" and not self.logout_audiences:
+            raise ConfigError("config.logout_audiences must name the Keycloak clients whose logouts "
+                              "this receiver accepts")
+
+    def _check_introspection(self) -> None:
+        if self.accept_opaque_tokens and not self.introspect:
+            raise ConfigError("config.accept_opaque_tokens needs config.introspect: only introspection can judge them")
+        if not self.introspect:
+            return
+        if not self.client_id:
+            raise ConfigError("config.client_id is required when config.introspect is true")
+        if self.client_auth_method == "private_key_jwt":
+            if not self.client_private_key:
+                raise ConfigError("config.client_private_key is required for private_key_jwt")
+            try:
+                from .client_auth import load_signing_key
+
+                load_signing_key(self.client_private_key)
+            except ValueError as exc:
+                raise ConfigError(f"config.client_private_key: {exc}") from None
+        elif not self.client_secret:
+            raise ConfigError(f"config.client_secret is required for {self.client_auth_method}")
+
+    def fingerprint(self) -> str:
+        """Stable digest of every setting: caches are scoped by it, so an answer computed under
+        one configuration is never served under another."""
+        return hashlib.sha256(canonical(self).encode()).hexdigest()
+
+    @property
+    def provider_rewrite(self) -> tuple[str, str] | None:
+        """(issuer origin, provider origin) when `provider_url` is set."""
+        if not self.provider_url:
+            return None
+        parts = urlsplit(self.issuer)
+        return f"{parts.scheme}://{parts.netloc}", self.provider_url.rstrip("/")
+
+    @property
+    def discovery_url(self) -> str:
+        from .http import rewrite_origin
+
+        return rewrite_origin(self.issuer.rstrip("/") + "/.well-known/openid-configuration",
+                              self.provider_rewrite)
+
+
+def kong_schema() -> list[dict[str, Any]]:
+    """The config record's fields as `kcauth-pluginserver --dump` reports them to Kong."""
+    return kong_fields(Config)
+
+
+if __name__ == "__main__":
+    print(reference_markdown(kong_schema()), end="")

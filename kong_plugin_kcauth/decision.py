@@ -1,0 +1,161 @@
+"""The decision on a guarded request: which identity a bearer token stands for, or why not.
+
+`Guard` is one configuration compiled (its rules, keys, caches, introspector and revocations),
+shared by every plugin instance with the same settings. `Guard.decide` is the whole decision:
+
+1. a remembered outcome for this token (by SHA-256), or one evaluation shared by every
+   concurrent request carrying it (`evaluate`):
+   local validation (tokens.py over jws.py), then on sensitive routes introspection
+   (introspection.py), then the scope/role policy (policy.py) and the upstream headers
+   (headers.py); the `Outcome` says how long it may be remembered;
+2. on every request, remembered or not, the revocations Keycloak pushed (revocation.py).
+
+It returns a `Grant` or raises the `Refusal` (errors.py); Kong is never touched here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from . import errors, process
+from .cache import ExpiringCache, SingleFlight, token_key
+from .claims import Claims
+from .config import Config
+from .consumers import ConsumerMap, credential_for
+from .headers import HeaderPlan, HeaderValue, groups_for, upstream_headers
+from .introspection import Introspector
+from .policy import Policy, authorize
+from .revocation import RevocationStore, Subject
+from .tokens import Rules, deadline_of, validate
+
+NEVER = 0.0  # an Outcome remembered until then is not remembered at all
+
+
+@dataclass(frozen=True)
+class Grant:
+    """An accepted token, ready to hand to Kong."""
+
+    headers: dict[str, HeaderValue]  # the claim headers, each set or removed
+    groups: list[str]  # for Kong's ACL plugin
+    subject: Subject  # what revocations are checked against, on every request
+    consumer: str | None = None  # the consumer_claim value, when consumer mapping is on
+    credential: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class Denial:
+    """A refusal of a token that passed validation (scope, role, inactive), remembered."""
+
+    refusal: type[errors.Refusal]
+    required_scopes: tuple[str, ...] = ()
+
+    def exception(self) -> errors.Refusal:
+        # A fresh exception each time: re-raising one cached instance would grow its traceback.
+        if self.refusal is errors.InsufficientScope:
+            return errors.InsufficientScope(self.required_scopes)
+        return self.refusal()
+
+
+@dataclass(frozen=True)
+class Outcome:
+    verdict: Grant | Denial
+    remember_until: float  # a deadline (time.time()); NEVER: ask again next time
+
+
+def bearer_token(request_headers: dict[str, object]) -> str:
+    """The token of the one `Authorization: Bearer` header (RFC 6750 2.1; never the query)."""
+    values = request_headers.get("authorization")
+    if not values:
+        raise errors.MissingToken()
+    if not isinstance(values, list) or len(values) != 1 or not isinstance(values[0], str):
+        raise errors.InvalidRequest()
+    scheme, _, token = values[0].strip(" \t").partition(" ")
+    if scheme.lower() != "bearer":
+        raise errors.MissingToken()  # another scheme: no bearer credentials were presented
+    token = token.strip(" \t")
+    if not token or " " in token or "\t" in token:
+        raise errors.InvalidRequest()
+    return token
+
+
+class Guard:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.rules = Rules.from_config(config)
+        self.policy = Policy.from_config(config)
+        self.plan = HeaderPlan.from_config(config)
+        self.managed_headers = self.plan.managed
+        self.consumers = ConsumerMap.from_config(config)
+        self.keys = process.key_set(config)
+        self.revocations: RevocationStore = process.revocation_store(config)
+        self.introspector = Introspector.from_config(
+            config, replace(self.rules, defer_missing_audience=False),
+            process.shared_store(config.redis)) if config.introspect else None
+        self.cache: ExpiringCache[Grant | Denial] = ExpiringCache(config.token_cache_size)
+        self._flights: SingleFlight[Grant | Denial] = SingleFlight()
+        # Long enough for the slowest evaluation: key set (2 requests) then introspection
+        # (discovery and the call), each connect plus read.
+        self._flight_wait = 8 * config.http_timeout + 2
+
+    def decide(self, token: str, now: float) -> Grant:
+        key = token_key(token)
+        verdict = self.cache.get(key)
+        if verdict is None:
+            # Concurrent requests with the same unremembered token share one evaluation (one
+            # key download, one introspection call), remembered before the others are released.
+            try:
+                verdict = self._flights.do(key, lambda: self._remembered(token, key, now), wait=self._flight_wait)
+            except TimeoutError:
+                raise errors.ProviderUnavailable() from None
+        if isinstance(verdict, Denial):
+            raise verdict.exception()
+        if self.revocations.revoked(verdict.subject, self.config.not_before):
+            raise errors.TokenRevoked()
+        return verdict
+
+    def _remembered(self, token: str, key: bytes, now: float) -> Grant | Denial:
+        outcome = self.evaluate(token, key, now)
+        if outcome.remember_until > now:
+            self.cache.put(key, outcome.verdict, outcome.remember_until)
+        return outcome.verdict
+
+    def evaluate(self, token: str, key: bytes, now: float) -> Outcome:
+        """Local validation first (every token that looks like a JWT), then, on sensitive
+        routes, introspection, whose answer then drives the policy and the headers."""
+        claims: Claims | None = None
+        until = math.inf
+        if not (self.config.accept_opaque_tokens and token.count(".") != 2):
+            claims = validate(token, self.rules, self.keys.key_for, now)
+            until = deadline_of(claims, self.rules)
+        if self.introspector is None:
+            assert claims is not None
+            return Outcome(self._verdict(claims, claims), until)
+        try:
+            verdict = self.introspector.verdict(token, key, claims, now)
+        except errors.IntrospectionUnavailable:
+            if claims is None or self.config.introspection_failure != "local":
+                raise
+            self.introspector.note_fallback()
+            return Outcome(self._verdict(claims, claims), NEVER)
+        if verdict.refusal is not None:
+            return Outcome(Denial(verdict.refusal), verdict.deadline)
+        return Outcome(self._verdict(verdict.claims, claims or verdict.claims), min(until, verdict.deadline))
+
+    def _verdict(self, claims: Claims, token_claims: Claims) -> Grant | Denial:
+        """The policy and the identity of accepted `claims` (the introspection answer's on
+        sensitive routes); revocations watch the token's own identifiers as well as those."""
+        try:
+            authorize(self.policy, claims)
+        except errors.InsufficientScope as refusal:
+            return Denial(errors.InsufficientScope, refusal.required_scopes)
+        consumer = credential = None
+        if self.consumers is not None:
+            consumer = self.consumers.name_in(claims)
+            credential = credential_for(self.config.issuer, claims)
+        return Grant(
+            headers=upstream_headers(self.plan, claims),
+            groups=groups_for(claims, self.config.authenticated_group, self.config.roles_as_groups),
+            subject=self.revocations.subject(token_claims, claims),
+            consumer=consumer, credential=credential,
+        )

@@ -1,0 +1,123 @@
+"""JWS compact serialization (RFC 7515): parse, header policy, signature.
+
+The one layer under everything signed that kcauth reads: access tokens (tokens.py), logout tokens
+and not-before pushes (logout.py). Each of those adds its own claim rules on top, as PyJWT and
+joserfc keep a JWS layer under their JWT claim checks.
+
+- Parsing is strict: three base64url segments, a JSON object header and payload (claims.json_object:
+  no NaN/Infinity, no lone surrogates), only asymmetric algorithms the config accepts, no `crit`.
+- Nothing in the header but `alg`, `kid` and `typ` is ever read; keys come from the realm's key set
+  by `kid`, never from `jku`, `x5u`, `jwk` or `x5c`.
+- The signature itself is checked by PyJWT's algorithm implementations.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from jwt.algorithms import get_default_algorithms
+
+from . import errors
+from .claims import json_object
+
+# Asymmetric JWS algorithms only: HMAC would make the key set's public keys into shared secrets,
+# and `none` is no signature at all, so neither can be named in a config.
+ASYMMETRIC_ALGORITHMS = (
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA",
+)
+
+_SEGMENT = re.compile(r"^[A-Za-z0-9_-]+$")
+_VERIFIERS = {name: algo for name, algo in get_default_algorithms().items() if name in ASYMMETRIC_ALGORITHMS}
+
+
+class KeyLookup(Protocol):
+    """The realm key for a header (keys.KeySet.key_for). With `download=False` only keys already
+    held are used: no request to the identity provider is made."""
+
+    def __call__(self, kid: str | None, alg: str, *, download: bool = True) -> Any: ...
+
+
+@dataclass(frozen=True)
+class Signed:
+    """A parsed, not yet verified, JWS."""
+
+    claims: dict[str, Any]
+    alg: str
+    kid: str | None
+    typ: str | None  # the header's typ, lower-cased
+    signing_input: bytes
+    signature: bytes
+
+
+def parse(token: str, max_size: int, algorithms: frozenset[str]) -> Signed:
+    """Split and decode a compact JWS and apply the header policy (raises a `Refusal`)."""
+    if len(token) > max_size:
+        raise errors.TokenTooLarge()
+    parts = token.split(".")
+    # The signature may be empty (alg "none"), so that such a token is refused for its alg.
+    if len(parts) != 3 or not (_SEGMENT.match(parts[0]) and _SEGMENT.match(parts[1])) or (
+            parts[2] and not _SEGMENT.match(parts[2])):
+        raise errors.MalformedToken()
+    header = _json_segment(parts[0])
+    claims = _json_segment(parts[1])
+    signature = _b64decode(parts[2])
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in algorithms:
+        raise errors.UnacceptedAlgorithm()
+    if "crit" in header:  # RFC 7515 4.1.11: kcauth understands no extension, so must refuse
+        raise errors.MalformedToken()
+    kid, typ = header.get("kid"), header.get("typ")
+    if not isinstance(kid, (str, type(None))) or not isinstance(typ, (str, type(None))):
+        raise errors.MalformedToken()
+    return Signed(claims, alg, kid, typ.lower() if typ is not None else None,
+                  f"{parts[0]}.{parts[1]}".encode("ascii"), signature)
+
+
+def verify(signed: Signed, key_for: KeyLookup, *, download: bool = True) -> None:
+    """Check the signature with the realm key the header's kid names (raises BadSignature,
+    UnknownKey, or KeysUnavailable when no keys can be had)."""
+    key = key_for(signed.kid, signed.alg, download=download)
+    try:
+        valid = _VERIFIERS[signed.alg].verify(signed.signing_input, key, signed.signature)
+    except Exception:  # noqa: BLE001 - a key/alg mismatch inside the library is a bad signature
+        valid = False
+    if not valid:
+        raise errors.BadSignature()
+
+
+def verify_after(signed: Signed, check_claims: Callable[[], None], key_for: KeyLookup) -> None:
+    """The token type's claim rules, then the signature.
+
+    Claims come first, so a foreign, expired or mis-addressed token costs no key download and no
+    verification. Which rule refused it is told only when the token is signed by a realm key
+    already held (so only to whoever holds a real token); any other token gets the generic
+    `InvalidToken`, and a forger learns nothing of the accepted issuer, audiences or clients.
+    """
+    try:
+        check_claims()
+    except errors.Refusal as refusal:
+        try:
+            verify(signed, key_for, download=False)
+        except errors.Refusal:
+            raise errors.InvalidToken() from None
+        raise refusal
+    verify(signed, key_for)
+
+
+def _json_segment(segment: str) -> dict[str, Any]:
+    value = json_object(_b64decode(segment))
+    if value is None:
+        raise errors.MalformedToken()
+    return value
+
+
+def _b64decode(segment: str) -> bytes:
+    try:
+        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except (binascii.Error, ValueError):
+        raise errors.MalformedToken() from None

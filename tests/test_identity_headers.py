@@ -1,0 +1,75 @@
+"""Identity headers are kcauth's (or Kong's) alone: whatever the config, a client's own copy of a
+claim header or of Kong's consumer headers never reaches the upstream, in any spelling."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from tests.conftest import bearer
+from tests.harness.idp import LocalIdP, Minter
+from tests.harness.kong import Kong
+
+KONG_HEADERS = ["X-Consumer-ID", "X-Consumer-Username", "X-Consumer-Custom-ID", "X-Credential-Identifier",
+                "X-Anonymous-Consumer", "X-Consumer-Groups", "X-Authenticated-Groups", "X-Authenticated-Scope",
+                "X-Authenticated-Userid"]
+KEY_AUTH_CONSUMER = {"id": str(uuid.uuid4()), "username": "partner"}
+KEY_AUTH_CREDENTIAL = {"id": str(uuid.uuid4())}
+
+
+def test_kong_consumer_headers_never_pass_without_consumer_mapping(kong: Kong, idp: LocalIdP, minter: Minter) -> None:
+    entity = kong.plugin({"issuer": idp.issuer, "audiences": ["orders-api"]})
+    res = kong.request(entity, bearer(minter.token()) + [(name, "forged") for name in KONG_HEADERS])
+    assert res.status == 200
+    for name in KONG_HEADERS:
+        assert res.upstream(name) == [], name
+    assert res.consumer is None
+    assert "kong.client.get_credential" in res.pdk_calls, "Kong was asked whether anyone authenticated"
+    clean = kong.request(entity, bearer(minter.token()))
+    assert clean.pdk_calls == ["kong.request.get_headers", "kong.service.request.set_headers", "kong.ctx.shared.set"], \
+        "asking costs a round trip only when a client sends such a header"
+
+
+def test_another_auth_plugin_that_ran_first_keeps_its_headers(kong: Kong, idp: LocalIdP, minter: Minter) -> None:
+    """key-auth (priority 1250) ran before kcauth (980) and authenticated a consumer: its
+    headers are Kong's, kept; a client's underscore spelling of them is still removed."""
+    entity = kong.plugin({"issuer": idp.issuer, "audiences": ["orders-api"]})
+    res = kong.request(entity, bearer(minter.token()) + [("X-Consumer-ID", "forged"), ("X_Consumer_ID", "forged")],
+                       authenticated_by=(KEY_AUTH_CONSUMER, KEY_AUTH_CREDENTIAL))
+    assert res.status == 200
+    assert res.upstream("X-Consumer-ID") == [KEY_AUTH_CONSUMER["id"]]
+    assert res.upstream("X-Credential-Identifier") == [KEY_AUTH_CREDENTIAL["id"]]
+    assert res.upstream("X_Consumer_ID") == []
+    assert res.consumer == KEY_AUTH_CONSUMER, "kcauth maps no consumer here, so Kong's stays"
+
+
+@pytest.mark.parametrize("spelling", ["X_Auth_Subject", "x_auth_subject", "X-Auth_Subject", "X_CONSUMER_USERNAME",
+                                      "x_authenticated_groups"])
+def test_underscore_spellings_are_removed(kong: Kong, idp: LocalIdP, minter: Minter, spelling: str) -> None:
+    """Kong's nginx passes underscores in header names (`underscores_in_headers on`), and WSGI,
+    CGI and many frameworks read `X_Auth_Subject` as `X-Auth-Subject`."""
+    entity = kong.plugin({"issuer": idp.issuer, "audiences": ["orders-api"]})
+    res = kong.request(entity, bearer(minter.token()) + [(spelling, "forged")])
+    assert res.status == 200
+    assert [v for n, v in res.upstream_headers if n.lower() == spelling.lower()] == []
+    assert res.upstream("X-Auth-Subject") == [minter.claims()["sub"]]
+    unrelated = kong.request(entity, bearer(minter.token()) + [("X_Request_Tag", "kept")])
+    assert unrelated.upstream("X_Request_Tag") == ["kept"], "only spellings of managed headers go"
+
+
+def test_the_anonymous_consumer_clears_every_identity_header(kong: Kong, idp: LocalIdP) -> None:
+    anonymous = {"id": str(uuid.uuid4()), "username": "anonymous"}
+    kong.consumers = [anonymous]
+    try:
+        entity = kong.plugin({"issuer": idp.issuer, "audiences": ["orders-api"], "anonymous": "anonymous"})
+        res = kong.request(entity, [(name, "forged") for name in KONG_HEADERS] + [("X_Auth_Subject", "forged"),
+                                                                                 ("X-Auth-Subject", "forged")])
+        assert res.status == 200 and res.consumer == anonymous
+        assert res.upstream("X-Anonymous-Consumer") == ["true"]
+        assert res.upstream("X-Consumer-ID") == [anonymous["id"]]
+        for name in set(KONG_HEADERS) - {"X-Anonymous-Consumer", "X-Consumer-ID", "X-Consumer-Username"}:
+            assert res.upstream(name) == [], name
+        assert res.upstream("X-Auth-Subject") == [] and res.upstream("X_Auth_Subject") == []
+    finally:
+        kong.consumers = []
