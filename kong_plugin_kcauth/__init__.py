@@ -1,3 +1,3 @@
 """kcauth: a Kong Gateway plugin that guards APIs with Keycloak access tokens."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -90,6 +90,14 @@ def server_class(use_gevent: bool) -> type:
             super().__init__(*args, **kwargs)
             self._lock = threading.Lock()
             self.running = 0
+            self.records: dict[str, dict[str, Any]] = {}  # plugin name → its config record
+
+        def get_plugin_info(self, name: str) -> dict[str, Any]:
+            """kong-pdk's info, with the whole config record (entity checks included)."""
+            info: dict[str, Any] = super().get_plugin_info(name)
+            if name in self.records:
+                info["Schema"]["fields"][0]["config"] = self.records[name]
+            return info
 
         def handle_event(self, event: dict[str, Any]) -> dict[str, Any]:
             iid = event.get("InstanceId")

@@ -83,6 +83,9 @@ class Registry(Generic[V]):
     def __len__(self) -> int:
         return len(self._objects)
 
+    def values(self) -> list[V]:
+        return list(self._objects.values())
+
 
 class SingleFlight(Generic[V]):
     """Concurrent calls for the same key share one execution: the first caller runs it, the

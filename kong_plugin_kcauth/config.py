@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
 from .headers import KONG_IDENTITY_HEADERS, RESERVED_HEADERS
 from .jws import ASYMMETRIC_ALGORITHMS
-from .schema import ConfigError, canonical, kong_fields, load, reference_markdown, setting
+from .schema import (ConfigError, canonical, conditional, conditional_at_least_one_of, kong_fields, kong_record,
+                     load, reference_markdown, setting)
+
+SYSTEM_CA_STORE = "system"
 
 __all__ = ["Config", "RedisConfig", "ConfigError", "kong_schema"]
 
@@ -92,7 +95,9 @@ class Config:
     audiences: tuple[str, ...] = setting(
         "Accepted audiences: the token's `aud` claim must contain at least one of them. "
         "Required while `verify_audience` is true (Keycloak adds a client id to `aud` through "
-        "an audience mapper).",
+        "an audience mapper). On a `revocation_receiver` route: the client ids whose logout "
+        "tokens and not-before pushes are accepted (the Keycloak clients whose back-channel "
+        "logout URL or admin URL point at the route).",
         [],
     )
     verify_audience: bool = setting(
@@ -144,17 +149,18 @@ class Config:
         "all", one_of=["all", "any"],
     )
     claim_headers: dict[str, str] = setting(
-        "Upstream headers to set from token claims: header name to claim path. Paths are "
+        "Upstream headers to set from token claims: header name (lower case, as HTTP/2 writes "
+        "them; header names are case-insensitive, so one spelling each) to claim path. Paths are "
         "dot-separated (`realm_access.roles`) or RFC 6901 JSON Pointers (`/a.b/c`). Client "
         "copies of every listed header are always removed.",
         {
-            "X-Auth-Subject": "sub",
-            "X-Auth-Username": "preferred_username",
-            "X-Auth-Client": "azp",
-            "X-Auth-Scope": "scope",
-            "X-Auth-Realm-Roles": "realm_access.roles",
+            "x-auth-subject": "sub",
+            "x-auth-username": "preferred_username",
+            "x-auth-client": "azp",
+            "x-auth-scope": "scope",
+            "x-auth-realm-roles": "realm_access.roles",
         },
-        keys={"match": "^[%w!#$%%&'*+.^_`|~-]+$", "match_none": _RESERVED_NAME_RULES},
+        keys={"match": "^[%l%d!#$%%&'*+.^_`|~-]+$", "match_none": _RESERVED_NAME_RULES},
         values={"match_none": _CLAIM_PATH_RULES},
     )
     header_value_max_length: int = setting(
@@ -177,6 +183,12 @@ class Config:
         "and `<client-id>:<role>` like `required_roles`.",
         True,
     )
+    groups_claim: str | None = setting(
+        "Claim path of the token's Keycloak group memberships (the `groups` claim of Keycloak's "
+        "group membership mapper: `/staff/admins` with full paths, `admins` without), handed to "
+        "Kong's ACL plugin as groups named `group:<value>`, e.g. `groups`. Empty: none.",
+        None, match_none=_CLAIM_PATH_RULES,
+    )
     realm: str = setting(
         "The `realm` parameter of the WWW-Authenticate challenge sent with 401 and 403.",
         "kong", match='^[^%c"\\]+$',
@@ -184,7 +196,7 @@ class Config:
     jwks_refresh_interval: int = setting(
         "Seconds after which held signing keys are refreshed from the key set in the "
         "background (requests keep using the held keys meanwhile).",
-        300, between=[10, 86400],
+        300, between=[10, 3600],
     )
     jwks_min_refresh_interval: int = setting(
         "Least seconds between two key set downloads caused by tokens with an unknown key "
@@ -193,14 +205,21 @@ class Config:
     )
     jwks_max_stale: int = setting(
         "Seconds held keys stay usable after the last successful key set download while "
-        "the identity provider cannot be reached; past that requests get 503.",
-        3600, between=[10, 604800],
+        "the identity provider cannot be reached; past that requests get 503. At least an hour, "
+        "so held keys always outlive the refresh intervals.",
+        3600, between=[3600, 604800],
     )
     http_timeout: float = setting(
         "Connect and read timeout in seconds for each request to the identity provider (discovery, "
         "key set, introspection). At most 5: a request's evaluation may need four such requests, and "
         "Kong gives up on the plugin server after 60 s (and then proxies).",
         3.0, between=[0.1, 5],
+    )
+    tls_ca_bundle: str | None = setting(
+        "CAs trusted for TLS to the identity provider and to Redis: a PEM file on the Kong node "
+        "(a private or corporate CA), or `system` for the operating system's store. Empty: the "
+        "Mozilla CA bundle kcauth ships with (certifi). Certificates are always verified.",
+        None,
     )
     token_cache_size: int = setting(
         "Validated tokens remembered per plugin configuration (by SHA-256 of the token, "
@@ -240,7 +259,8 @@ class Config:
     client_private_key: str | None = setting(
         "PEM private key (RSA or EC P-256) signing the client assertion for private_key_jwt. "
         "Referenceable: use a Kong vault reference; never logged.",
-        None, referenceable=True, encrypted=True,
+        None, referenceable=True, encrypted=True, match="^%-%-%-%-%-BEGIN [%u ]*PRIVATE KEY%-%-%-%-%-",
+        err="expected a PEM private key (-----BEGIN PRIVATE KEY-----)",
     )
     introspection_cache_ttl: int = setting(
         "Seconds an active answer is reused (never past the token's `exp`): the longest a "
@@ -285,19 +305,21 @@ class Config:
     )
     anonymous: str | None = setting(
         "Consumer (id or username) a request without a valid token is let through as, Kong's "
-        "usual way to make authentication optional. Empty: such requests get 401.",
+        "usual way to make authentication optional. Empty: such requests get 401. As with "
+        "Kong's own auth plugins, a request another auth plugin already authenticated is "
+        "left to it (logical OR between auth plugins).",
         None,
+    )
+    run_on_preflight: bool = setting(
+        "Authenticate CORS preflight requests (`OPTIONS`) too, as Kong's auth plugins do by "
+        "default. Off: they pass unchecked (pair with Kong's cors plugin).",
+        True,
     )
     mode: str = setting(
         "`guard` protects the route. `revocation_receiver` makes the route the endpoint "
         "Keycloak sends back-channel logout tokens and not-before pushes to; every guard of "
         "the same issuer then refuses the revoked sessions' tokens.",
         "guard", one_of=["guard", "revocation_receiver"],
-    )
-    logout_audiences: tuple[str, ...] = setting(
-        "Receiver: client ids whose logout tokens and not-before pushes are accepted (the "
-        "Keycloak clients whose back-channel logout URL or admin URL point at this route).",
-        [],
     )
     pass_logout_upstream: bool = setting(
         "Receiver: after recording a valid logout, proxy the request on so the application "
@@ -314,6 +336,32 @@ class Config:
         "not-before policy. Empty: no operator not-before.",
         None, gt=0,
     )
+    log_decision: bool = setting(
+        "Hand each request's decision (allowed or refused, the reason, issuer, client, whether "
+        "it was remembered) to Kong's log plugins as `kcauth` in the serialized log "
+        "(`kong.log.set_serialize_value`). Costs one round trip per request when on.",
+        False,
+    )
+
+    # Rules between fields, in Kong's schema language: the Admin API, `POST /config` and decK
+    # refuse a config breaking one; the plugin checks them again at instance start.
+    ENTITY_CHECKS: ClassVar[list[dict[str, Any]]] = [
+        conditional("verify_audience", {"eq": True}, "audiences", {"required": True, "len_min": 1},
+                    "audiences must name at least one audience while verify_audience is true"),
+        conditional("mode", {"eq": "revocation_receiver"}, "verify_audience", {"eq": True},
+                    "a revocation receiver always checks the audience of what it receives"),
+        conditional("introspect", {"eq": True}, "client_id", {"required": True}),
+        conditional_at_least_one_of(
+            "introspect", {"eq": True}, ["client_secret", "client_private_key"],
+            "introspect needs the client's credentials: at least one of %s"),
+        conditional("client_auth_method", {"eq": "private_key_jwt"}, "client_private_key", {"required": True}),
+        conditional("client_private_key", {"required": True}, "client_auth_method", {"eq": "private_key_jwt"},
+                    "client_private_key is used only with client_auth_method private_key_jwt"),
+        conditional("accept_opaque_tokens", {"eq": True}, "introspect", {"eq": True},
+                    "accept_opaque_tokens needs introspect: only introspection can judge opaque tokens"),
+        conditional("consumer_required", {"eq": True}, "consumer_claim", {"required": True}),
+        conditional("redis.host", {"required": True}, "redis.secret", {"required": True}),
+    ]
 
     @classmethod
     def from_kong(cls, raw: dict[str, Any]) -> Config:
@@ -324,50 +372,21 @@ class Config:
         return config
 
     def check(self) -> None:
-        """The rules Kong's schema language cannot express."""
-        if self.mode == "guard" and self.verify_audience and not self.audiences:
-            raise ConfigError(
-                "config.audiences must name at least one audience while config.verify_audience is true"
-            )
-        if self.jwks_max_stale < self.jwks_refresh_interval:
-            raise ConfigError("config.jwks_max_stale must be at least config.jwks_refresh_interval")
-        if self.redis.host and not self.redis.secret:
-            raise ConfigError("config.redis.secret is required with config.redis.host: it seals what "
-                              "kcauth shares through Redis")
-        names = [name.lower() for name in self.claim_headers]
-        if len(set(names)) != len(names):
-            raise ConfigError("config.claim_headers: a header is listed twice (names are case-insensitive)")
-        self._check_introspection()
-        self._check_receiver()
-        self._check_consumers()
+        """What only the plugin can check: the private key itself, the CA bundle file."""
+        if self.introspect and self.client_auth_method == "private_key_jwt" and self.client_private_key:
+            from .client_auth import load_signing_key
 
-    def _check_consumers(self) -> None:
-        if self.consumer_required and not self.consumer_claim:
-            raise ConfigError("config.consumer_required needs config.consumer_claim")
-
-    def _check_receiver(self) -> None:
-        if self.mode == "revocation_receiver" and not self.logout_audiences:
-            raise ConfigError("config.logout_audiences must name the Keycloak clients whose logouts "
-                              "this receiver accepts")
-
-    def _check_introspection(self) -> None:
-        if self.accept_opaque_tokens and not self.introspect:
-            raise ConfigError("config.accept_opaque_tokens needs config.introspect: only introspection can judge them")
-        if not self.introspect:
-            return
-        if not self.client_id:
-            raise ConfigError("config.client_id is required when config.introspect is true")
-        if self.client_auth_method == "private_key_jwt":
-            if not self.client_private_key:
-                raise ConfigError("config.client_private_key is required for private_key_jwt")
             try:
-                from .client_auth import load_signing_key
-
                 load_signing_key(self.client_private_key)
             except ValueError as exc:
                 raise ConfigError(f"config.client_private_key: {exc}") from None
-        elif not self.client_secret:
-            raise ConfigError(f"config.client_secret is required for {self.client_auth_method}")
+        if self.tls_ca_bundle and self.tls_ca_bundle != SYSTEM_CA_STORE:
+            from .http import load_ca_bundle
+
+            try:
+                load_ca_bundle(self.tls_ca_bundle)
+            except ValueError as exc:
+                raise ConfigError(f"config.tls_ca_bundle: {exc}") from None
 
     def fingerprint(self) -> str:
         """Stable digest of every setting: caches are scoped by it, so an answer computed under
@@ -391,8 +410,13 @@ class Config:
 
 
 def kong_schema() -> list[dict[str, Any]]:
-    """The config record's fields as `kcauth-pluginserver --dump` reports them to Kong."""
+    """The config record's fields."""
     return kong_fields(Config)
+
+
+def kong_config_record() -> dict[str, Any]:
+    """The config record as `kcauth-pluginserver --dump` reports it to Kong: fields and entity checks."""
+    return kong_record(Config)
 
 
 if __name__ == "__main__":

@@ -18,12 +18,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from . import errors, process
+from . import errors, logs, metrics, process
 from .cache import ExpiringCache, SingleFlight, token_key
-from .claims import Claims
+from .claims import Claims, parse_claim_path
 from .config import Config
 from .consumers import ConsumerMap, credential_for
-from .headers import HeaderPlan, HeaderValue, groups_for, upstream_headers
+from .headers import HeaderPlan, HeaderValue, dropped_headers, groups_for, upstream_headers
 from .introspection import Introspector
 from .policy import Policy, authorize
 from .revocation import RevocationStore, Subject
@@ -86,12 +86,13 @@ class Guard:
         self.policy = Policy.from_config(config)
         self.plan = HeaderPlan.from_config(config)
         self.managed_headers = self.plan.managed
+        self.groups_path = parse_claim_path(config.groups_claim) if config.groups_claim else None
         self.consumers = ConsumerMap.from_config(config)
         self.keys = process.key_set(config)
         self.revocations: RevocationStore = process.revocation_store(config)
         self.introspector = Introspector.from_config(
             config, replace(self.rules, defer_missing_audience=False),
-            process.shared_store(config.redis)) if config.introspect else None
+            process.shared_store(config.redis, config.tls_ca_bundle)) if config.introspect else None
         self.cache: ExpiringCache[Grant | Denial] = ExpiringCache(config.token_cache_size)
         self._flights: SingleFlight[Grant | Denial] = SingleFlight()
         # Long enough for the slowest evaluation: key set (2 requests) then introspection
@@ -101,6 +102,7 @@ class Guard:
     def decide(self, token: str, now: float) -> Grant:
         key = token_key(token)
         verdict = self.cache.get(key)
+        metrics.METRICS.cache(self.config.issuer, verdict is not None)
         if verdict is None:
             # Concurrent requests with the same unremembered token share one evaluation (one
             # key download, one introspection call), remembered before the others are released.
@@ -153,9 +155,13 @@ class Guard:
         if self.consumers is not None:
             consumer = self.consumers.name_in(claims)
             credential = credential_for(self.config.issuer, claims)
+        headers = upstream_headers(self.plan, claims)
+        for name in dropped_headers(self.plan, claims, headers):
+            logs.once(f"{name} not forwarded for some tokens: the value is over header_value_max_length "
+                      f"({self.plan.max_length}) for issuer {self.config.issuer}; raise it to forward it")
         return Grant(
-            headers=upstream_headers(self.plan, claims),
-            groups=groups_for(claims, self.config.authenticated_group, self.config.roles_as_groups),
+            headers=headers,
+            groups=groups_for(claims, self.config.authenticated_group, self.config.roles_as_groups, self.groups_path),
             subject=self.revocations.subject(token_claims, claims),
             consumer=consumer, credential=credential,
         )

@@ -25,7 +25,7 @@ import time
 import traceback
 from typing import Any
 
-from . import errors, process
+from . import errors, logs, metrics, process
 from .config import Config
 from .decision import Grant, Guard, bearer_token
 from .errors import Refusal
@@ -55,29 +55,66 @@ class Plugin:
 
 
 def authenticate(kong: Any, guard: Guard) -> None:
+    config = guard.config
     try:
         request_headers = kong.request.get_headers()
+        tell_kong(kong)
+        if (config.anonymous and kong.client.get_credential() is not None) or \
+                (not config.run_on_preflight and kong.request.get_method() == "OPTIONS"):
+            # Another auth plugin authenticated the request, and anonymous makes the auth
+            # plugins a logical OR (as key-auth and jwt do); or a CORS preflight left alone.
+            # Either way kcauth's own identity headers carry nothing of the client's.
+            observe(kong, guard, None, "skipped")
+            return set_identity(kong, guard, request_headers, None, None)
         try:
             grant = guard.decide(bearer_token(request_headers), time.time())
         except Refusal as refusal:
             if refusal.status == 401 and guard.consumers and guard.consumers.anonymous:
                 anonymous = guard.consumers.find_anonymous(kong)
                 if anonymous is not None:
+                    observe(kong, guard, None, "anonymous")
                     return set_identity(kong, guard, request_headers, None, anonymous)
                 log.warning("config.anonymous names no Kong consumer; refusing instead")
             raise
         consumer = None
         if guard.consumers is not None and grant.consumer is not None:
             consumer = guard.consumers.find(kong, grant.consumer)
-        if consumer is None and guard.config.consumer_required:
+        if consumer is None and config.consumer_required:
             raise errors.UnknownConsumer()
+        observe(kong, guard, grant, "allowed")
         return set_identity(kong, guard, request_headers, grant, consumer)
     except Refusal as refusal:
-        reply = errors.answer(refusal, guard.config.realm)
+        observe(kong, guard, None, type(refusal).__name__, refusal.status)
+        reply = errors.answer(refusal, config.realm)
     except Exception as exc:  # noqa: BLE001 - an escaping exception would fail open or wedge
-        reply = errors.answer(errors.InternalFault(), guard.config.realm)
+        reply = errors.answer(errors.InternalFault(), config.realm)
         _report_fault(kong, exc)
     _send(kong, reply)
+
+
+def observe(kong: Any, guard: Guard, grant: Grant | None, outcome: str, status: int = 200) -> None:
+    """The decision, counted (--metrics) and, with `log_decision`, handed to Kong's log plugins."""
+    allowed = status < 400
+    metrics.METRICS.decision(guard.config.issuer, allowed, outcome)
+    if guard.config.log_decision:
+        kong.log.set_serialize_value("kcauth", {
+            "decision": outcome if outcome in ("allowed", "anonymous", "skipped") else "refused",
+            "reason": None if allowed else outcome, "status": status, "issuer": guard.config.issuer,
+            "client": grant.subject.azp if grant is not None else None,
+        })
+
+
+def tell_kong(kong: Any) -> None:
+    """Carry pending state changes (logs.py) to Kong's own log, where its default level shows
+    them: one round trip, only when something changed."""
+    pending = logs.to_kong.take()
+    if pending is None:
+        return
+    level, lines = pending
+    try:
+        (kong.log.err if level >= logging.ERROR else kong.log.warn)(" | ".join(lines))
+    except Exception:  # noqa: BLE001 - the request must still be answered
+        pass
 
 
 def set_identity(kong: Any, guard: Guard, request_headers: dict[str, Any], grant: Grant | None,
@@ -105,7 +142,9 @@ def set_identity(kong: Any, guard: Guard, request_headers: dict[str, Any], grant
 
 def receive(kong: Any, receiver: Receiver, config: Config) -> None:
     try:
-        if kong.request.get_method() != "POST":
+        method = kong.request.get_method()
+        tell_kong(kong)
+        if method != "POST":
             raise errors.MethodNotAllowed()
         path = kong.request.get_path()
         body = kong.request.get_raw_body()

@@ -82,6 +82,12 @@ def upstream_headers(plan: HeaderPlan, claims: Claims) -> dict[str, HeaderValue]
     return out
 
 
+def dropped_headers(plan: HeaderPlan, claims: Claims, headers: dict[str, HeaderValue]) -> list[str]:
+    """The headers whose claim is present but was too long to forward."""
+    return [name for name, path in plan.claims
+            if headers.get(name) is REMOVE and claim_at(claims, path) is not None]
+
+
 def cleared_headers(plan: HeaderPlan) -> dict[str, HeaderValue]:
     """Every configured header removed: what a request with no claims to forward gets."""
     return {name: REMOVE for name, _ in plan.claims}
@@ -138,9 +144,13 @@ def encode_string(value: str) -> str:
     return "".join(out)
 
 
-def groups_for(claims: Claims, authenticated_group: str, roles_as_groups: bool) -> list[str]:
-    """kong.ctx.shared.authenticated_groups for Kong's ACL plugin."""
-    groups = [authenticated_group]
-    if roles_as_groups:
-        groups.extend(sorted(roles_of(claims) - {authenticated_group}))
-    return groups
+def groups_for(claims: Claims, authenticated_group: str, roles_as_groups: bool,
+               groups_path: tuple[str, ...] | None = None) -> list[str]:
+    """kong.ctx.shared.authenticated_groups for Kong's ACL plugin: the authenticated group, the
+    roles (`realm:<role>`, `<client-id>:<role>`) and the Keycloak groups (`group:<name>`)."""
+    extra = set(roles_of(claims)) if roles_as_groups else set()
+    if groups_path is not None:
+        memberships = claim_at(claims, groups_path)
+        if isinstance(memberships, list):
+            extra.update(f"group:{g}" for g in memberships if isinstance(g, str) and g)
+    return [authenticated_group, *sorted(extra - {authenticated_group})]

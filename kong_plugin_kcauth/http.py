@@ -1,12 +1,19 @@
-"""Outbound HTTP to the identity provider: one process-wide session, TLS verification always on.
+"""Outbound HTTP to the identity provider: process-wide sessions, TLS verification always on.
 
 requests-cache keeps the discovery document (it changes rarely, and a stale copy is better than
 none while the provider is down) and revalidates key sets with conditional requests when the
 provider sends validators. Freshness of keys is decided by `keys.KeySet`, not by HTTP headers.
+
+Trust: the Mozilla CA bundle (certifi, requests' default), or `tls_ca_bundle` (a PEM file, or
+`system` for the operating system's store). Proxies: `HTTPS_PROXY`, `HTTP_PROXY` and `NO_PROXY`
+of the plugin server's environment, read once (Kong's nginx clears the environment of the
+processes it starts: pass them in the start command, see the README).
 """
 
 from __future__ import annotations
 
+import os
+import ssl
 import threading
 import urllib.request
 from collections.abc import Callable
@@ -14,80 +21,104 @@ from typing import Any
 
 import requests
 import requests.adapters
+import requests.utils
 import requests_cache
 
 from .claims import json_object
 
 MAX_BODY = 1 << 20  # a key set or discovery document is a few KB; refuse to hold megabytes
 DISCOVERY_MAX_AGE = 3600
+SYSTEM = "system"
 
-_sessions: dict[bool, requests_cache.CachedSession] = {}
+_sessions: dict[tuple[str, str | None], requests.Session] = {}
 _sessions_lock = threading.Lock()
+_PROXIES = {k: v for k, v in urllib.request.getproxies().items() if k in ("http", "https")}
+_NO_PROXY = urllib.request.getproxies().get("no")
 
 
 class FetchError(Exception):
     """The document could not be had; the message is for logs, never for clients."""
 
 
-def _session(revalidate: bool) -> requests_cache.CachedSession:
-    """Two sessions: documents that may be served stale while the provider is down (discovery),
-    and documents that are always asked for again (key sets), where a failure must surface so
-    `KeySet` can bound how long it keeps serving the keys it holds."""
-    s = _sessions.get(revalidate)
+def load_ca_bundle(path: str) -> str:
+    """A PEM file of CA certificates that TLS can use (ValueError otherwise)."""
+    if not os.path.isfile(path):
+        raise ValueError(f"no file at {path}")
+    try:
+        ssl.create_default_context(cafile=path)
+    except (ssl.SSLError, OSError, ValueError):
+        raise ValueError(f"{path} holds no usable PEM CA certificate") from None
+    return path
+
+
+def verify_for(ca: str | None) -> str | bool:
+    """requests' `verify` for a `tls_ca_bundle` setting."""
+    if ca is None:
+        return True
+    if ca == SYSTEM:
+        paths = ssl.get_default_verify_paths()
+        return paths.cafile or paths.openssl_cafile or True
+    return ca
+
+
+def _session(kind: str, ca: str | None) -> requests.Session:
+    """One session per kind and trust: documents that may be served stale while the provider is
+    down (`discovery`), documents that are always asked for again (`keys`), where a failure must
+    surface so `KeySet` can bound how long it keeps serving the keys it holds, and uncached
+    POSTs (`post`, introspection), each over pooled keep-alive connections."""
+    s = _sessions.get((kind, ca))
     if s is None:
         with _sessions_lock:
-            s = _sessions.get(revalidate)
+            s = _sessions.get((kind, ca))
             if s is None:
-                s = requests_cache.CachedSession(
-                    backend="memory",
-                    # 0: stored but stale at once, so every GET asks the provider again
-                    # (conditionally when it sent an ETag or Last-Modified).
-                    expire_after=0 if revalidate else DISCOVERY_MAX_AGE,
-                    allowable_codes=(200,),
-                    stale_if_error=not revalidate,
-                )
-                _setup(s)
-                _sessions[revalidate] = s
+                if kind == "post":
+                    s = requests.Session()
+                    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=32)
+                    s.mount("http://", adapter)
+                    s.mount("https://", adapter)
+                else:
+                    s = requests_cache.CachedSession(
+                        backend="memory",
+                        # 0: stored but stale at once, so every GET asks the provider again
+                        # (conditionally when it sent an ETag or Last-Modified).
+                        expire_after=0 if kind == "keys" else DISCOVERY_MAX_AGE,
+                        allowable_codes=(200,),
+                        stale_if_error=kind != "keys",
+                    )
+                s.headers["User-Agent"] = "kcauth"
+                s.headers["Accept"] = "application/json"
+                # The environment is read once, at import (requests' trust_env costs ~250 us a
+                # call in lookups); .netrc is never consulted.
+                s.trust_env = False
+                s.verify = verify_for(ca)
+                _sessions[(kind, ca)] = s
     return s
 
 
-def _setup(s: requests.Session) -> None:
-    s.headers["User-Agent"] = "kcauth"
-    s.headers["Accept"] = "application/json"
-    # Proxy settings are read from the environment once, here, instead of on every request
-    # (requests' trust_env costs ~250 us a call in lookups); .netrc is never consulted.
-    s.trust_env = False
-    s.proxies = {k: v for k, v in urllib.request.getproxies().items() if k in ("http", "https", "no")}
+def _proxies(url: str) -> dict[str, str]:
+    if not _PROXIES or (_NO_PROXY and requests.utils.should_bypass_proxies(url, no_proxy=_NO_PROXY)):
+        return {}
+    return _PROXIES
 
 
-def get_json(url: str, timeout: float, *, revalidate: bool) -> dict[str, Any]:
+def get_json(url: str, timeout: float, *, revalidate: bool, ca: str | None = None) -> dict[str, Any]:
     """GET a JSON object. `revalidate` asks the provider every time (conditionally when it sent
     validators); otherwise a cached copy up to DISCOVERY_MAX_AGE old is used."""
     try:
-        resp = _session(revalidate).get(url, timeout=(timeout, timeout))
+        resp = _session("keys" if revalidate else "discovery", ca).get(
+            url, timeout=(timeout, timeout), proxies=_proxies(url))
     except requests.RequestException as exc:
         raise FetchError(f"GET {url} failed: {type(exc).__name__}") from None
     return _json_object(resp, f"GET {url}")
 
 
-_plain: requests.Session | None = None
-
-
-def post_form(url: str, form: dict[str, str], headers: dict[str, str], timeout: float) -> dict[str, Any]:
+def post_form(url: str, form: dict[str, str], headers: dict[str, str], timeout: float,
+              ca: str | None = None) -> dict[str, Any]:
     """POST a form and read a JSON object (introspection). Never cached: every call reaches the
-    provider, over one pooled, keep-alive session per process."""
-    global _plain
-    if _plain is None:
-        with _sessions_lock:
-            if _plain is None:
-                s = requests.Session()
-                adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=32)
-                s.mount("http://", adapter)
-                s.mount("https://", adapter)
-                _setup(s)
-                _plain = s
+    provider."""
     try:
-        resp = _plain.post(url, data=form, headers=headers, timeout=(timeout, timeout), allow_redirects=False)
+        resp = _session("post", ca).post(url, data=form, headers=headers, timeout=(timeout, timeout),
+                                         allow_redirects=False, proxies=_proxies(url))
     except requests.RequestException as exc:
         raise FetchError(f"POST {url} failed: {type(exc).__name__}") from None
     return _json_object(resp, f"POST {url}")
@@ -113,9 +144,9 @@ def rewrite_origin(url: str, rewrite: tuple[str, str] | None) -> str:
 
 def discover(discovery_url: str, issuer: str, name: str, timeout: float,
              rewrite: tuple[str, str] | None = None,
-             fetch_json: Callable[..., dict[str, Any]] = get_json) -> str:
+             fetch_json: Callable[..., dict[str, Any]] = get_json, ca: str | None = None) -> str:
     """An endpoint of the issuer's OpenID Connect discovery document (cached for an hour)."""
-    doc = fetch_json(discovery_url, timeout, revalidate=False)
+    doc = fetch_json(discovery_url, timeout, revalidate=False, ca=ca)
     # OpenID Connect Discovery 1.0 section 4.3: the document must name the same issuer.
     if doc.get("issuer") != issuer:
         raise FetchError("discovery document names another issuer")

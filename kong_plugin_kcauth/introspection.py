@@ -26,11 +26,11 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import errors, http
+from . import errors, http, metrics
 from .claims import Claims, time_of
 from .client_auth import client_authentication
 from .config import Config
-from .logs import Throttled
+from .logs import Throttled, health
 from .shared import SharedStore
 from .tokens import Rules, check_claims
 
@@ -92,7 +92,7 @@ class Introspector:
                  rewrite: tuple[str, str] | None, client_auth_method: str, client_id: str,
                  client_secret: str | None, client_private_key: str | None, ttl: float,
                  negative_ttl: float, breaker_seconds: float, timeout: float, salt: str,
-                 shared: SharedStore | None) -> None:
+                 shared: SharedStore | None, fallback: bool = False, ca: str | None = None) -> None:
         self.rules = rules
         self.shared = shared
         self._issuer = issuer
@@ -108,6 +108,9 @@ class Introspector:
         self._open_until = 0.0
         self._lock = threading.Lock()
         self._notes = Throttled(log, 30)
+        self._component = f"introspection at {issuer}"
+        self._fallback = fallback
+        self._ca = ca
 
     @classmethod
     def from_config(cls, config: Config, rules: Rules, shared: SharedStore | None) -> Introspector:
@@ -118,7 +121,8 @@ class Introspector:
             client_secret=config.client_secret, client_private_key=config.client_private_key,
             ttl=config.introspection_cache_ttl, negative_ttl=config.introspection_negative_ttl,
             breaker_seconds=config.introspection_breaker_seconds, timeout=config.http_timeout,
-            salt=config.fingerprint(), shared=shared,
+            salt=config.fingerprint(), shared=shared, fallback=config.introspection_failure == "local",
+            ca=config.tls_ca_bundle,
         )
 
     def verdict(self, token: str, key: bytes, claims: Claims | None, now: float) -> Verdict:
@@ -130,13 +134,18 @@ class Introspector:
             cached = _from_shared(self.shared.get(shared_key), claims, now)
             if cached is not None:
                 return cached
+        started = time.monotonic()
         try:
             verdict = judge(self._call(token, now), claims, self.rules, now, self._ttl, self._negative_ttl)
         except http.FetchError as exc:
+            metrics.METRICS.introspection(self._issuer, type(exc).__name__, time.monotonic() - started)
             self._failed(exc)
             raise errors.IntrospectionUnavailable() from None
+        metrics.METRICS.introspection(self._issuer, verdict.refusal.__name__ if verdict.refusal else "active",
+                                      time.monotonic() - started)
         with self._lock:
             self._failures = 0
+        health.report(self._component, True)
         if self.shared is not None:
             self.shared.put(shared_key, _to_shared(verdict), verdict.deadline - now)
         return verdict
@@ -152,11 +161,11 @@ class Introspector:
         method, client_id, secret, private_key = self._client
         form, headers = client_authentication(method, client_id, secret, private_key, self._issuer, now)
         form.update(token=token, token_type_hint="access_token")
-        return http.post_form(endpoint, form, headers, self._timeout)
+        return http.post_form(endpoint, form, headers, self._timeout, self._ca)
 
     def _discover(self) -> str:
         self._endpoint = http.discover(self._discovery_url, self._issuer, "introspection_endpoint",
-                                       self._timeout, self._rewrite)
+                                       self._timeout, self._rewrite, ca=self._ca)
         return self._endpoint
 
     def _failed(self, exc: http.FetchError) -> None:
@@ -169,10 +178,9 @@ class Introspector:
             if opening:
                 self._open_until = time.monotonic() + seconds
                 self._failures = 0
-        if isinstance(exc, BadAnswer):
-            self._notes.warning("introspection failed: %s", exc)
-        else:
-            log.warning("introspection failed: %s%s", exc, f"; failing fast for {seconds} s" if opening else "")
+        health.report(self._component, False, f"introspection failing ({exc}): requests get "
+                      f"{'the local verdict' if self._fallback else '503'}"
+                      + (f"; failing fast for {seconds} s at a time" if seconds > 0 else ""))
 
 
 def _from_shared(value: dict[str, Any] | None, claims: Claims | None, now: float) -> Verdict | None:

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from . import http
 from .config import Config
 from .errors import KeysUnavailable, UnknownKey
+from .logs import health
 
 log = logging.getLogger("kcauth.keys")
 
@@ -47,13 +48,14 @@ class KeySource:
     max_stale: float
     timeout: float
     rewrite: tuple[str, str] | None = None  # (issuer origin, provider origin): see provider_url
+    ca: str | None = None  # tls_ca_bundle
 
     @classmethod
     def from_config(cls, config: Config) -> KeySource:
         return cls(jwks_uri=config.jwks_uri, discovery_url=config.discovery_url, issuer=config.issuer,
                    refresh_interval=config.jwks_refresh_interval,
                    min_refresh_interval=config.jwks_min_refresh_interval, max_stale=config.jwks_max_stale,
-                   timeout=config.http_timeout, rewrite=config.provider_rewrite)
+                   timeout=config.http_timeout, rewrite=config.provider_rewrite, ca=config.tls_ca_bundle)
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,7 @@ class KeySet:
         self._last_kid_refresh = float("-inf")
         self._inflight: threading.Event | None = None
         self._lock = threading.Lock()
+        self._component = f"key set of {source.issuer}"
 
     def key_for(self, kid: str | None, alg: str, *, download: bool = True) -> Any:
         """The verification key for a token header, or a `Refusal`. `download=False` uses only
@@ -166,6 +169,11 @@ class KeySet:
         if jwk is None:
             raise UnknownKey()
         return jwk.key
+
+    @property
+    def fetched_at(self) -> float | None:
+        """When the held keys were downloaded (monotonic clock), None before the first time."""
+        return self._fetched_at
 
     def prefetch(self) -> None:
         """Warm the key set without blocking the caller (instance start)."""
@@ -209,12 +217,14 @@ class KeySet:
     def _download(self, done: threading.Event) -> None:
         try:
             uri = self.source.jwks_uri or self._discover()
-            keys = parse_jwks(self._fetch_json(uri, self.source.timeout, revalidate=True))
+            keys = parse_jwks(self._fetch_json(uri, self.source.timeout, revalidate=True, ca=self.source.ca))
             if not keys:
                 raise http.FetchError(f"key set at {uri} holds no usable signing key")
             self._keys, self._fetched_at = keys, self._clock()
+            health.report(self._component, True)
         except http.FetchError as exc:
-            log.warning("key set refresh failed, keeping held keys: %s", exc)
+            health.report(self._component, False, f"key set download failed ({exc}); held keys serve "
+                          f"until {self.source.max_stale:.0f} s after the last success, then 503")
         except Exception:  # never let a background thread die silently
             log.exception("key set refresh failed unexpectedly")
         finally:
@@ -224,4 +234,4 @@ class KeySet:
 
     def _discover(self) -> str:
         return http.discover(self.source.discovery_url, self.source.issuer, "jwks_uri",
-                             self.source.timeout, self.source.rewrite, self._fetch_json)
+                             self.source.timeout, self.source.rewrite, self._fetch_json, self.source.ca)

@@ -8,6 +8,7 @@ last instance using one, it goes.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from .cache import Registry
@@ -29,14 +30,19 @@ def key_set(config: Config) -> KeySet:
     return keys
 
 
-def shared_store(redis: RedisConfig) -> SharedStore | None:
+def key_sets() -> Iterator[KeySet]:
+    """Every live key set of the process (metrics read their age)."""
+    return iter(list(_KEYSETS.values()))
+
+
+def shared_store(redis: RedisConfig, ca: str | None) -> SharedStore | None:
     """The process's one Redis client for these settings, or None without Redis."""
-    return _SHARED.get(redis, lambda: SharedStore(redis)) if redis.host else None
+    return _SHARED.get((redis, ca), lambda: SharedStore(redis, ca)) if redis.host else None
 
 
 def revocation_store(config: Config) -> RevocationStore:
-    store = _REVOCATIONS.get((config.issuer, config.redis),
-                             lambda: RevocationStore(config.issuer, shared_store(config.redis)))
+    store = _REVOCATIONS.get((config.issuer, config.redis, config.tls_ca_bundle),
+                             lambda: RevocationStore(config.issuer, shared_store(config.redis, config.tls_ca_bundle)))
     store.start()
     return store
 

@@ -21,7 +21,7 @@ class Receiver:
         self.rules = Rules.from_config(config)
         self.keys = process.key_set(config)
         self.revocations = process.revocation_store(config)
-        self.audiences = frozenset(config.logout_audiences)
+        self.audiences = frozenset(config.audiences)  # the clients whose pushes are accepted
         self.ttl = config.revocation_ttl
 
     def receive(self, path: str, body: bytes, now: float) -> None:

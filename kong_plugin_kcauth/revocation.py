@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .claims import Claims, time_of
+from .logs import health
 from .shared import SharedStore, SharedUnavailable, Subscription
 
 log = logging.getLogger("kcauth.revocation")
@@ -71,6 +72,7 @@ class RevocationStore:
         self._scope = "revocation:" + hashlib.sha256(issuer.encode()).hexdigest()[:32]
         self._follower: threading.Thread | None = None
         self._starting = threading.Lock()
+        self._component = f"revocations of {issuer}"
 
     def start(self) -> None:
         """Follow the other processes' revocations through Redis (once per store). The first
@@ -91,10 +93,12 @@ class RevocationStore:
             subscription = self.shared.subscribe(self._channel)
             for message in self.shared.records(self._scope):
                 self._on_message(message)
+            health.report(self._component, True)
             return subscription
         except SharedUnavailable as exc:
-            log.warning("revocations from Redis unavailable (%s); retrying",
-                        type(exc.__cause__).__name__ if exc.__cause__ else "unavailable")
+            health.report(self._component, False, f"cannot follow revocations through Redis ("
+                          f"{type(exc.__cause__).__name__ if exc.__cause__ else 'unavailable'}): this process "
+                          "keeps what it holds and retries")
             if subscription is not None:
                 subscription.close()
             return None
@@ -218,8 +222,8 @@ class RevocationStore:
                     while time.monotonic() < until:
                         self._on_message(subscription.next(timeout=1.0))
             except SharedUnavailable as exc:
-                log.warning("revocation feed from Redis interrupted (%s); retrying",
-                            type(exc.__cause__).__name__ if exc.__cause__ else "unavailable")
+                health.report(self._component, False, f"revocations from Redis interrupted ("
+                              f"{type(exc.__cause__).__name__ if exc.__cause__ else 'unavailable'}); retrying")
                 subscription.close()
                 subscription = None
 

@@ -33,8 +33,8 @@ class ConfigError(ValueError):
 
 # Kong's attributes that validate (kong/db/schema/init.lua Schema.validators_order), and those
 # that only describe.
-_VALIDATORS = ("one_of", "gt", "between", "len_min", "len_max", "match_none", "match")
-_DESCRIPTIVE = {"required", "referenceable", "encrypted", "elements", "keys", "values"}
+_VALIDATORS = ("eq", "one_of", "gt", "between", "len_min", "len_max", "match_none", "match")
+_DESCRIPTIVE = {"required", "referenceable", "encrypted", "elements", "keys", "values", "err"}
 
 
 def setting(description: str, default: Any = dataclasses.MISSING, **kong: Any) -> Any:
@@ -60,6 +60,15 @@ def kong_fields(cls: type) -> list[dict[str, Any]]:
     return out
 
 
+def kong_record(cls: type) -> dict[str, Any]:
+    """A config dataclass as a Kong record field: its fields and its entity checks."""
+    record: dict[str, Any] = {"type": "record", "fields": kong_fields(cls)}
+    checks = list(getattr(cls, "ENTITY_CHECKS", ()))
+    if checks:
+        record["entity_checks"] = checks
+    return record
+
+
 def kong_field(f: dataclasses.Field[Any], hint: Any) -> dict[str, Any]:
     spec = _kong_type(hint)
     attrs = dict(f.metadata["kong"])
@@ -72,7 +81,11 @@ def kong_field(f: dataclasses.Field[Any], hint: Any) -> dict[str, Any]:
     if spec["type"] == "record":
         spec["required"] = True  # Kong fills a missing record with its fields' defaults
     elif default is not None:
+        # Required with a default, as Kong's bundled plugins declare them: Kong fills the
+        # default when the field is absent and refuses an explicit null, so the rules between
+        # fields (entity checks) see the very values the plugin will get.
         spec["default"] = list(default) if isinstance(default, tuple) else default
+        spec["required"] = True
     elif not attrs.get("required"):
         spec["required"] = False
     return spec
@@ -89,7 +102,7 @@ def _kong_type(hint: Any) -> dict[str, Any]:
     if origin is dict:
         return {"type": "map", "keys": {"type": "string"}, "values": {"type": "string"}}
     if dataclasses.is_dataclass(base):
-        return {"type": "record", "fields": kong_fields(base)}  # type: ignore[arg-type]
+        return kong_record(base)  # type: ignore[arg-type]
     raise TypeError(f"no Kong type for {hint}")  # pragma: no cover
 
 
@@ -107,11 +120,14 @@ def load(cls: type[T], raw: Any, path: str = "config") -> T:
         spec = kong_field(f, hints[f.name])
         value = raw.get(f.name)
         if value is None:
-            if spec.get("required") and spec["type"] != "record":
+            # Absent: the default (Kong sends no nulls and fills defaults at StartInstance); an
+            # explicit null where Kong's schema requires a value is what Kong would refuse.
+            if spec["type"] == "record":
+                value = {}
+            elif spec.get("required") and (f.name in raw or "default" not in spec):
                 raise ConfigError(f"{name}: required field missing")
-            if spec["type"] != "record":
+            else:
                 continue
-            value = {}
         if spec["type"] == "record":
             values[f.name] = load(_strip_optional(hints[f.name]), value, name)
             continue
@@ -120,7 +136,12 @@ def load(cls: type[T], raw: Any, path: str = "config") -> T:
             where, message = problem
             raise ConfigError(f"{name}{where}: {message}")
         values[f.name] = _COERCE.get(spec["type"], lambda v: v)(value)
-    return cls(**values)
+    config = cls(**values)
+    for check in getattr(cls, "ENTITY_CHECKS", ()):
+        problems = entity_problems(kong_fields(cls), dataclasses.asdict(config), check)  # type: ignore[call-overload]
+        if problems:
+            raise ConfigError("; ".join(f"{path}.{where}: {message}" for where, message in problems))
+    return config
 
 
 _COERCE: dict[str, Callable[[Any], Any]] = {"array": tuple, "number": float, "integer": int, "map": dict}
@@ -157,8 +178,79 @@ def field_problem(spec: dict[str, Any], value: Any) -> tuple[str, str] | None:
         if attr in spec:
             message = _VALIDATE[attr](value, spec[attr])
             if message is not None:
-                return "", message
+                return "", spec.get("err", message)  # `err`: a field's own message (no secret echoed)
     return None
+
+
+# --- Kong's entity checks (kong/db/schema/init.lua Schema.entity_checkers) ----------------------
+#
+# Rules between fields, declared in the config record's `entity_checks` (as kong/plugins/
+# ldap-auth/schema.lua does), which the Admin API, `POST /config` and decK enforce. Only the
+# checkers the definition uses are implemented, with Kong's semantics and messages.
+
+def conditional(if_field: str, if_match: dict[str, Any], then_field: str, then_match: dict[str, Any],
+                then_err: str | None = None) -> dict[str, Any]:
+    """When `if_field` matches `if_match`, `then_field` must match `then_match`."""
+    arg: dict[str, Any] = {"if_field": if_field, "if_match": if_match, "then_field": then_field,
+                           "then_match": then_match}
+    if then_err:
+        arg["then_err"] = then_err
+    return {"conditional": arg}
+
+
+def conditional_at_least_one_of(if_field: str, if_match: dict[str, Any], then_at_least_one_of: list[str],
+                                then_err: str) -> dict[str, Any]:
+    """When `if_field` matches `if_match`, one of `then_at_least_one_of` must be non-empty."""
+    return {"conditional_at_least_one_of": {"if_field": if_field, "if_match": if_match,
+                                            "then_at_least_one_of": then_at_least_one_of, "then_err": then_err}}
+
+
+def entity_problems(fields: list[dict[str, Any]], entity: dict[str, Any],
+                    check: dict[str, Any]) -> list[tuple[str, str]]:
+    """Kong's verdict on one entity check: its errors as (path under the record, message), as
+    Kong's Admin API lists them (a field's error, then the record's `@entity` one). Values are
+    Kong's after defaults (absent = null); references are resolved by then, so it always runs."""
+    (kind, arg), = check.items()
+    if_spec, if_value = _spec_at(fields, arg["if_field"]), _value_at(entity, arg["if_field"])
+    if _mismatch({**if_spec, **arg["if_match"]}, if_value) is not None:
+        return []
+    if kind == "conditional_at_least_one_of":
+        names = arg["then_at_least_one_of"]
+        if any(_value_at(entity, name) not in (None, "", (), [], {}) for name in names):
+            return []
+        return [("@entity", arg["then_err"].replace("%s", ", ".join(f"'{n}'" for n in names)))]
+    then_field, then_match = arg["then_field"], arg["then_match"]
+    then_value = _value_at(entity, then_field)
+    conditional_error = f"failed conditional validation given value of field '{arg['if_field']}'"
+    if then_match.get("required") and then_value is None:
+        return [(then_field, "required field missing"), ("@entity", conditional_error)]
+    message = _mismatch({**_spec_at(fields, then_field), **then_match}, then_value)
+    if message is None:
+        return []
+    return [(then_field, message), ("@entity", arg.get("then_err", conditional_error))]
+
+
+def _mismatch(spec: dict[str, Any], value: Any) -> str | None:
+    """Schema.validate_field on a value that may be null."""
+    if value is None:
+        if "eq" in spec:
+            return f"value must be {_lua(spec['eq'])}"
+        return "required field missing" if spec.get("required") else None
+    problem = field_problem(spec, list(value) if isinstance(value, tuple) else value)
+    return None if problem is None else problem[1]
+
+
+def _spec_at(fields: list[dict[str, Any]], path: str) -> dict[str, Any]:
+    head, _, rest = path.partition(".")
+    spec = next(f[head] for f in fields if head in f)
+    return _spec_at(spec["fields"], rest) if rest else spec
+
+
+def _value_at(entity: dict[str, Any], path: str) -> Any:
+    node: Any = entity
+    for part in path.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
 
 
 def _is_int(v: Any) -> bool:
@@ -190,12 +282,18 @@ def _d(n: Any) -> str:
     return str(int(n))
 
 
+def _lua(value: Any) -> str:
+    """Lua's tostring of a config value."""
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
 def _tostring(n: Any) -> str:
     """LuaJIT's tostring of a number (Kong's `gt` message): "%.14g"."""
     return format(float(n), ".14g")
 
 
 _VALIDATE: dict[str, Callable[[Any, Any], str | None]] = {
+    "eq": lambda v, wanted: None if v == wanted and type(v) is type(wanted) else f"value must be {_lua(wanted)}",
     "one_of": lambda v, options: None if v in options else "expected one of: " + ", ".join(options),
     "gt": lambda v, limit: None if v > limit else f"value must be greater than {_tostring(limit)}",
     "between": lambda v, lim: None if lim[0] <= v <= lim[1]
@@ -249,8 +347,8 @@ def reference_markdown(fields: list[dict[str, Any]]) -> str:
             continue
         if spec.get("referenceable"):
             kind += ", referenceable"
-        default = "required" if spec.get("required") else (
-            "none" if "default" not in spec else f"`{json.dumps(spec['default'])}`")
+        default = f"`{json.dumps(spec['default'])}`" if "default" in spec else (
+            "required" if spec.get("required") else "none")
         lines.append(f"| `{name}` | {kind} | {default} | {spec['description'].replace('|', '&#124;')} |")
     return "\n".join(lines) + "\n"
 

@@ -15,11 +15,15 @@ It is kong-pdk's dedicated server for the one plugin `kcauth`, with deliberate c
   (kong-pdk would pick `kcauth.sock`, and Kong would then never reach it);
 - `-m` (multiprocessing) is refused, because it loses the process-wide key and token caches, and
   `-g` (gevent) monkey-patches the standard library first, or blocking I/O would stall every
-  request in the process.
+  request in the process;
+- the dump carries the config record's entity checks (rules between fields, enforced by Kong),
+  `--priority` moves the plugin before or after Kong's bundled auth plugins, and `--metrics`
+  serves Prometheus metrics.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -38,65 +42,90 @@ PRIORITY = 980
 
 _PARENT = os.getppid()  # read as early as possible: Kong may already be gone when serving starts
 
+PluginInfo = tuple[type, dict[str, Any], str]  # the class, its config record, its version
+
 
 def main(argv: list[str] | None = None) -> None:
     run(argv, load_plugin=_kcauth)
 
 
-def _kcauth() -> tuple[type, list[dict[str, Any]], str]:
+def _kcauth() -> PluginInfo:
     from . import __version__, config
     from .handler import Plugin
 
-    return Plugin, config.kong_schema(), __version__
+    return Plugin, config.kong_config_record(), __version__
 
 
-def run(argv: list[str] | None, load_plugin: Callable[[], tuple[type, list[dict[str, Any]], str]],
-        name: str = NAME, priority: int = PRIORITY) -> None:
+def options(argv: list[str], name: str, priority: int) -> argparse.Namespace:
+    """The command line, kong-pdk's options (single-dash spellings too) and kcauth's own."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog=f"{name}-pluginserver",
+                                     description=f"The {name} plugin server, run by Kong Gateway.")
+    parser.add_argument("-p", "--kong-prefix", "-kong-prefix", dest="prefix", default="/usr/local/kong/",
+                        help="directory of the Unix socket (default: %(default)s)")
+    parser.add_argument("--socket-name", dest="socket_name", default=f"{name}.socket",
+                        help="socket file name, Kong's default for this server (default: %(default)s)")
+    parser.add_argument("--dump", "-dump", action="store_true", help="print the plugin's info for Kong and exit")
+    parser.add_argument("-g", "--gevent", action="store_true", help="gevent mode (recommended)")
+    parser.add_argument("-m", "--multiprocessing", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("-v", "--verbose", action="count", default=1, help="more logging")
+    parser.add_argument("--listen-queue-size", type=int, default=4096, help="socket backlog (default: %(default)s)")
+    parser.add_argument("--no-lua-style", action="store_true", help=argparse.SUPPRESS)  # always Python style
+    parser.add_argument("--priority", type=int, default=priority,
+                        help="the plugin's priority in --dump (default: %(default)s; Kong's bundled auth "
+                             "plugins run at 1050 to 1450)")
+    parser.add_argument("--metrics", metavar="HOST:PORT", default=None,
+                        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)")
+    parser.add_argument("--version", "-version", action="version", version=f"%(prog)s {__version__}")
+    args = parser.parse_args(argv)
+    if args.multiprocessing:
+        parser.exit(2, f"{parser.prog}: multiprocessing mode loses the key and token caches between "
+                       "requests; use the default (threads) or -g (gevent)\n")
+    if not args.dump and not os.path.isdir(args.prefix):
+        parser.exit(2, f"{parser.prog}: the Kong prefix {args.prefix} does not exist\n")
+    return args
+
+
+def run(argv: list[str] | None, load_plugin: Callable[[], PluginInfo], name: str = NAME,
+        priority: int = PRIORITY) -> None:
     """Serve one plugin class the kcauth way. `load_plugin` (called after the gevent decision,
-    so that its imports are patched) returns the class, its schema and its version; the
-    benchmark serves its comparison plugins through this too."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if {"-m", "--multiprocessing"} & set(args):
-        sys.exit(f"{name}: multiprocessing mode loses the key and token caches between requests; "
-                 "use the default (threads) or -g (gevent)")
-    if {"-g", "--gevent"} & set(args):
+    so that its imports are patched) returns the class, its config record and its version; the
+    benchmark and the fault tests serve their plugins through this too."""
+    args = options(list(sys.argv[1:] if argv is None else argv), name, priority)
+    if args.gevent:
         from gevent import monkey
 
         monkey.patch_all()
-    if "--no-lua-style" not in args:
-        args.append("--no-lua-style")  # PDK errors raise, so none is silently ignored
-    if "--socket-name" not in args:
-        args += ["--socket-name", f"{name}.socket"]
-    sys.argv = [name + "-pluginserver", *args]
-    _serve(name, priority, *load_plugin())
+    _serve(name, args, *load_plugin())
 
 
-def _serve(name: str, priority: int, plugin: type, plugin_schema: list[dict[str, Any]], version: str) -> None:
-    from kong_pdk import cli
+def _serve(name: str, args: argparse.Namespace, plugin: type, record: dict[str, Any], version: str) -> None:
     from kong_pdk.logger import Logger
     from kong_pdk.module import Module
 
     from . import bridge
 
-    options = cli.parse(dedicated=True)
-
     # The shape kong-pdk's Module reads: what a plugin file would define at module level.
-    spec = type("Spec", (), {"Plugin": plugin, "Schema": plugin_schema, "version": version, "priority": priority})
-
-    server = bridge.server_class(options.gevent)(
-        loglevel=Logger.WARNING - options.verbose,
-        use_gevent=options.gevent,
-        name=f"{name} version {version}",
+    spec = type("Spec", (), {"Plugin": plugin, "Schema": record["fields"], "version": version,
+                             "priority": args.priority})
+    server = bridge.server_class(args.gevent)(
+        loglevel=Logger.WARNING - args.verbose, use_gevent=args.gevent, name=f"{name} version {version}",
         lua_style=False,
     )
     server.plugins[name] = Module(name, module=spec)
-    if options.dump:
+    server.records[name] = record
+    if args.dump:
         sys.stdout.write(json.dumps([server.get_plugin_info(name)]))
         return
     _watch_parent()
+    if args.metrics:
+        from . import metrics
+
+        metrics.serve(args.metrics, events=lambda: server.running)
     listener = bridge.listener_class()(
-        server, options.prefix, sock_name=options.socket_name, use_gevent=options.gevent,
-        listen_queue_size=options.listen_queue_size,
+        server, args.prefix, sock_name=args.socket_name, use_gevent=args.gevent,
+        listen_queue_size=args.listen_queue_size,
     )
     try:
         listener.serve_forever()
@@ -108,12 +137,16 @@ def _serve(name: str, priority: int, plugin: type, plugin_schema: list[dict[str,
 
 def _watch_parent() -> None:
     """End the process when Kong, its parent, is gone. kong-pdk's own watchdog calls sys.exit()
-    from a thread, which ends only that thread and leaves an orphaned server running."""
+    from a thread, which ends only that thread and leaves an orphaned server running. A server
+    whose parent is already init (pid 1: systemd, tini, `docker --init`, or Kong's "managed
+    externally" mode without a start command) is not Kong's child: nothing to watch."""
     parent = _PARENT
+    if parent == 1:
+        return
 
     def watch() -> None:
         # Orphans are adopted by init (pid 1) or a subreaper: either way the parent changes.
-        while os.getppid() == parent and parent != 1:
+        while os.getppid() == parent:
             time.sleep(1)
         os._exit(0)
 

@@ -38,7 +38,7 @@ from redis.retry import Retry
 
 from .claims import json_object
 from .config import RedisConfig
-from .logs import Throttled
+from .logs import Throttled, health
 
 log = logging.getLogger("kcauth.redis")
 
@@ -50,6 +50,16 @@ class SharedUnavailable(Exception):
     """Redis could not take (or give) what the caller must not lose silently (a revocation)."""
 
 
+def _ca_file(ca: str | None) -> str | None:
+    """redis-py's `ssl_ca_certs` for `tls_ca_bundle`: the same trust as for the identity provider
+    (None: the system store, redis-py's own default)."""
+    if ca is None:
+        import certifi
+
+        return str(certifi.where())
+    return None if ca == "system" else ca
+
+
 def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
@@ -59,7 +69,7 @@ def _derive(secret: str, purpose: bytes) -> bytes:
 
 
 class SharedStore:
-    def __init__(self, config: RedisConfig) -> None:
+    def __init__(self, config: RedisConfig, ca: str | None = None) -> None:
         self.config = config
         secret = config.secret or ""
         self._aead = AESGCM(_derive(secret, b"redis seal v1"))
@@ -68,6 +78,7 @@ class SharedStore:
         self._client = redis.Redis(
             host=config.host or "", port=config.port, db=config.database,
             username=config.username, password=config.password, ssl=config.tls,
+            ssl_ca_certs=_ca_file(ca) if config.tls else None,
             socket_timeout=config.timeout, socket_connect_timeout=config.timeout,
             # redis-py retries with backoff by default, which turns a dead Redis into seconds
             # of stall per request; one attempt, then the in-process state.
@@ -76,6 +87,7 @@ class SharedStore:
         self._skip_until = 0.0
         self._lock = threading.Lock()
         self._forged = Throttled(log, 60)
+        self._component = f"redis {config.host}:{config.port}"
 
     # -- sealing --
 
@@ -111,6 +123,7 @@ class SharedStore:
         except (redis.RedisError, OSError) as exc:
             self._failed("read", exc)
             return None
+        self._ok()
         return None if raw is None else self._open(name, raw)
 
     def put(self, key: str, value: dict[str, Any], ttl: float) -> None:
@@ -205,8 +218,11 @@ class SharedStore:
                 return
             self._skip_until = time.monotonic() + SKIP_SECONDS
         # The exception type only: redis-py messages can carry connection details.
-        log.warning("redis %s failed (%s); using the in-process state for %.0f s",
-                    what, type(exc).__name__, SKIP_SECONDS)
+        health.report(self._component, False, f"{what} failed ({type(exc).__name__}); using the in-process "
+                      f"state, trying again every {SKIP_SECONDS:.0f} s")
+
+    def _ok(self) -> None:
+        health.report(self._component, True)
 
 
 class Subscription:

@@ -14,7 +14,7 @@ from typing import TypeVar
 import pytest
 
 from tests.harness.idp import LocalIdP, Minter, SigningKey
-from tests.harness.kong import Kong, PluginServerProcess, kcauth_commands
+from tests.harness.kong import Kong, PluginServerProcess, Response, kcauth_commands
 
 pytest_plugins = ["tests.keycloak.fixtures", "tests.services.fixtures"]
 
@@ -108,6 +108,12 @@ def at_once(count: int, call: Callable[[], T], timeout: float = 60) -> list[T]:
     for t in threads:
         t.join(timeout)
     return results
+
+
+def round_trips(res: Response) -> list[str]:
+    """The PDK calls of a request's own path: without the `kong.log` line a request carries to
+    Kong's log once after a dependency changed state (logs.py), whichever request comes next."""
+    return [call for call in res.pdk_calls if not call.startswith("kong.log.")]
 
 
 def bearer(token: str) -> list[tuple[str, str]]:

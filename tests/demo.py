@@ -101,18 +101,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _instructions(gateway: str, keycloak: str, pid: int | None) -> str:
-    token = (f"TOKEN=$(curl -s -d grant_type=password -d client_id=test-cli -d username=alice "
-             f"-d password=alice-pass {keycloak}/realms/kcauth/protocol/openid-connect/token "
-             "| python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])')")
+    token = (f"token() {{ curl -s -d grant_type=password -d client_id=test-cli -d username=\"$1\" "
+             f"-d password=\"$1-pass\" {keycloak}/realms/kcauth/protocol/openid-connect/token "
+             "| python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])'; }")
     return f"""
 kcauth demo is up. Gateway {gateway}, Keycloak {keycloak} (users alice/alice-pass, bob/bob-pass).
+In another terminal (tokens live 30 minutes):
 
   {token}
+  ALICE=$(token alice); BOB=$(token bob)
   curl -i {gateway}/public                                         # no plugin: 200
   curl -i {gateway}/orders                                         # 401, WWW-Authenticate: Bearer
-  curl -i -H "Authorization: Bearer $TOKEN" {gateway}/orders       # 200, X-Auth-* headers in the echo
-  curl -i -H "Authorization: Bearer $TOKEN" {gateway}/admin        # 200 for alice, 403 for bob
-  curl -i -H "Authorization: Bearer $TOKEN" {gateway}/payments     # 200, checked by introspection
+  curl -i -H "Authorization: Bearer $ALICE" {gateway}/orders       # 200, x-auth-* headers in the echo
+  curl -i -H "Authorization: Bearer $ALICE" {gateway}/admin        # 200: alice has the realm role admin
+  curl -i -H "Authorization: Bearer $BOB" {gateway}/admin          # 403: bob has not
+  curl -i -H "Authorization: Bearer $ALICE" {gateway}/payments     # 200, checked by introspection
   kill {pid}   # the plugin server dies: /orders answers 401 from Kong's ACL guard, never 200
 
 Ctrl-C stops everything.

@@ -18,7 +18,20 @@ FORBIDDEN = [
     {"max_token_size": 0}, {"realm": 'kong", error="x'}, {"token_cache_size": -1}, {"http_timeout": 60},
     {"introspection_endpoint": "file:///x"}, {"provider_url": "http://sso/path"}, {"redis": {"port": 0}},
     {"redis": {"timeout": 0}}, {"redis": {"secret": "too short"}}, {"required_roles": ["admin"]},
-    {"claim_headers": {"X A": "sub"}}, {"claim_headers": {"X-A": ""}}, {"scopes_match": "some"},
+    {"claim_headers": {"x a": "sub"}}, {"claim_headers": {"x-a": ""}}, {"scopes_match": "some"},
+    # Rules between fields (the config record's entity checks):
+    {"introspect": True, "client_secret": "s"},  # no client_id
+    {"introspect": True, "client_id": "api"},  # no client_secret under client_secret_basic
+    {"introspect": True, "client_id": "api", "client_auth_method": "client_secret_post"},
+    {"introspect": True, "client_id": "api", "client_auth_method": "private_key_jwt"},  # no key
+    {"introspect": True, "client_id": "api", "client_auth_method": "private_key_jwt", "client_private_key": "secret!"},
+    {"introspect": True, "client_id": "api", "client_private_key": "-----BEGIN PRIVATE KEY-----\nx"},  # basic + key
+    {"mode": "revocation_receiver", "audiences": []}, {"mode": "revocation_receiver", "verify_audience": False},
+    {"claim_headers": {"authorization": "sub"}}, {"claim_headers": {"host": "sub"}},
+    {"claim_headers": {"content-length": "sub"}}, {"claim_headers": {"x-consumer-id": "azp"}},
+    {"claim_headers": {"X-User": "sub", "x-user": "azp"}},  # one name twice, in two cases
+    {"verify_audience": True, "audiences": []}, {"accept_opaque_tokens": True},
+    {"consumer_required": True}, {"redis": {"host": "redis.internal"}},
 ]
 
 
@@ -31,8 +44,30 @@ def test_kong_refuses_it_and_so_does_the_plugin(kong: Kong, idp: LocalIdP, minte
     entity = kong.plugin(good)
     entity.validated = False
     for name, value in bad.items():  # as if it had reached the plugin server past Kong
-        entity.config[name] = {**entity.config[name], **value} if isinstance(value, dict) and name == "redis" else value
+        entity.config[name] = {**entity.config[name], **value} if name == "redis" else value
     res = kong.request(entity, bearer(minter.token()))
     assert res.status == 500 and not res.proxied, "Kong answers 500 when the instance cannot start"
     plugin_message = next(e for e in res.errors if "starting instance" in e)
     assert plugin_message.split("starting instance: ")[1] in kong_message, (plugin_message, kong_message)
+
+
+def test_the_admin_api_answers_400_naming_the_field(kong: Kong, idp: LocalIdP) -> None:
+    """DB-less Kong's `POST /config` (the stand-in's Admin API) refuses a kong.yml whose kcauth
+    config breaks a rule between fields, with Kong's message, before anything runs."""
+    import requests
+
+    from tests.harness.gateway import Gateway
+
+    gateway = Gateway(kong, [])
+    admin = gateway.serve_admin()
+    try:
+        config = {"issuer": idp.issuer, "audiences": ["orders-api"], "introspect": True, "client_id": "orders-api"}
+        doc = {"_format_version": "3.0", "services": [{"name": "s", "url": "http://127.0.0.1:9", "routes": [
+            {"name": "r", "paths": ["/r"], "plugins": [{"name": "kcauth", "config": config}]}]}]}
+        res = requests.post(f"{admin}/config", json=doc, timeout=10)
+        assert res.status_code == 400
+        assert "config.@entity: introspect needs the client's credentials" in res.json()["message"]
+        config["client_secret"] = "orders-api-secret"
+        assert requests.post(f"{admin}/config", json=doc, timeout=10).status_code == 201
+    finally:
+        gateway.stop()

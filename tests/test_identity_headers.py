@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import bearer
+from tests.conftest import bearer, round_trips
 from tests.harness.idp import LocalIdP, Minter
 from tests.harness.kong import Kong
 
@@ -27,7 +27,7 @@ def test_kong_consumer_headers_never_pass_without_consumer_mapping(kong: Kong, i
     assert res.consumer is None
     assert "kong.client.get_credential" in res.pdk_calls, "Kong was asked whether anyone authenticated"
     clean = kong.request(entity, bearer(minter.token()))
-    assert clean.pdk_calls == ["kong.request.get_headers", "kong.service.request.set_headers", "kong.ctx.shared.set"], \
+    assert round_trips(clean) == ["kong.request.get_headers", "kong.service.request.set_headers", "kong.ctx.shared.set"], \
         "asking costs a round trip only when a client sends such a header"
 
 

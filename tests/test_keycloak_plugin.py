@@ -23,11 +23,11 @@ pytestmark = pytest.mark.keycloak
 
 REALM = "kcauth"
 ROLE_HEADERS = {
-    "X-Auth-Subject": "sub",
-    "X-Auth-Username": "preferred_username",
-    "X-Auth-Scope": "scope",
-    "X-Auth-Realm-Roles": "realm_access.roles",
-    "X-Auth-Api-Roles": "resource_access.orders-api.roles",
+    "x-auth-subject": "sub",
+    "x-auth-username": "preferred_username",
+    "x-auth-scope": "scope",
+    "x-auth-realm-roles": "realm_access.roles",
+    "x-auth-api-roles": "resource_access.orders-api.roles",
 }
 
 

@@ -40,7 +40,7 @@ class Setup:
         self.guard_here = kong.plugin(guard)
         self.guard_there = other.plugin(guard)
         self.receiver = kong.plugin({"issuer": self.issuer, "mode": "revocation_receiver",
-                                     "logout_audiences": ["test-cli"], "redis": self.redis})
+                                     "audiences": ["test-cli"], "redis": self.redis})
 
     def status(self, token: str) -> tuple[int, int]:
         return (self.kong.request(self.guard_here, bearer(token)).status,

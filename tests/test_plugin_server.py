@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import bearer, plugin_server_env, start_plugin_server
+from tests.conftest import bearer, plugin_server_env, round_trips, start_plugin_server
 from tests.harness.idp import LocalIdP, Minter, SigningKey, forge
 from tests.harness.kong import Kong, PluginServerProcess
 
@@ -29,11 +29,11 @@ def test_allow_and_reject_paths_cost_three_and_two_round_trips(kong: Kong, idp: 
     entity = kong.plugin(config(idp))
     ok = kong.request(entity, bearer(minter.token()))
     assert ok.status == 200 and ok.proxied
-    assert ok.pdk_calls == ["kong.request.get_headers", "kong.service.request.set_headers",
+    assert round_trips(ok) == ["kong.request.get_headers", "kong.service.request.set_headers",
                             "kong.ctx.shared.set"]
     refused = kong.request(entity, bearer("garbage"))
     assert refused.status == 401 and not refused.proxied
-    assert refused.pdk_calls == ["kong.request.get_headers", "kong.response.exit"]
+    assert round_trips(refused) == ["kong.request.get_headers", "kong.response.exit"]
 
 
 def test_valid_tokens_are_remembered_per_configuration(kong: Kong, idp: LocalIdP, minter: Minter) -> None:
@@ -165,6 +165,7 @@ def test_concurrent_requests(kong: Kong, idp: LocalIdP, minter: Minter) -> None:
 
 def test_invalid_config_fails_closed_at_instance_start(kong: Kong, idp: LocalIdP, minter: Minter) -> None:
     entity = kong.plugin(config(idp))
+    entity.validated = False  # as if it reached the plugin server past Kong's validation
     entity.config["verify_audience"] = True
     entity.config["audiences"] = []
     res = kong.request(entity, bearer(minter.token()))
@@ -288,9 +289,11 @@ def test_provider_url_reaches_a_provider_whose_issuer_names_another_host(kong: K
 def test_an_orphaned_plugin_server_exits(tmp_path: Path) -> None:
     """When Kong (its parent) dies, the plugin server must not linger."""
     prefix = Path(subprocess.check_output(["mktemp", "-d", "/tmp/kco.XXXX"], text=True).strip())
-    launcher = ("import subprocess, sys; "
+    # Like Kong, the parent stays until the server listens, then dies (kill -9 of Kong).
+    launcher = ("import os, subprocess, sys, time; "
                 f"p = subprocess.Popen(['kcauth-pluginserver', '--kong-prefix', {str(prefix)!r}], "
                 "stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
+                f"[time.sleep(0.05) for _ in range(400) if not os.path.exists({str(prefix / 'kcauth.socket')!r})]; "
                 "print(p.pid)")
     pid = int(subprocess.check_output([sys.executable, "-c", launcher], env={**plugin_server_env(), "HOME": "/tmp"},
                                       text=True).strip())

@@ -87,7 +87,7 @@ def test_revocations_cannot_be_forged_or_hidden_by_overwriting(
         redis_client: redis.Redis) -> None:
     redis_config = redis_server.plugin_config()
     token = minter.token(sid="session-w")
-    receiver = kong.plugin({"issuer": idp.issuer, "mode": "revocation_receiver", "logout_audiences": ["test-cli"],
+    receiver = kong.plugin({"issuer": idp.issuer, "mode": "revocation_receiver", "audiences": ["test-cli"],
                             "redis": redis_config})
     assert post_logout(kong, receiver, logout_token(idp, sid="session-w")).status == 200
     records = keys(redis_client, "kcauth:revocation:*:rec:*")
@@ -106,7 +106,7 @@ def test_revocations_survive_a_redis_that_restarts_empty(kong: Kong, idp: LocalI
                                                          redis_server: RedisServer) -> None:
     redis_config = redis_server.plugin_config()
     token = minter.token(sid="session-r")
-    receiver = kong.plugin({"issuer": idp.issuer, "mode": "revocation_receiver", "logout_audiences": ["test-cli"],
+    receiver = kong.plugin({"issuer": idp.issuer, "mode": "revocation_receiver", "audiences": ["test-cli"],
                             "redis": redis_config})
     guard = {"issuer": idp.issuer, "audiences": ["orders-api"], "redis": redis_config}
     assert post_logout(kong, receiver, logout_token(idp, sid="session-r")).status == 200
@@ -135,7 +135,7 @@ def test_revocations_survive_a_redis_that_restarts_empty(kong: Kong, idp: LocalI
 def test_revocation_is_checked_on_the_tokens_own_identifiers_too(kong: Kong, idp: LocalIdP, minter: Minter) -> None:
     """An introspection answer without `sid` or `sub` (stripped in transit, or a lightweight
     answer) does not hide the token's own session from the revocation check."""
-    receiver = kong.plugin({"issuer": idp.issuer, "mode": "revocation_receiver", "logout_audiences": ["test-cli"]})
+    receiver = kong.plugin({"issuer": idp.issuer, "mode": "revocation_receiver", "audiences": ["test-cli"]})
     token = minter.token(sid="session-t")
     assert post_logout(kong, receiver, logout_token(idp, sid="session-t")).status == 200
     idp.answer_without = {"sid", "sub"}

@@ -17,7 +17,7 @@ import jwt
 import pytest
 
 from kong_plugin_kcauth.logout import BACKCHANNEL_EVENT
-from tests.conftest import bearer, start_plugin_server
+from tests.conftest import bearer, round_trips, start_plugin_server
 from tests.harness.idp import DROP, LocalIdP, Minter, SigningKey, jwt_part, sign_payload
 from tests.harness.kong import Kong, PluginEntity, Response
 from tests.services.redis import RedisServer
@@ -31,7 +31,7 @@ def guard(kong: Kong, idp: LocalIdP, **extra: Any) -> PluginEntity:
 
 def receiver(kong: Kong, idp: LocalIdP, **extra: Any) -> PluginEntity:
     return kong.plugin({"issuer": idp.issuer, "mode": "revocation_receiver",
-                        "logout_audiences": ["test-cli"], **extra})
+                        "audiences": ["test-cli"], **extra})
 
 
 def logout_token(idp: LocalIdP, key: SigningKey | None = None, typ: str = "logout+jwt", **claims: Any) -> str:
@@ -60,7 +60,7 @@ def test_a_session_logout_revokes_that_session_on_every_guard(kong: Kong, idp: L
         assert kong.request(entity, bearer(mine)).status == 200  # now cached
     res = post_logout(kong, receiver(kong, idp), logout_token(idp, sid="session-1"))
     assert res.status == 200 and res.body == {"message": "recorded"} and not res.proxied
-    assert res.pdk_calls == ["kong.request.get_method", "kong.request.get_path",
+    assert round_trips(res) == ["kong.request.get_method", "kong.request.get_path",
                              "kong.request.get_raw_body", "kong.response.exit"]
     for entity in (plain, admin):
         refused = kong.request(entity, bearer(mine))

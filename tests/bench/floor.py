@@ -34,8 +34,8 @@ class Plugin:
         kong.ctx.shared.set("authenticated_groups", list(GROUPS))
 
 
-def _load() -> tuple[type, list[dict[str, Any]], str]:
-    return Plugin, [], "0.1.0"
+def _load() -> tuple[type, dict[str, Any], str]:
+    return Plugin, {"type": "record", "fields": []}, "0.1.0"
 
 
 def main(argv: list[str] | None = None) -> None:

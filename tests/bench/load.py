@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import os
 import shlex
+import socket
 import shutil
 import sys
 import tempfile
@@ -45,12 +46,20 @@ def request_headers(token: str) -> list[Header]:
 
 # --- plugin servers ----------------------------------------------------------------------------
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def server_commands(kind: str, prefix: Path, mode: str) -> tuple[str, str, Path]:
     """The start and query commands Kong would be configured with, as in tests/conftest.py:
     kcauth through its console script, the floor and naive plugins through their modules."""
     extra = "-g" if mode == "gevent" else ""
     if kind == "kcauth":
         return kcauth_commands(prefix, extra)
+    if kind == "kcauth-metrics":  # kcauth with Prometheus metrics on (an ephemeral port)
+        return kcauth_commands(prefix, f"{extra} --metrics 127.0.0.1:{free_port()}")
     module = f"tests.bench.{kind}"
     start = (f"python -m {module} --kong-prefix {shlex.quote(str(prefix))} "
              f"--socket-name {kind}.socket {extra}").strip()

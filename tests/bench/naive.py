@@ -29,7 +29,7 @@ UNAUTHORIZED = {"message": "Unauthorized"}
 CHALLENGE = {"WWW-Authenticate": 'Bearer realm="kong", error="invalid_token"'}
 
 
-def _load() -> tuple[type, list[dict[str, Any]], str]:
+def _load() -> tuple[type, dict[str, Any], str]:
     # Imported here, after the plugin server's gevent decision, like kcauth's own modules.
     import jwt
     import requests
@@ -80,7 +80,7 @@ def _load() -> tuple[type, list[dict[str, Any]], str]:
                 groups += [f"{client}:{r}" for r in access.get("roles", [])]
             kong.ctx.shared.set("authenticated_groups", groups)
 
-    return Plugin, SCHEMA, "0.1.0"
+    return Plugin, {"type": "record", "fields": SCHEMA}, "0.1.0"
 
 
 def main(argv: list[str] | None = None) -> None:

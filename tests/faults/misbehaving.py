@@ -34,10 +34,10 @@ class Plugin:
         kong.service.request.set_headers({"X-Behaved": "yes"})
 
 
-def _load() -> tuple[type, list[dict[str, Any]], str]:
+def _load() -> tuple[type, dict[str, Any], str]:
     schema = [{"raise_first_on_even": {"type": "boolean", "default": False,
                                        "description": "Raise before the first PDK call on every second request."}}]
-    return Plugin, schema, "0.1.0"
+    return Plugin, {"type": "record", "fields": schema}, "0.1.0"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,10 +1,11 @@
 """An HTTP stand-in for Kong's proxy, built on the Kong-side harness.
 
-Real HTTP in, Kong's access phase through the real plugin server (tests/harness/kong.py), then the
-bundled ACL plugin's semantics, then a real HTTP request to the upstream. Routes match by path
-prefix like Kong's default router (longest prefix first, `strip_path` on by default). Used where
-something outside the tests must reach the gateway over HTTP: Keycloak's back-channel logout
-POSTs, the no-Docker demo, the spec runner over HTTP.
+Real HTTP in, what nginx refuses while reading the request header (tests/harness/nginx.py, with
+the Kong instance's `large_client_header_buffers`), Kong's access phase through the real plugin
+server (tests/harness/kong.py), then the bundled ACL plugin's semantics, then a real HTTP request
+to the upstream. Routes match by path prefix like Kong's default router (longest prefix first,
+`strip_path` on by default). Used where something outside the tests must reach the gateway over
+HTTP: Keycloak's back-channel logout POSTs, the no-Docker demo, the spec runner over HTTP.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
 
+from . import nginx
 from .declarative import Declarative, UnsupportedFeature, load
 from .httpd import Reply, json_reply, serve
 from .kong import Kong, PluginEntity
@@ -87,6 +89,12 @@ class Gateway:
         return max(scored, key=lambda sr: sr[0])[1] if scored else None
 
     def handle(self, method: str, target: str, headers: list[tuple[str, bytes]], body: bytes) -> Reply:
+        # nginx reads the header before Kong routes anything. http.server passes the lines in the
+        # order sent (each up to http.client._MAXLINE, 65536 bytes; at most 100 of them).
+        refused = nginx.front(headers, self.kong.large_client_header_buffers,
+                              request_line=f"{method} {target} HTTP/1.1")
+        if refused is not None:
+            return refused.status, list(refused.headers.items()), refused.text
         parts = urlsplit(target)
         route = self.route_for(method, parts.path)
         if route is None:
@@ -94,7 +102,7 @@ class Gateway:
         route.hits += 1
         if route.kcauth is not None:
             res = self.kong.request(route.kcauth, headers, route.acl_allow, method=method, path=parts.path,
-                                    query=parts.query, body=body,
+                                    query=parts.query, body=body, nginx=False,  # done above
                                     acl_always_use_authenticated_groups=route.acl_always_use_authenticated_groups)
             if not res.proxied:
                 return _kong_exit(res.status, res.body, res.headers)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import base64
 import json
+import ssl
 import threading
 import time
 import urllib.parse
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -127,7 +129,8 @@ def forge(header: dict[str, Any], claims: dict[str, Any], signature: bytes = b""
 class LocalIdP:
     """Serves discovery and a mutable JWKS on 127.0.0.1, counting requests."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: tuple[Path, Path] | None = None) -> None:
+        """`tls`: (certificate, key) PEM files to serve HTTPS with (tests/harness/tls.py)."""
         self.keys: list[dict[str, Any]] = []
         self.jwks_requests = 0
         self.discovery_requests = 0
@@ -213,6 +216,12 @@ class LocalIdP:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
+        self.scheme = "http"
+        if tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(str(tls[0]), str(tls[1]))
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+            self.scheme = "https"
         self.public_origin: str | None = None
         # Unique per IdP: a later test's IdP may get a closed one's port, and must not share its
         # issuer (and so the plugin server's key set and caches for that issuer).
@@ -227,7 +236,7 @@ class LocalIdP:
 
     @property
     def origin(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{self.scheme}://127.0.0.1:{self.port}"
 
     @property
     def jwks_uri(self) -> str:

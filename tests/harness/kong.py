@@ -1,6 +1,7 @@
 """Kong's side of the plugin-server protocol, emulated for tests.
 
-Written from Kong 3.9.3's source (github Kong/kong, tag 3.9.3); each piece names its origin:
+Written from Kong 3.9.3's source (github Kong/kong, tag 3.9.3); each piece names its origin
+(what nginx answers before any of it runs: tests/harness/nginx.py):
 - kong/runloop/plugin_servers/process.lua: the query command's JSON (first plugin only), the
   start command run as `exec <cmd>` with stdout and stderr merged;
 - kong/runloop/plugin_servers/rpc/mp_rpc.lua: `Rpc:call` (one MessagePack-RPC request per call
@@ -43,7 +44,7 @@ from typing import Any
 
 import msgpack
 
-from . import kong_schema
+from . import kong_schema, nginx
 
 UNEXPECTED = {"message": "An unexpected error occurred"}
 # kong/pdk/response.lua: kong.response.error's default messages.
@@ -212,6 +213,7 @@ class Request:
     pdk_calls: list[str] = field(default_factory=list)
     consumer: dict[str, Any] | None = None  # ngx.ctx.authenticated_consumer
     credential: dict[str, Any] | None = None  # ngx.ctx.authenticated_credential
+    serialized: dict[str, Any] = field(default_factory=dict)
 
     def multimap(self, max_headers: int = 100) -> dict[str, list[Any]]:
         """ngx.req.get_headers(): lower-cased names, first 100 headers, then must_fix."""
@@ -243,9 +245,15 @@ class Response:
     errors: list[str]
     consumer: dict[str, Any] | None = None
     credential: dict[str, Any] | None = None
+    serialized: dict[str, Any] = field(default_factory=dict)  # kong.log.set_serialize_value
 
     def upstream(self, name: str) -> list[str | bytes]:
         return [v for n, v in self.upstream_headers if n.lower() == name.lower()]
+
+
+def _nginx_front(req: Request, buffers: tuple[int, int]) -> nginx.Answer | None:
+    target = req.path + (f"?{req.query}" if req.query else "")
+    return nginx.front(req.headers, buffers, request_line=f"{req.method} {target} HTTP/1.1")
 
 
 def _lua_tostring(v: Any) -> str:
@@ -284,8 +292,11 @@ class Kong:
     """The gateway: plugin entities, per-worker instances, and the access phase."""
 
     def __init__(self, server: PluginServerProcess, workers: int = 1, rpc_timeout: float = 10.0,
-                 consumers: list[dict[str, Any]] | None = None) -> None:
+                 consumers: list[dict[str, Any]] | None = None,
+                 large_client_header_buffers: tuple[int, int] = nginx.LARGE_CLIENT_HEADER_BUFFERS) -> None:
         self.server = server
+        # kong.conf nginx_http_large_client_header_buffers (number, size in bytes): nginx's front.
+        self.large_client_header_buffers = large_client_header_buffers
         # The consumers entity table (declarative `consumers:`), for kong.client.load_consumer.
         self.consumers: list[dict[str, Any]] = list(consumers or [])
         self.info = server.query()
@@ -322,8 +333,16 @@ class Kong:
                 acl_allow: list[str] | None = None, worker: int | None = None, *, method: str = "GET",
                 path: str = "/", query: str = "", body: bytes = b"",
                 acl_always_use_authenticated_groups: bool = False,
-                authenticated_by: tuple[dict[str, Any], dict[str, Any]] | None = None) -> Response:
+                authenticated_by: tuple[dict[str, Any], dict[str, Any]] | None = None,
+                nginx: bool = True) -> Response:
+        """One request through Kong. First what nginx refuses while reading the request header
+        (tests/harness/nginx.py): then Kong's answer, no plugin running. `nginx=False` skips that,
+        for tests of the plugin's own handling of what nginx refuses first (defense in depth)."""
         req = Request(headers=list(headers), method=method, path=path, query=query, body=body)
+        refused = _nginx_front(req, self.large_client_header_buffers) if nginx else None
+        if refused is not None:
+            return Response(refused.status, refused.body, refused.headers, False, [], req.ctx_shared,
+                            req.pdk_calls, [])
         if authenticated_by is not None:
             # Another auth plugin ran first (higher priority), as key-auth's set_consumer does:
             # kong.client.authenticate, then its identity headers on the service request.
@@ -345,9 +364,9 @@ class Kong:
         if req.delayed_response is not None:
             status, payload, hdrs = req.delayed_response
             return Response(status, payload, {k: str(v) for k, v in (hdrs or {}).items()}, False, [],
-                            req.ctx_shared, req.pdk_calls, errors, req.consumer, req.credential)
+                            req.ctx_shared, req.pdk_calls, errors, req.consumer, req.credential, req.serialized)
         return Response(200, None, {}, True, req.headers, req.ctx_shared, req.pdk_calls, errors,
-                        req.consumer, req.credential)
+                        req.consumer, req.credential, req.serialized)
 
     def status(self) -> dict[str, Any]:
         """plugin.GetStatus: kong-pdk's status, plus kcauth's counts of live events, running
@@ -468,6 +487,13 @@ class Kong:
             status = args[0]
             message = args[1] if len(args) > 1 and args[1] else _ERROR_MESSAGES.get(status, "")
             req.delayed_response = (status, {"message": message}, (args[2] if len(args) > 2 else None) or {})
+            return None, None
+        if method == "kong.log.set_serialize_value":
+            # kong/pdk/log.lua: kept for the log phase's kong.log.serialize() under that key.
+            key, value = (list(args) + [None, None])[:2]
+            if not isinstance(key, str):
+                raise LuaError("key must be a string")
+            req.serialized[key] = value
             return None, None
         if method.startswith("kong.log."):
             level = method.rsplit(".", 1)[1]

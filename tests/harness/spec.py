@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ from .idp import DROP, LocalIdP, Minter, SigningKey, b64url, forge, jwt_part
 
 SPEC = Path(__file__).resolve().parents[2] / "spec"
 BODIES = {401: "Unauthorized", 403: "Forbidden", 503: "The identity provider cannot be reached"}
+# `expect.body` placeholders: Kong's $kong_request_id (tests/harness/nginx.py).
+BODY_PLACEHOLDERS = {"$request-id": re.compile(r"[0-9a-f]{32}")}
 
 
 @dataclass(frozen=True)
@@ -96,14 +99,31 @@ class SpecIdP:
 
 
 def request_headers(case: Case, idp: SpecIdP) -> tuple[list[tuple[str, str]], str]:
-    """The request's headers and the token they carry ("" for none)."""
+    """The request's headers in the order sent, the case's extra headers first, and the token
+    they carry ("" for none)."""
     token = idp.make_token(case.spec["token"]) if case.spec.get("token") is not None else ""
-    headers: list[tuple[str, str]] = []
+    headers: list[tuple[str, str]] = list(case.spec.get("headers", {}).items())
     authorization = case.spec.get("authorization", "Bearer {token}" if case.spec.get("token") is not None else None)
     for value in ([authorization] if isinstance(authorization, str) else authorization or []):
         headers.append(("Authorization", value.replace("{token}", token)))
-    headers += list(case.spec.get("headers", {}).items())
     return headers, token
+
+
+def _header(headers: dict[str, str], name: str) -> str | None:
+    return next((v for k, v in headers.items() if k.lower() == name.lower()), None)
+
+
+def body_matches(got: Any, want: Any) -> bool:
+    """`expect.body`: exact JSON, where a placeholder string stands for any value of its form."""
+    if isinstance(want, str) and want in BODY_PLACEHOLDERS:
+        return isinstance(got, str) and BODY_PLACEHOLDERS[want].fullmatch(got) is not None
+    if isinstance(want, dict):
+        return (isinstance(got, dict) and got.keys() == want.keys()
+                and all(body_matches(got[k], want[k]) for k in want))
+    if isinstance(want, list):
+        return (isinstance(got, list) and len(got) == len(want)
+                and all(body_matches(g, w) for g, w in zip(got, want)))
+    return type(got) is type(want) and got == want
 
 
 def problems(case: Case, token: str, status: int, headers: dict[str, str], body: Any,
@@ -114,12 +134,12 @@ def problems(case: Case, token: str, status: int, headers: dict[str, str], body:
     expect, found = case.expect, []
     if status != expect["status"]:
         return [f"status {status}, expected {expect['status']} (body {body!r})"]
-    challenge = headers.get("WWW-Authenticate") or headers.get("www-authenticate")
+    challenge = _header(headers, "WWW-Authenticate")
     if "www_authenticate" in expect and challenge != expect["www_authenticate"]:
         found.append(f"WWW-Authenticate {challenge!r}, expected {expect['www_authenticate']!r}")
     if "www_authenticate" not in expect and status in (401, 403) and not (challenge or "").startswith('Bearer realm="'):
         found.append(f"WWW-Authenticate {challenge!r} is not a Bearer challenge")
-    retry = headers.get("Retry-After") or headers.get("retry-after")
+    retry = _header(headers, "Retry-After")
     if "retry_after" in expect and retry != expect["retry_after"]:
         found.append(f"Retry-After {retry!r}, expected {expect['retry_after']!r}")
     for name, value in expect.get("upstream", {}).items():
@@ -129,6 +149,12 @@ def problems(case: Case, token: str, status: int, headers: dict[str, str], body:
             found.append(f"upstream {name}: {got!r}, expected {want!r}")
     if groups is not None and "groups" in expect and groups != expect["groups"]:
         found.append(f"groups {groups!r}, expected {expect['groups']!r}")
-    if status != 200 and body != {"message": BODIES.get(status)}:
+    content_type = _header(headers, "Content-Type")
+    if "content_type" in expect and content_type != expect["content_type"]:
+        found.append(f"Content-Type {content_type!r}, expected {expect['content_type']!r}")
+    if "body" in expect:
+        if not body_matches(body, expect["body"]):
+            found.append(f"body {body!r}, expected {expect['body']!r}")
+    elif status != 200 and body != {"message": BODIES.get(status)}:
         found.append(f"body {body!r}, expected {{'message': {BODIES.get(status)!r}}}")
     return found

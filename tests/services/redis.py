@@ -37,8 +37,11 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, password: str | None = None, port: int | None = None, executable: str = "redis-server") -> None:
+    def __init__(self, password: str | None = None, port: int | None = None, executable: str = "redis-server",
+                 tls: tuple[Path, Path, Path] | None = None) -> None:
+        """`tls`: (certificate, key, CA bundle) PEM files: serve TLS only (tests/harness/tls.py)."""
         self._password = password
+        self._tls = tls
         self._port = port
         # A caller-chosen port is kept even if busy; a picked one may be re-picked on a bind race.
         self._port_fixed = port is not None
@@ -96,6 +99,8 @@ class RedisServer:
             "password": self._password,
             "retry": Retry(NoBackoff(), 0),
         }
+        if self._tls is not None:
+            options.update(ssl=True, ssl_ca_certs=str(self._tls[2]))
         options.update(kwargs)
         return redis.Redis(**options)  # type: ignore[arg-type]
 
@@ -184,10 +189,12 @@ class RedisServer:
         self._remove_dir()
         self._dir = Path(tempfile.mkdtemp(prefix="kcauth-redis-"))
         log = self._dir / "redis.log"
+        port_args = ["--port", str(self._port)] if self._tls is None else [
+            "--port", "0", "--tls-port", str(self._port), "--tls-cert-file", str(self._tls[0]),
+            "--tls-key-file", str(self._tls[1]), "--tls-ca-cert-file", str(self._tls[2]), "--tls-auth-clients", "no"]
         args = [
             binary,
-            "--port",
-            str(self._port),
+            *port_args,
             "--bind",
             HOST,
             "--protected-mode",

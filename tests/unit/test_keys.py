@@ -26,7 +26,7 @@ class Provider:
         self.delay = 0.0
         self.issuer = ISS
 
-    def __call__(self, url: str, timeout: float, *, revalidate: bool) -> dict[str, Any]:
+    def __call__(self, url: str, timeout: float, *, revalidate: bool, ca: str | None = None) -> dict[str, Any]:
         self.fetches.append(url)
         if self.delay:
             time.sleep(self.delay)

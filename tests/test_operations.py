@@ -1,0 +1,94 @@
+"""What an operator sees: state changes in Kong's own log (once each), Prometheus metrics from
+the plugin server, and each request's decision for Kong's log plugins."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+from tests.conftest import bearer, round_trips, start_plugin_server
+from tests.harness.idp import LocalIdP, Minter
+from tests.harness.kong import Kong
+
+
+def test_a_dependency_s_failure_and_recovery_reach_kong_s_log_once_each(kong: Kong, idp: LocalIdP,
+                                                                         minter: Minter) -> None:
+    entity = kong.plugin({"issuer": idp.issuer, "audiences": ["orders-api"], "jwks_min_refresh_interval": 1})
+    idp.fail_with = 500
+    carriers = []
+    for _ in range(4):  # the key set fails on the first; a request after that carries the news
+        res = kong.request(entity, bearer(minter.token()))
+        assert res.status == 503
+        carriers += [res] if "kong.log.err" in res.pdk_calls else []
+        time.sleep(1.1)
+    lines = [e for e in kong.error_log if f"key set of {idp.issuer}" in e]
+    assert len(lines) == 1, "once per change of state, not per request"
+    assert lines[0].startswith("[err] kcauth: ") and "download failed" in lines[0], lines
+    assert len(carriers) == 1
+    idp.fail_with = None
+    time.sleep(1.1)
+    assert kong.request(entity, bearer(minter.token())).status == 200
+    back = kong.request(entity, bearer(minter.token()))
+    assert back.status == 200 and round_trips(back) == ["kong.request.get_headers",
+                                                        "kong.service.request.set_headers", "kong.ctx.shared.set"]
+    assert [e for e in kong.error_log if f"key set of {idp.issuer}: recovered" in e], kong.error_log[-3:]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_prometheus_metrics_when_asked_for(idp: LocalIdP, minter: Minter) -> None:
+    port = free_port()
+    prefix = Path(tempfile.mkdtemp(prefix="kcmx", dir="/tmp"))
+    server = start_plugin_server(prefix, f"--metrics 127.0.0.1:{port}")
+    gateway = Kong(server)
+    try:
+        entity = gateway.plugin({"issuer": idp.issuer, "audiences": ["orders-api"]})
+        sensitive = gateway.plugin({"issuer": idp.issuer, "audiences": ["orders-api"], "introspect": True,
+                                    "client_id": "orders-api", "client_secret": "orders-api-secret"})
+        token = minter.token()
+        for _ in range(3):
+            assert gateway.request(entity, bearer(token)).status == 200
+        assert gateway.request(entity, bearer("garbage")).status == 401
+        assert gateway.request(entity, bearer(minter.token(exp=int(time.time()) - 600))).status == 401
+        assert gateway.request(sensitive, bearer(minter.token())).status == 200
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        issuer = f'issuer="{idp.issuer}"'
+        assert f'kcauth_requests_total{{decision="allowed",{issuer},reason="allowed"}} 4.0' in text, text
+        assert 'reason="MalformedToken"} 1.0' in text and 'reason="Expired"} 1.0' in text
+        assert f'kcauth_token_cache_total{{{issuer},result="hit"}} 2.0' in text
+        assert f'kcauth_introspection_seconds_count{{{issuer},outcome="active"}} 1.0' in text
+        age = next(line for line in text.splitlines() if line.startswith(f"kcauth_jwks_age_seconds{{{issuer}}}"))
+        assert 0 <= float(age.split()[-1]) < 60
+        assert "kcauth_events_running 0.0" in text
+    finally:
+        gateway.rpc.close()
+        server.stop()
+        shutil.rmtree(prefix, ignore_errors=True)
+
+
+def test_each_decision_for_kong_s_log_plugins_when_asked_for(kong: Kong, idp: LocalIdP, minter: Minter) -> None:
+    quiet = kong.plugin({"issuer": idp.issuer, "audiences": ["orders-api"]})
+    assert kong.request(quiet, bearer(minter.token())).serialized == {}, "off by default: no round trip"
+    told = kong.plugin({"issuer": idp.issuer, "audiences": ["orders-api"], "log_decision": True,
+                        "required_roles": ["realm:user"]})
+    token = minter.token()
+    allowed = kong.request(told, bearer(token))
+    assert allowed.serialized["kcauth"] == {"decision": "allowed", "reason": None, "status": 200,
+                                            "issuer": idp.issuer, "client": "test-cli"}
+    refused = kong.request(told, bearer(minter.token(exp=int(time.time()) - 60)))
+    assert refused.serialized["kcauth"] == {"decision": "refused", "reason": "Expired", "status": 401,
+                                            "issuer": idp.issuer, "client": None}
+    assert refused.pdk_calls[-1] == "kong.response.exit", "the decision is handed over before the answer"
+    lacking = kong.request(kong.plugin({"issuer": idp.issuer, "audiences": ["orders-api"], "log_decision": True,
+                                        "required_roles": ["realm:admin"]}), bearer(token))
+    assert lacking.serialized["kcauth"]["reason"] == "InsufficientScope" and lacking.status == 403
+    assert token not in str(allowed.serialized) and minter.claims()["sub"] not in str(allowed.serialized)
