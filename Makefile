@@ -1,5 +1,6 @@
 # kcauth: everything a fresh machine needs comes from here.
-#   make test          install (venv, Python packages, Maven for the Keycloak download) and run the tests
+#   make test          install (venv, Python packages, Maven for the Keycloak download), lint, run the tests
+#   make lint          ruff on the package and tests, mypy --strict on the package
 #   make demo          the no-Docker demo: Keycloak, Redis, echo upstream, plugin server and a Kong
 #                      stand-in loaded with kong/kong.yml, on loopback; Ctrl-C stops it
 #   make pluginserver  run the plugin server as Kong would, listening on ./.run/kcauth.socket
@@ -11,13 +12,18 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: test install system-deps demo pluginserver spec-http bench reference clean
+.PHONY: test lint install system-deps demo pluginserver spec-http bench reference clean
 
 GATEWAY ?= http://127.0.0.1:8000
 ADMIN   ?= http://127.0.0.1:8001
 
-test: install
+test: install lint
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# ruff on the package and the tests, mypy (strict) on the package: both configured in pyproject.toml.
+lint: install
+	$(PY) -m ruff check kong_plugin_kcauth tests
+	$(PY) -m mypy
 
 install: system-deps $(VENV)/.installed
 

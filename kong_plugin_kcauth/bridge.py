@@ -86,6 +86,7 @@ def server_class(use_gevent: bool) -> type:
                 return self.expired()
 
     class EventServer(PluginServer):  # type: ignore[misc]
+        event_id: int  # kong-pdk's counter, set by its __init__
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._lock = threading.Lock()
@@ -124,7 +125,7 @@ def server_class(use_gevent: bool) -> type:
         def _step(self, data: dict[str, Any], is_error: bool) -> dict[str, Any]:
             eid = data.get("EventId")
             channel = self.events.get(eid)
-            if channel is None:
+            if channel is None or not isinstance(eid, int):
                 raise EventGone(f"event id {eid} not found")
             value = data.get("Data")
             channel.put((None, value) if is_error else (value, None))
@@ -229,17 +230,17 @@ def listener_class() -> type:
             self.ps.abort(_event_id(params))
             return None, {"Data": FAULT, "EventId": _event_id(params)}
 
-        def _encode(self, packer: Any, msgid: Any, method: Any, outcome: tuple[Any, Any]) -> bytes:
+        def _encode(self, packer: msgpack.Packer, msgid: Any, method: Any, outcome: tuple[Any, Any]) -> bytes:
             error, result = outcome
             try:
-                return packer.pack([1, msgid, error, result])
+                return bytes(packer.pack([1, msgid, error, result]))
             except (TypeError, ValueError, OverflowError) as exc:  # UnicodeEncodeError is a ValueError
                 self.logger.error(f"rpc {method}: cannot encode the answer ({type(exc).__name__}); "
                                   "the request is refused with 500")
                 if method in EVENT_METHODS and isinstance(result, dict):
                     self.ps.abort(result.get("EventId"))
-                    return packer.pack([1, msgid, None, {"Data": FAULT, "EventId": result.get("EventId")}])
-                return packer.pack([1, msgid, f"{method} failed: cannot encode the answer", None])
+                    return bytes(packer.pack([1, msgid, None, {"Data": FAULT, "EventId": result.get("EventId")}]))
+                return bytes(packer.pack([1, msgid, f"{method} failed: cannot encode the answer", None]))
 
     return Listener
 

@@ -13,7 +13,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Hashable
-from typing import Generic, TypeVar
+from typing import Generic, TypeVar, cast
 
 V = TypeVar("V")
 
@@ -118,7 +118,7 @@ class SingleFlight(Generic[V]):
             # Each waiter raises its own copy: one exception object raised in many threads would
             # share (and keep extending) one traceback.
             raise call.error if leader else copy.copy(call.error)
-        return call.result  # type: ignore[return-value]
+        return cast(V, call.result)
 
 
 class _Call(Generic[V]):

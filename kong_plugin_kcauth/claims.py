@@ -61,11 +61,11 @@ def is_number(value: object) -> bool:
 def time_of(value: object) -> float | None:
     """A NumericDate as seconds, or None unless it is a finite number in [0, MAX_TIME], so no
     later arithmetic or comparison on it can overflow or silently be false (NaN)."""
-    if not is_number(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     if isinstance(value, int):
         return float(value) if 0 <= value <= MAX_TIME else None
-    return value if 0.0 <= value <= MAX_TIME else None  # type: ignore[operator,return-value]
+    return value if 0.0 <= value <= MAX_TIME else None  # NaN fails both comparisons
 
 
 def parse_claim_path(path: str) -> tuple[str, ...]:

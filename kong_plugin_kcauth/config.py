@@ -14,8 +14,17 @@ from urllib.parse import urlsplit
 
 from .headers import KONG_IDENTITY_HEADERS, RESERVED_HEADERS
 from .jws import ASYMMETRIC_ALGORITHMS
-from .schema import (ConfigError, canonical, conditional, conditional_at_least_one_of, kong_fields, kong_record,
-                     load, reference_markdown, setting)
+from .schema import (
+    ConfigError,
+    canonical,
+    conditional,
+    conditional_at_least_one_of,
+    kong_fields,
+    kong_record,
+    load,
+    reference_markdown,
+    setting,
+)
 
 SYSTEM_CA_STORE = "system"
 

@@ -20,9 +20,9 @@ the same claim rules as local validation (issuer, expiry, audience, token type, 
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
-import logging
 from dataclasses import dataclass, field
 from typing import Any
 

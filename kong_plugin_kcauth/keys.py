@@ -159,7 +159,7 @@ class KeySet:
             keys = self._usable(self._clock())
             if keys is None:
                 raise KeysUnavailable()
-        elif now - self._fetched_at >= self.source.refresh_interval:  # type: ignore[operator]
+        elif now - (self._fetched_at or now) >= self.source.refresh_interval:
             self.refresh(wait=False)
         jwk = select_key(keys, kid, alg)
         if jwk is None and kid not in keys:
@@ -192,9 +192,9 @@ class KeySet:
         routine refresh is still picked up at once, while a flood of random kids gets at most
         one download per interval."""
         with self._lock:
-            event = self._inflight
-            leader = event is None
-            if leader:
+            joined = self._inflight
+            leader = joined is None
+            if joined is None:
                 now = self._clock()
                 last = self._last_kid_refresh if unknown_kid else self._last_attempt
                 if now - last < self.source.min_refresh_interval:
@@ -203,6 +203,8 @@ class KeySet:
                 if unknown_kid:
                     self._last_kid_refresh = now
                 event = self._inflight = threading.Event()
+            else:
+                event = joined
         if leader:
             if wait:
                 self._download(event)

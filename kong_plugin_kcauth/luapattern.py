@@ -82,7 +82,7 @@ def _regex_set(members: frozenset[int]) -> bytes:
     return b"[" + b"".join(re.escape(bytes([b])) for b in sorted(members)) + b"]"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def compile_pattern(pattern: str) -> re.Pattern[bytes]:
     src = pattern.encode("utf-8")
     out = []

@@ -20,11 +20,14 @@ import json
 import types
 import typing
 from collections.abc import Callable
-from typing import Any, TypeVar, Union
+from typing import TYPE_CHECKING, Any, TypeVar, Union, cast
 
 from . import luapattern
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 class ConfigError(ValueError):
@@ -102,7 +105,7 @@ def _kong_type(hint: Any) -> dict[str, Any]:
     if origin is dict:
         return {"type": "map", "keys": {"type": "string"}, "values": {"type": "string"}}
     if dataclasses.is_dataclass(base):
-        return kong_record(base)  # type: ignore[arg-type]
+        return kong_record(cast(type, base))
     raise TypeError(f"no Kong type for {hint}")  # pragma: no cover
 
 
@@ -115,7 +118,7 @@ def load(cls: type[T], raw: Any, path: str = "config") -> T:
         raise ConfigError(f"{path}: expected a record")
     hints = typing.get_type_hints(cls)
     values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+    for f in dataclasses.fields(cls):
         name = f"{path}.{f.name}"
         spec = kong_field(f, hints[f.name])
         value = raw.get(f.name)
@@ -138,7 +141,7 @@ def load(cls: type[T], raw: Any, path: str = "config") -> T:
         values[f.name] = _COERCE.get(spec["type"], lambda v: v)(value)
     config = cls(**values)
     for check in getattr(cls, "ENTITY_CHECKS", ()):
-        problems = entity_problems(kong_fields(cls), dataclasses.asdict(config), check)  # type: ignore[call-overload]
+        problems = entity_problems(kong_fields(cls), dataclasses.asdict(config), check)
         if problems:
             raise ConfigError("; ".join(f"{path}.{where}: {message}" for where, message in problems))
     return config

@@ -67,7 +67,10 @@ def options(argv: list[str], name: str, priority: int) -> argparse.Namespace:
     parser.add_argument("--socket-name", dest="socket_name", default=f"{name}.socket",
                         help="socket file name, Kong's default for this server (default: %(default)s)")
     parser.add_argument("--dump", "-dump", action="store_true", help="print the plugin's info for Kong and exit")
-    parser.add_argument("-g", "--gevent", action="store_true", help="gevent mode (recommended)")
+    parser.add_argument("--server", choices=("core", "kong-pdk"), default="kong-pdk",
+                        help="core (default): kcauth's own single-threaded core on gevent; kong-pdk: "
+                             "kong-pdk's server, in threads or, with -g, gevent mode")
+    parser.add_argument("-g", "--gevent", action="store_true", help="kong-pdk's gevent mode (the core always is)")
     parser.add_argument("-m", "--multiprocessing", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("-v", "--verbose", action="count", default=1, help="more logging")
     parser.add_argument("--listen-queue-size", type=int, default=4096, help="socket backlog (default: %(default)s)")
@@ -81,9 +84,10 @@ def options(argv: list[str], name: str, priority: int) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.multiprocessing:
         parser.exit(2, f"{parser.prog}: multiprocessing mode loses the key and token caches between "
-                       "requests; use the default (threads) or -g (gevent)\n")
+                       "requests; use the default core, or --server kong-pdk with or without -g\n")
     if not args.dump and not os.path.isdir(args.prefix):
         parser.exit(2, f"{parser.prog}: the Kong prefix {args.prefix} does not exist\n")
+    args.gevent = args.gevent or args.server == "core"
     return args
 
 
@@ -97,10 +101,52 @@ def run(argv: list[str] | None, load_plugin: Callable[[], PluginInfo], name: str
         from gevent import monkey
 
         monkey.patch_all()
-    _serve(name, args, *load_plugin())
+    plugin, record, version = load_plugin()
+    info = plugin_info(name, plugin, record, version, args.priority)
+    if args.dump:
+        sys.stdout.write(json.dumps([info]))
+        return
+    _watch_parent()
+    events: Callable[[], int]
+    if args.server == "core":
+        from . import core
+
+        server: Any = core.Core(name, plugin, info)
+        events = lambda: server.running  # noqa: E731
+    else:
+        server = _kong_pdk_server(name, args, plugin, record, version)
+        events = lambda: server.running  # noqa: E731
+    if args.metrics:
+        from . import metrics
+
+        metrics.serve(args.metrics, events=events)
+    path = os.path.join(args.prefix, args.socket_name)
+    sys.stderr.write(f"{name}-pluginserver {version}: {args.server} server"
+                     f"{' (gevent)' if args.server == 'kong-pdk' and args.gevent else ''} listening at {path}\n")
+    try:
+        if args.server == "core":
+            core.serve(server, path, args.listen_queue_size)
+        else:
+            from . import bridge
+
+            bridge.listener_class()(server, args.prefix, sock_name=args.socket_name, use_gevent=args.gevent,
+                                    listen_queue_size=args.listen_queue_size).serve_forever()
+    except KeyboardInterrupt:
+        pass
 
 
-def _serve(name: str, args: argparse.Namespace, plugin: type, record: dict[str, Any], version: str) -> None:
+PHASES = ("certificate", "rewrite", "log", "access", "preread", "response")
+
+
+def plugin_info(name: str, plugin: type, record: dict[str, Any], version: str, priority: int) -> dict[str, Any]:
+    """What `--dump` tells Kong (kong/runloop/plugin_servers/process.lua): Name, Version, Priority,
+    Phases (the handler methods the class has) and the config record, entity checks included."""
+    return {"Name": name, "Phases": [p for p in PHASES if hasattr(plugin, p)], "Priority": priority,
+            "Version": version, "Schema": {"name": name, "fields": [{"config": record}]}}
+
+
+def _kong_pdk_server(name: str, args: argparse.Namespace, plugin: type, record: dict[str, Any],
+                     version: str) -> Any:
     from kong_pdk.logger import Logger
     from kong_pdk.module import Module
 
@@ -115,24 +161,7 @@ def _serve(name: str, args: argparse.Namespace, plugin: type, record: dict[str, 
     )
     server.plugins[name] = Module(name, module=spec)
     server.records[name] = record
-    if args.dump:
-        sys.stdout.write(json.dumps([server.get_plugin_info(name)]))
-        return
-    _watch_parent()
-    if args.metrics:
-        from . import metrics
-
-        metrics.serve(args.metrics, events=lambda: server.running)
-    listener = bridge.listener_class()(
-        server, args.prefix, sock_name=args.socket_name, use_gevent=args.gevent,
-        listen_queue_size=args.listen_queue_size,
-    )
-    try:
-        listener.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.cleanup()
+    return server
 
 
 def _watch_parent() -> None:

@@ -232,7 +232,7 @@ class Subscription:
         self._store = store
         self._channel = channel
         try:
-            self._pubsub = store._client.pubsub(ignore_subscribe_messages=True)
+            self._pubsub = store._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
             self._pubsub.subscribe(channel)
         except (redis.RedisError, OSError) as exc:
             raise SharedUnavailable() from exc

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import bearer
+from tests.conftest import CLIENT_SECRET, bearer, guard_config
 from tests.harness.idp import LocalIdP, Minter
 from tests.harness.kong import Kong
 
@@ -37,7 +37,7 @@ FORBIDDEN = [
 
 @pytest.mark.parametrize("bad", FORBIDDEN, ids=lambda c: str(c)[:48])
 def test_kong_refuses_it_and_so_does_the_plugin(kong: Kong, idp: LocalIdP, minter: Minter, bad: dict[str, Any]) -> None:
-    good = {"issuer": idp.issuer, "audiences": ["orders-api"]}
+    good = guard_config(idp)
     with pytest.raises(ValueError) as refused:
         kong.plugin({**good, **bad})
     kong_message = str(refused.value)
@@ -61,13 +61,30 @@ def test_the_admin_api_answers_400_naming_the_field(kong: Kong, idp: LocalIdP) -
     gateway = Gateway(kong, [])
     admin = gateway.serve_admin()
     try:
-        config = {"issuer": idp.issuer, "audiences": ["orders-api"], "introspect": True, "client_id": "orders-api"}
+        config = guard_config(idp, introspect=True, client_id="orders-api")
         doc = {"_format_version": "3.0", "services": [{"name": "s", "url": "http://127.0.0.1:9", "routes": [
             {"name": "r", "paths": ["/r"], "plugins": [{"name": "kcauth", "config": config}]}]}]}
         res = requests.post(f"{admin}/config", json=doc, timeout=10)
         assert res.status_code == 400
         assert "config.@entity: introspect needs the client's credentials" in res.json()["message"]
-        config["client_secret"] = "orders-api-secret"
+        config["client_secret"] = CLIENT_SECRET
         assert requests.post(f"{admin}/config", json=doc, timeout=10).status_code == 201
     finally:
         gateway.stop()
+
+
+@pytest.mark.parametrize("bad", [{"algorithms": ["HS256"]}, {"algorithms": ["none"]}, {"leeway": -1},
+                                 {"issuer": "ftp://x"}, {"required_roles": ["admin"]}])
+def test_kong_refuses_bad_configs(kong: Kong, idp: LocalIdP, bad: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        kong.plugin(guard_config(idp, **bad))
+
+
+def test_invalid_config_fails_closed_at_instance_start(kong: Kong, idp: LocalIdP, minter: Minter) -> None:
+    entity = kong.plugin(guard_config(idp))
+    entity.validated = False  # as if it reached the plugin server past Kong's validation
+    entity.config["verify_audience"] = True
+    entity.config["audiences"] = []
+    res = kong.request(entity, bearer(minter.token()))
+    assert res.status == 500 and not res.proxied
+    assert any("audiences must name at least one audience" in e for e in res.errors), res.errors

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
-from tests.conftest import bearer, round_trips
+from tests.conftest import bearer, guard_config, round_trips
 from tests.harness.idp import LocalIdP, Minter
 from tests.harness.kong import Kong
 
@@ -23,12 +22,8 @@ def gateway(kong: Kong) -> Iterator[Kong]:
     kong.consumers = []
 
 
-def config(idp: LocalIdP, **extra: Any) -> dict[str, Any]:
-    return {"issuer": idp.issuer, "audiences": ["orders-api"], **extra}
-
-
 def test_token_maps_to_a_consumer(gateway: Kong, idp: LocalIdP, minter: Minter) -> None:
-    entity = gateway.plugin(config(idp, consumer_claim="azp"))
+    entity = gateway.plugin(guard_config(idp, consumer_claim="azp"))
     claims = minter.claims()
     first = gateway.request(entity, bearer(minter.token()) + [("X-Consumer-ID", "forged"),
                                                               ("X-Anonymous-Consumer", "true")])
@@ -50,16 +45,17 @@ def test_token_maps_to_a_consumer(gateway: Kong, idp: LocalIdP, minter: Minter) 
 
 def test_unknown_consumer_proceeds_without_one_or_is_refused(gateway: Kong, idp: LocalIdP, minter: Minter) -> None:
     token = minter.token(azp="web-app")
-    loose = gateway.request(gateway.plugin(config(idp, consumer_claim="azp")),
+    loose = gateway.request(gateway.plugin(guard_config(idp, consumer_claim="azp")),
                             bearer(token) + [("X-Consumer-ID", "forged")])
     assert loose.status == 200 and loose.consumer is None and loose.upstream("X-Consumer-ID") == []
-    strict = gateway.request(gateway.plugin(config(idp, consumer_claim="azp", consumer_required=True)), bearer(token))
+    strict = gateway.request(gateway.plugin(guard_config(idp, consumer_claim="azp", consumer_required=True)),
+                             bearer(token))
     assert strict.status == 403
     assert "does not map to a Kong consumer" in strict.headers["WWW-Authenticate"]
 
 
 def test_anonymous_consumer_for_requests_without_a_valid_token(gateway: Kong, idp: LocalIdP, minter: Minter) -> None:
-    entity = gateway.plugin(config(idp, anonymous="anonymous", required_roles=["realm:admin"]))
+    entity = gateway.plugin(guard_config(idp, anonymous="anonymous", required_roles=["realm:admin"]))
     for headers in ([], bearer("garbage"), bearer(minter.token(exp=1))):
         res = gateway.request(entity, headers + [("X-Auth-Subject", "forged")])
         assert res.status == 200 and res.proxied
@@ -73,5 +69,5 @@ def test_anonymous_consumer_for_requests_without_a_valid_token(gateway: Kong, id
 
 
 def test_missing_anonymous_consumer_keeps_the_refusal(gateway: Kong, idp: LocalIdP) -> None:
-    res = gateway.request(gateway.plugin(config(idp, anonymous="nobody")), [])
+    res = gateway.request(gateway.plugin(guard_config(idp, anonymous="nobody")), [])
     assert res.status == 401 and res.consumer is None

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import bearer, start_plugin_server
-from tests.harness.idp import LocalIdP, Minter, SigningKey
+from tests.conftest import bearer, guard_config, own_gateway, sensitive_config, started_idp
+from tests.harness.idp import LocalIdP, Minter
 from tests.harness.kong import Kong
 from tests.harness.tls import PrivateCA
 from tests.services.redis import RedisServer
@@ -31,17 +31,15 @@ def ca() -> Iterator[PrivateCA]:
 @pytest.fixture
 def tls_idp(ca: PrivateCA) -> Iterator[tuple[LocalIdP, Minter]]:
     issued = ca.issue("localhost")
-    idp = LocalIdP(tls=(issued.cert, issued.key)).start()
-    key = SigningKey("RS256")
-    idp.keys.append(key.jwk())
-    yield idp, Minter(idp.issuer, key)
+    idp = started_idp(tls=(issued.cert, issued.key))
+    yield idp, Minter(idp.issuer, idp.primary)  # type: ignore[attr-defined]
     idp.stop()
 
 
 def test_an_identity_provider_behind_a_private_ca(kong: Kong, tls_idp: tuple[LocalIdP, Minter], ca: PrivateCA) -> None:
     idp, minter = tls_idp
     assert idp.issuer.startswith("https://")
-    base = {"issuer": idp.issuer, "audiences": ["orders-api"], "http_timeout": 1}
+    base = guard_config(idp, http_timeout=1)
     untrusted = kong.request(kong.plugin(base), bearer(minter.token()))
     assert untrusted.status == 503, "not in the Mozilla bundle: the key set cannot be fetched"
     assert kong.request(kong.plugin({**base, "tls_ca_bundle": "system"}), bearer(minter.token())).status == 503
@@ -56,9 +54,7 @@ def test_redis_behind_a_private_ca(kong: Kong, idp: LocalIdP, minter: Minter, ca
     server = RedisServer(tls=(issued.cert, issued.key, ca.bundle))
     server.start()
     try:
-        config = {"issuer": idp.issuer, "audiences": ["orders-api"], "introspect": True, "client_id": "orders-api",
-                  "client_secret": "orders-api-secret", "tls_ca_bundle": str(ca.bundle),
-                  "redis": server.plugin_config(tls=True)}
+        config = sensitive_config(idp, tls_ca_bundle=str(ca.bundle), redis=server.plugin_config(tls=True))
         assert kong.request(kong.plugin(config), bearer(minter.token())).status == 200
         assert server.client().keys("kcauth:introspection:*"), "the answer was shared over TLS"
     finally:
@@ -98,19 +94,14 @@ class ForwardProxy:
 def test_the_environment_s_proxy_is_used_unless_no_proxy_says_otherwise(idp: LocalIdP, minter: Minter,
                                                                         no_proxy: str) -> None:
     proxy = ForwardProxy()
-    prefix = Path(tempfile.mkdtemp(prefix="kcp", dir="/tmp"))
-    server = start_plugin_server(prefix, env={"HTTP_PROXY": proxy.url, "NO_PROXY": no_proxy})
-    gateway = Kong(server)
     try:
-        res = gateway.request(gateway.plugin({"issuer": idp.issuer, "audiences": ["orders-api"]}), bearer(minter.token()))
-        assert res.status == 200
-        through = [p for p in proxy.seen if p.startswith(idp.origin)]
-        if no_proxy:
-            assert through == [], "NO_PROXY: straight to the identity provider"
-        else:
-            assert any(p.endswith("/certs") for p in through), proxy.seen
+        with own_gateway(env={"HTTP_PROXY": proxy.url, "NO_PROXY": no_proxy}) as gateway:
+            res = gateway.request(gateway.plugin(guard_config(idp)), bearer(minter.token()))
+            assert res.status == 200
+            through = [p for p in proxy.seen if p.startswith(idp.origin)]
+            if no_proxy:
+                assert through == [], "NO_PROXY: straight to the identity provider"
+            else:
+                assert any(p.endswith("/certs") for p in through), proxy.seen
     finally:
-        gateway.rpc.close()
-        server.stop()
         proxy.stop()
-        shutil.rmtree(prefix, ignore_errors=True)

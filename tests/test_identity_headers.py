@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from tests.conftest import bearer, round_trips
+from tests.conftest import bearer, guard_config, round_trips
 from tests.harness.idp import LocalIdP, Minter
 from tests.harness.kong import Kong
 
@@ -19,7 +19,7 @@ KEY_AUTH_CREDENTIAL = {"id": str(uuid.uuid4())}
 
 
 def test_kong_consumer_headers_never_pass_without_consumer_mapping(kong: Kong, idp: LocalIdP, minter: Minter) -> None:
-    entity = kong.plugin({"issuer": idp.issuer, "audiences": ["orders-api"]})
+    entity = kong.plugin(guard_config(idp))
     res = kong.request(entity, bearer(minter.token()) + [(name, "forged") for name in KONG_HEADERS])
     assert res.status == 200
     for name in KONG_HEADERS:
@@ -27,14 +27,15 @@ def test_kong_consumer_headers_never_pass_without_consumer_mapping(kong: Kong, i
     assert res.consumer is None
     assert "kong.client.get_credential" in res.pdk_calls, "Kong was asked whether anyone authenticated"
     clean = kong.request(entity, bearer(minter.token()))
-    assert round_trips(clean) == ["kong.request.get_headers", "kong.service.request.set_headers", "kong.ctx.shared.set"], \
+    assert round_trips(clean) == ["kong.request.get_headers", "kong.service.request.set_headers",
+                                  "kong.ctx.shared.set"], \
         "asking costs a round trip only when a client sends such a header"
 
 
 def test_another_auth_plugin_that_ran_first_keeps_its_headers(kong: Kong, idp: LocalIdP, minter: Minter) -> None:
     """key-auth (priority 1250) ran before kcauth (980) and authenticated a consumer: its
     headers are Kong's, kept; a client's underscore spelling of them is still removed."""
-    entity = kong.plugin({"issuer": idp.issuer, "audiences": ["orders-api"]})
+    entity = kong.plugin(guard_config(idp))
     res = kong.request(entity, bearer(minter.token()) + [("X-Consumer-ID", "forged"), ("X_Consumer_ID", "forged")],
                        authenticated_by=(KEY_AUTH_CONSUMER, KEY_AUTH_CREDENTIAL))
     assert res.status == 200
@@ -49,7 +50,7 @@ def test_another_auth_plugin_that_ran_first_keeps_its_headers(kong: Kong, idp: L
 def test_underscore_spellings_are_removed(kong: Kong, idp: LocalIdP, minter: Minter, spelling: str) -> None:
     """Kong's nginx passes underscores in header names (`underscores_in_headers on`), and WSGI,
     CGI and many frameworks read `X_Auth_Subject` as `X-Auth-Subject`."""
-    entity = kong.plugin({"issuer": idp.issuer, "audiences": ["orders-api"]})
+    entity = kong.plugin(guard_config(idp))
     res = kong.request(entity, bearer(minter.token()) + [(spelling, "forged")])
     assert res.status == 200
     assert [v for n, v in res.upstream_headers if n.lower() == spelling.lower()] == []
@@ -62,7 +63,7 @@ def test_the_anonymous_consumer_clears_every_identity_header(kong: Kong, idp: Lo
     anonymous = {"id": str(uuid.uuid4()), "username": "anonymous"}
     kong.consumers = [anonymous]
     try:
-        entity = kong.plugin({"issuer": idp.issuer, "audiences": ["orders-api"], "anonymous": "anonymous"})
+        entity = kong.plugin(guard_config(idp, anonymous="anonymous"))
         res = kong.request(entity, [(name, "forged") for name in KONG_HEADERS] + [("X_Auth_Subject", "forged"),
                                                                                  ("X-Auth-Subject", "forged")])
         assert res.status == 200 and res.consumer == anonymous

@@ -4,27 +4,23 @@ a real Redis, with zero introspection calls."""
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.conftest import bearer, start_plugin_server
+from tests.conftest import bearer, guard_config, own_gateway, receiver_config
 from tests.harness.gateway import EchoUpstream, Gateway, Route
 from tests.harness.idp import jwt_part
 from tests.harness.kong import Kong
 from tests.harness.proxy import CountingProxy
 from tests.keycloak.admin import KeycloakAdmin
+from tests.keycloak.fixtures import REALM, login
 from tests.keycloak.server import KeycloakServer
 from tests.services.redis import RedisServer
 
 pytestmark = pytest.mark.keycloak
 
-REALM = "kcauth"
 RECEIVER = "/kcauth/revocations"
 
 
@@ -35,12 +31,11 @@ class Setup:
         self.issuer = keycloak.issuer(REALM)
         self.kong, self.other, self.proxy = kong, other, proxy
         # Every call the guards make to Keycloak goes through the counting proxy.
-        guard = {"issuer": self.issuer, "audiences": ["orders-api"], "redis": self.redis,
-                 "jwks_uri": f"{proxy.url}/realms/{REALM}/protocol/openid-connect/certs"}
+        guard = guard_config(self.issuer, redis=self.redis,
+                             jwks_uri=f"{proxy.url}/realms/{REALM}/protocol/openid-connect/certs")
         self.guard_here = kong.plugin(guard)
         self.guard_there = other.plugin(guard)
-        self.receiver = kong.plugin({"issuer": self.issuer, "mode": "revocation_receiver",
-                                     "audiences": ["test-cli"], "redis": self.redis})
+        self.receiver = kong.plugin(receiver_config(self.issuer, redis=self.redis))
 
     def status(self, token: str) -> tuple[int, int]:
         return (self.kong.request(self.guard_here, bearer(token)).status,
@@ -51,33 +46,24 @@ class Setup:
 def setup(kong: Kong, keycloak: KeycloakServer, kc_admin: KeycloakAdmin, redis_server: RedisServer) -> Iterator[Setup]:
     if not redis_server.running:
         redis_server.restart()
-    prefix = Path(tempfile.mkdtemp(prefix="kcb", dir="/tmp"))
-    other_server = start_plugin_server(prefix)
-    other = Kong(other_server)
-    echo = EchoUpstream()
-    proxy = CountingProxy(keycloak.base_url).start()
-    s = Setup(kong, other, keycloak, redis_server, proxy)
-    gateway = Gateway(kong, [Route("revocations", [RECEIVER], echo.url, kcauth=s.receiver)]).serve()
-    url = gateway.url + RECEIVER
-    # test-cli is the client users log in with, so Keycloak sends its sessions' logouts there.
-    # test-cli is the client users log in with (the realm file sets the same URLs for compose).
-    previous = kc_admin.update_client(REALM, "test-cli", adminUrl=url)
-    previous_url = kc_admin.set_client_attribute(REALM, "test-cli", "backchannel.logout.url", url)
-    try:
-        yield s
-    finally:
-        kc_admin.set_client_attribute(REALM, "test-cli", "backchannel.logout.url", previous_url)
-        kc_admin.update_client(REALM, "test-cli", **previous)
-        gateway.stop()
-        echo.stop()
-        proxy.stop()
-        other.rpc.close()
-        other_server.stop()
-        shutil.rmtree(prefix, ignore_errors=True)
-
-
-def login(kc_admin: KeycloakAdmin, user: str) -> dict[str, Any]:
-    return kc_admin.password_token(REALM, "test-cli", user, f"{user}-pass")
+    with own_gateway() as other:
+        echo = EchoUpstream()
+        proxy = CountingProxy(keycloak.base_url).start()
+        s = Setup(kong, other, keycloak, redis_server, proxy)
+        gateway = Gateway(kong, [Route("revocations", [RECEIVER], echo.url, kcauth=s.receiver)]).serve()
+        url = gateway.url + RECEIVER
+        # test-cli is the client users log in with, so Keycloak sends its sessions' logouts there.
+        # test-cli is the client users log in with (the realm file sets the same URLs for compose).
+        previous = kc_admin.update_client(REALM, "test-cli", adminUrl=url)
+        previous_url = kc_admin.set_client_attribute(REALM, "test-cli", "backchannel.logout.url", url)
+        try:
+            yield s
+        finally:
+            kc_admin.set_client_attribute(REALM, "test-cli", "backchannel.logout.url", previous_url)
+            kc_admin.update_client(REALM, "test-cli", **previous)
+            gateway.stop()
+            echo.stop()
+            proxy.stop()
 
 
 def refused_by_both_within(setup: Setup, token: str, seconds: float) -> float:

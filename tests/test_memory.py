@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.conftest import bearer, rss_mb
+from tests.conftest import bearer, guard_config, rss_mb
 from tests.harness.idp import LocalIdP, Minter, SigningKey
 from tests.harness.kong import Kong
 
@@ -33,8 +33,8 @@ def drive(kong: Kong, count: int, send: Callable[[], int], expected: int) -> Non
 
 def test_refusals_leave_nothing_behind(each_mode_kong: Kong, idp: LocalIdP, minter: Minter) -> None:
     kong = each_mode_kong
-    entity = kong.plugin({"issuer": idp.issuer, "audiences": ["orders-api"]})
-    admins = kong.plugin({"issuer": idp.issuer, "audiences": ["orders-api"], "required_roles": ["realm:admin"]})
+    entity = kong.plugin(guard_config(idp))
+    admins = kong.plugin(guard_config(idp, required_roles=["realm:admin"]))
     assert kong.request(entity, bearer(minter.token())).status == 200  # keys held
     forger = SigningKey("RS256")
     kinds: dict[str, tuple[Callable[[], int], int]] = {}

@@ -3,22 +3,19 @@ the plugin server, and each request's decision for Kong's log plugins."""
 
 from __future__ import annotations
 
-import shutil
 import socket
-import tempfile
 import time
-from pathlib import Path
 
 import requests
 
-from tests.conftest import bearer, round_trips, start_plugin_server
+from tests.conftest import bearer, guard_config, own_gateway, round_trips, sensitive_config
 from tests.harness.idp import LocalIdP, Minter
 from tests.harness.kong import Kong
 
 
 def test_a_dependency_s_failure_and_recovery_reach_kong_s_log_once_each(kong: Kong, idp: LocalIdP,
                                                                          minter: Minter) -> None:
-    entity = kong.plugin({"issuer": idp.issuer, "audiences": ["orders-api"], "jwks_min_refresh_interval": 1})
+    entity = kong.plugin(guard_config(idp, jwks_min_refresh_interval=1))
     idp.fail_with = 500
     carriers = []
     for _ in range(4):  # the key set fails on the first; a request after that carries the news
@@ -47,13 +44,9 @@ def free_port() -> int:
 
 def test_prometheus_metrics_when_asked_for(idp: LocalIdP, minter: Minter) -> None:
     port = free_port()
-    prefix = Path(tempfile.mkdtemp(prefix="kcmx", dir="/tmp"))
-    server = start_plugin_server(prefix, f"--metrics 127.0.0.1:{port}")
-    gateway = Kong(server)
-    try:
-        entity = gateway.plugin({"issuer": idp.issuer, "audiences": ["orders-api"]})
-        sensitive = gateway.plugin({"issuer": idp.issuer, "audiences": ["orders-api"], "introspect": True,
-                                    "client_id": "orders-api", "client_secret": "orders-api-secret"})
+    with own_gateway(extra_args=f"--metrics 127.0.0.1:{port}") as gateway:
+        entity = gateway.plugin(guard_config(idp))
+        sensitive = gateway.plugin(sensitive_config(idp))
         token = minter.token()
         for _ in range(3):
             assert gateway.request(entity, bearer(token)).status == 200
@@ -69,17 +62,12 @@ def test_prometheus_metrics_when_asked_for(idp: LocalIdP, minter: Minter) -> Non
         age = next(line for line in text.splitlines() if line.startswith(f"kcauth_jwks_age_seconds{{{issuer}}}"))
         assert 0 <= float(age.split()[-1]) < 60
         assert "kcauth_events_running 0.0" in text
-    finally:
-        gateway.rpc.close()
-        server.stop()
-        shutil.rmtree(prefix, ignore_errors=True)
 
 
 def test_each_decision_for_kong_s_log_plugins_when_asked_for(kong: Kong, idp: LocalIdP, minter: Minter) -> None:
-    quiet = kong.plugin({"issuer": idp.issuer, "audiences": ["orders-api"]})
+    quiet = kong.plugin(guard_config(idp))
     assert kong.request(quiet, bearer(minter.token())).serialized == {}, "off by default: no round trip"
-    told = kong.plugin({"issuer": idp.issuer, "audiences": ["orders-api"], "log_decision": True,
-                        "required_roles": ["realm:user"]})
+    told = kong.plugin(guard_config(idp, log_decision=True, required_roles=["realm:user"]))
     token = minter.token()
     allowed = kong.request(told, bearer(token))
     assert allowed.serialized["kcauth"] == {"decision": "allowed", "reason": None, "status": 200,
@@ -88,7 +76,7 @@ def test_each_decision_for_kong_s_log_plugins_when_asked_for(kong: Kong, idp: Lo
     assert refused.serialized["kcauth"] == {"decision": "refused", "reason": "Expired", "status": 401,
                                             "issuer": idp.issuer, "client": None}
     assert refused.pdk_calls[-1] == "kong.response.exit", "the decision is handed over before the answer"
-    lacking = kong.request(kong.plugin({"issuer": idp.issuer, "audiences": ["orders-api"], "log_decision": True,
-                                        "required_roles": ["realm:admin"]}), bearer(token))
+    lacking = kong.request(kong.plugin(guard_config(idp, log_decision=True, required_roles=["realm:admin"])),
+                           bearer(token))
     assert lacking.serialized["kcauth"]["reason"] == "InsufficientScope" and lacking.status == 403
     assert token not in str(allowed.serialized) and minter.claims()["sub"] not in str(allowed.serialized)

@@ -14,7 +14,6 @@ import json
 import math
 import shutil
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,9 +23,9 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import SERVER_MODES, bearer, plugin_server_env
+from tests.conftest import SERVER_MODES, bearer, guard_config, short_prefix, start_script_server, started_idp
 from tests.harness.idp import LocalIdP, Minter
-from tests.harness.kong import Kong, PluginServerProcess, RpcError
+from tests.harness.kong import Kong, RpcError
 
 REPLAYS = 300
 
@@ -34,8 +33,8 @@ REPLAYS = 300
 def test_unencodable_claims_are_refused_where_they_enter(each_mode_kong: Kong, idp: LocalIdP,
                                                          minter: Minter) -> None:
     kong = each_mode_kong
-    plain = kong.plugin({"issuer": idp.issuer, "audiences": ["orders-api"]})
-    mapped = kong.plugin({"issuer": idp.issuer, "audiences": ["orders-api"], "consumer_claim": "preferred_username"})
+    plain = kong.plugin(guard_config(idp))
+    mapped = kong.plugin(guard_config(idp, consumer_claim="preferred_username"))
     tokens = [
         (plain, minter.raw_token(realm_access={"roles": ["user", "\ud800"]})),
         (plain, minter.raw_token(resource_access={"\udfff": {"roles": ["x"]}})),
@@ -56,14 +55,12 @@ def test_unencodable_claims_are_refused_where_they_enter(each_mode_kong: Kong, i
     assert kong.request(plain, bearer(minter.token())).status == 200, "the server still answers"
 
 
-@pytest.fixture(scope="module", params=list(SERVER_MODES))
-def misbehaving(request: pytest.FixtureRequest) -> Iterator[Kong]:
-    prefix = Path(tempfile.mkdtemp(prefix="kcx", dir="/tmp"))
-    cmd = f"{sys.executable} -m tests.faults.misbehaving"
-    server = PluginServerProcess(
-        prefix, f"{cmd} --kong-prefix {prefix} --socket-name misbehaving.socket {SERVER_MODES[request.param]}",
-        f"{cmd} --dump", prefix / "misbehaving.socket", env=plugin_server_env({"PYTHONPATH": str(Path.cwd())}))
-    server.start()
+@pytest.fixture(scope="module")
+def misbehaving(server_mode: str) -> Iterator[Kong]:
+    """Kong on tests/faults/misbehaving.py, a plugin server whose handler breaks on demand, in each mode."""
+    prefix = short_prefix("kcx")
+    server = start_script_server(prefix, f"{sys.executable} -m tests.faults.misbehaving", "misbehaving.socket",
+                                 SERVER_MODES[server_mode], env={"PYTHONPATH": str(Path.cwd())})
     gateway = Kong(server, rpc_timeout=10)
     yield gateway
     gateway.rpc.close()
@@ -118,7 +115,8 @@ def test_garbage_on_the_socket_does_not_stop_the_server(misbehaving: Kong) -> No
 
 json_scalars = st.one_of(
     st.none(), st.booleans(), st.integers(), st.integers(min_value=-(10 ** 400), max_value=10 ** 400),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=40), st.sampled_from(["\ud800", "a\udfffb", "%", " x "]),
+    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=40),
+    st.sampled_from(["\ud800", "a\udfffb", "%", " x "]),
 )
 json_values = st.recursive(json_scalars, lambda inner: st.lists(inner, max_size=4)
                            | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
@@ -128,12 +126,8 @@ CLAIMS = ["sub", "preferred_username", "azp", "scope", "realm_access", "resource
 
 @pytest.fixture(scope="module")
 def realm() -> Iterator[tuple[LocalIdP, Minter]]:
-    from tests.harness.idp import SigningKey
-
-    idp = LocalIdP().start()
-    key = SigningKey("RS256")
-    idp.keys.append(key.jwk())
-    yield idp, Minter(idp.issuer, key)
+    idp = started_idp()
+    yield idp, Minter(idp.issuer, idp.primary)  # type: ignore[attr-defined]
     idp.stop()
 
 
@@ -147,8 +141,8 @@ def test_any_claims_end_in_one_clean_answer(each_mode_kong: Kong, realm: tuple[L
                                             changes: dict[str, Any]) -> None:
     idp, minter = realm
     kong = each_mode_kong
-    entity = kong.plugin({"issuer": idp.issuer, "audiences": ["orders-api"], "consumer_claim": "preferred_username",
-                          "required_roles": ["realm:user"], "header_value_max_length": 16384})
+    entity = kong.plugin(guard_config(idp, consumer_claim="preferred_username", required_roles=["realm:user"],
+                                      header_value_max_length=16384))
     claims = minter.claims(**changes)
     token = minter.raw_token(**changes)
     res = kong.request(entity, bearer(token) + [("X-Auth-Subject", "forged"), ("X-Consumer-ID", "forged")])

@@ -4,49 +4,23 @@ revocations survive a Redis that restarts empty. Real redis-server, real plugin 
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
 
 import pytest
 import redis
 
-from tests.conftest import bearer, start_plugin_server
+from tests.conftest import bearer, guard_config, own_gateway, receiver_config, sensitive_config
 from tests.harness.idp import LocalIdP, Minter
 from tests.harness.kong import Kong
 from tests.services.redis import RedisServer
 from tests.test_revocation import logout_token, post_logout
 
-SECRET = "orders-api-secret"
-
-
-@contextmanager
-def another_node() -> Iterator[Kong]:
-    """A fresh plugin server process (another Kong node): nothing in its own memory."""
-    prefix = Path(tempfile.mkdtemp(prefix="kct", dir="/tmp"))
-    server = start_plugin_server(prefix)
-    gateway = Kong(server)
-    try:
-        yield gateway
-    finally:
-        gateway.rpc.close()
-        server.stop()
-        shutil.rmtree(prefix, ignore_errors=True)
-
 
 @pytest.fixture
 def second(redis_client: redis.Redis) -> Iterator[Kong]:
-    with another_node() as gateway:
+    with own_gateway() as gateway:  # another Kong node: nothing in its own memory
         yield gateway
-
-
-def sensitive(idp: LocalIdP, redis_server: RedisServer, **extra: Any) -> dict[str, Any]:
-    return {"issuer": idp.issuer, "audiences": ["orders-api"], "introspect": True, "client_id": "orders-api",
-            "client_secret": SECRET, "introspection_negative_ttl": 60, "redis": redis_server.plugin_config(), **extra}
 
 
 def keys(client: redis.Redis, pattern: str) -> set[bytes]:
@@ -55,7 +29,7 @@ def keys(client: redis.Redis, pattern: str) -> set[bytes]:
 
 def test_forged_verdicts_in_redis_are_ignored(kong: Kong, idp: LocalIdP, minter: Minter,
                                               redis_server: RedisServer, redis_client: redis.Redis) -> None:
-    config = sensitive(idp, redis_server)
+    config = sensitive_config(idp, introspection_negative_ttl=60, redis=redis_server.plugin_config())
     active, revoked = minter.token(), minter.token()
     idp.revoked.add(revoked)
     assert kong.request(kong.plugin(config), bearer(active)).status == 200
@@ -65,14 +39,14 @@ def test_forged_verdicts_in_redis_are_ignored(kong: Kong, idp: LocalIdP, minter:
     assert b"alice" not in b"".join(redis_client.get(k) or b"" for k in active_key | {revoked_key}), \
         "verdicts are sealed: no claim in clear"
 
-    forged = ('{"refusal": null, "deadline": 99999999999, "claims": {"active": true, "iss": "%s", '
+    forged = ('{"refusal": null, "deadline": 99999999999, "claims": {"active": true, "iss": "' + idp.issuer + '", '
               '"typ": "Bearer", "aud": "orders-api", "exp": 99999999999, "sub": "mallory", '
-              '"preferred_username": "mallory"}}' % idp.issuer).encode()
+              '"preferred_username": "mallory"}}').encode()
     genuine_active = redis_client.get(next(iter(active_key)))
     for value in (forged, genuine_active):  # made up, then a genuine verdict moved to another key
         redis_client.set(revoked_key, value)
         redis_client.set(next(iter(active_key)), forged)
-        with another_node() as node:
+        with own_gateway() as node:
             calls = idp.introspection_requests
             res = node.request(node.plugin(config), bearer(revoked))
             assert res.status == 401, "a forged or moved verdict never makes a revoked token pass"
@@ -87,8 +61,7 @@ def test_revocations_cannot_be_forged_or_hidden_by_overwriting(
         redis_client: redis.Redis) -> None:
     redis_config = redis_server.plugin_config()
     token = minter.token(sid="session-w")
-    receiver = kong.plugin({"issuer": idp.issuer, "mode": "revocation_receiver", "audiences": ["test-cli"],
-                            "redis": redis_config})
+    receiver = kong.plugin(receiver_config(idp, redis=redis_config))
     assert post_logout(kong, receiver, logout_token(idp, sid="session-w")).status == 200
     records = keys(redis_client, "kcauth:revocation:*:rec:*")
     assert len(records) == 1
@@ -97,7 +70,7 @@ def test_revocations_cannot_be_forged_or_hidden_by_overwriting(
     redis_client.publish(next(iter(keys(redis_client, "*"))).split(b":rec:")[0] + b":events", b"forged")
     forged_name = next(iter(records)).rsplit(b".", 1)[0] + b".AAAAAAAAAAAAAAAAAAAAAA"
     redis_client.set(forged_name, b"")
-    guard = {"issuer": idp.issuer, "audiences": ["orders-api"], "redis": redis_config}
+    guard = guard_config(idp, redis=redis_config)
     assert second.request(second.plugin(guard), bearer(token)).status == 401, "the revocation stands"
     assert second.request(second.plugin(guard), bearer(minter.token(sid="session-other"))).status == 200
 
@@ -106,9 +79,8 @@ def test_revocations_survive_a_redis_that_restarts_empty(kong: Kong, idp: LocalI
                                                          redis_server: RedisServer) -> None:
     redis_config = redis_server.plugin_config()
     token = minter.token(sid="session-r")
-    receiver = kong.plugin({"issuer": idp.issuer, "mode": "revocation_receiver", "audiences": ["test-cli"],
-                            "redis": redis_config})
-    guard = {"issuer": idp.issuer, "audiences": ["orders-api"], "redis": redis_config}
+    receiver = kong.plugin(receiver_config(idp, redis=redis_config))
+    guard = guard_config(idp, redis=redis_config)
     assert post_logout(kong, receiver, logout_token(idp, sid="session-r")).status == 200
     assert kong.request(kong.plugin(guard), bearer(token)).status == 401
 
@@ -119,28 +91,20 @@ def test_revocations_survive_a_redis_that_restarts_empty(kong: Kong, idp: LocalI
         assert time.monotonic() < deadline, "the surviving process did not write its revocations back"
         time.sleep(0.2)
 
-    prefix = Path(tempfile.mkdtemp(prefix="kcn", dir="/tmp"))
-    late_server = start_plugin_server(prefix)
-    late = Kong(late_server)
-    try:
+    with own_gateway() as late:
         assert late.request(late.plugin(guard), bearer(token)).status == 401, \
             "a process started after the restart refuses a session revoked before it"
         assert late.request(late.plugin(guard), bearer(minter.token(sid="session-x"))).status == 200
-    finally:
-        late.rpc.close()
-        late_server.stop()
-        shutil.rmtree(prefix, ignore_errors=True)
 
 
 def test_revocation_is_checked_on_the_tokens_own_identifiers_too(kong: Kong, idp: LocalIdP, minter: Minter) -> None:
     """An introspection answer without `sid` or `sub` (stripped in transit, or a lightweight
     answer) does not hide the token's own session from the revocation check."""
-    receiver = kong.plugin({"issuer": idp.issuer, "mode": "revocation_receiver", "audiences": ["test-cli"]})
+    receiver = kong.plugin(receiver_config(idp))
     token = minter.token(sid="session-t")
     assert post_logout(kong, receiver, logout_token(idp, sid="session-t")).status == 200
     idp.answer_without = {"sid", "sub"}
-    entity = kong.plugin({"issuer": idp.issuer, "audiences": ["orders-api"], "introspect": True,
-                          "client_id": "orders-api", "client_secret": SECRET})
+    entity = kong.plugin(sensitive_config(idp))
     res = kong.request(entity, bearer(token))
     assert res.status == 401 and "revoked" in res.headers["WWW-Authenticate"]
     assert idp.introspection_requests == 1, "the answer itself was active"

@@ -5,11 +5,8 @@ tests/test_keycloak_revocation.py."""
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -17,21 +14,12 @@ import jwt
 import pytest
 
 from kong_plugin_kcauth.logout import BACKCHANNEL_EVENT
-from tests.conftest import bearer, round_trips, start_plugin_server
+from tests.conftest import bearer, guard_config, own_gateway, receiver_config, round_trips
 from tests.harness.idp import DROP, LocalIdP, Minter, SigningKey, jwt_part, sign_payload
 from tests.harness.kong import Kong, PluginEntity, Response
 from tests.services.redis import RedisServer
 
 RECEIVER_PATH = "/kcauth/revocations"
-
-
-def guard(kong: Kong, idp: LocalIdP, **extra: Any) -> PluginEntity:
-    return kong.plugin({"issuer": idp.issuer, "audiences": ["orders-api"], **extra})
-
-
-def receiver(kong: Kong, idp: LocalIdP, **extra: Any) -> PluginEntity:
-    return kong.plugin({"issuer": idp.issuer, "mode": "revocation_receiver",
-                        "audiences": ["test-cli"], **extra})
 
 
 def logout_token(idp: LocalIdP, key: SigningKey | None = None, typ: str = "logout+jwt", **claims: Any) -> str:
@@ -53,12 +41,14 @@ def post_logout(kong: Kong, entity: PluginEntity, token: str) -> Response:
                         path=RECEIVER_PATH, body=urlencode({"logout_token": token}).encode())
 
 
-def test_a_session_logout_revokes_that_session_on_every_guard(kong: Kong, idp: LocalIdP, minter: Minter) -> None:
-    plain, admin = guard(kong, idp), guard(kong, idp, required_roles=["realm:user"])
+def test_a_session_logout_revokes_that_session_on_every_guard(each_mode_kong: Kong, idp: LocalIdP,
+                                                              minter: Minter) -> None:
+    kong = each_mode_kong
+    plain, admin = kong.plugin(guard_config(idp)), kong.plugin(guard_config(idp, required_roles=["realm:user"]))
     mine, other = minter.token(sid="session-1"), minter.token(sid="session-2")
     for entity in (plain, admin):
         assert kong.request(entity, bearer(mine)).status == 200  # now cached
-    res = post_logout(kong, receiver(kong, idp), logout_token(idp, sid="session-1"))
+    res = post_logout(kong, kong.plugin(receiver_config(idp)), logout_token(idp, sid="session-1"))
     assert res.status == 200 and res.body == {"message": "recorded"} and not res.proxied
     assert round_trips(res) == ["kong.request.get_method", "kong.request.get_path",
                              "kong.request.get_raw_body", "kong.response.exit"]
@@ -71,10 +61,11 @@ def test_a_session_logout_revokes_that_session_on_every_guard(kong: Kong, idp: L
 
 
 def test_a_subject_logout_revokes_tokens_issued_until_then(kong: Kong, idp: LocalIdP, minter: Minter) -> None:
-    entity = guard(kong, idp)
+    entity = kong.plugin(guard_config(idp))
     now = int(time.time())
     before = minter.token(sub="user-9", sid=DROP, iat=now - 5)
-    assert post_logout(kong, receiver(kong, idp), logout_token(idp, sid=DROP, sub="user-9", iat=now)).status == 200
+    sink = kong.plugin(receiver_config(idp))
+    assert post_logout(kong, sink, logout_token(idp, sid=DROP, sub="user-9", iat=now)).status == 200
     assert kong.request(entity, bearer(before)).status == 401
     after = minter.token(sub="user-9", sid=DROP, iat=now + 1)
     assert kong.request(entity, bearer(after)).status == 200, "a later login is not revoked"
@@ -101,7 +92,7 @@ def test_a_subject_logout_revokes_tokens_issued_until_then(kong: Kong, idp: Loca
 ])
 def test_forged_logout_tokens_are_refused_and_revoke_nothing(forgery: str, reason: str, kong: Kong, idp: LocalIdP,
                                                              minter: Minter) -> None:
-    entity, sink = guard(kong, idp), receiver(kong, idp)
+    entity, sink = kong.plugin(guard_config(idp)), kong.plugin(receiver_config(idp))
     token = minter.token(sid="session-1")
     now = int(time.time())
     forged = {
@@ -146,7 +137,7 @@ def test_forged_logout_tokens_are_refused_and_revoke_nothing(forgery: str, reaso
     b'{"logout_token": "x"}',
 ], ids=["50 fields", "two tokens", "binary", "huge", "bad escape", "empty pairs", "three segments", "json"])
 def test_any_body_shape_gets_400(kong: Kong, idp: LocalIdP, body: bytes) -> None:
-    sink = receiver(kong, idp)
+    sink = kong.plugin(receiver_config(idp))
     for path in (RECEIVER_PATH, RECEIVER_PATH + "/k_push_not_before"):
         res = kong.request(sink, [("Content-Type", "application/x-www-form-urlencoded")], method="POST",
                            path=path, body=body)
@@ -160,25 +151,26 @@ def test_a_stale_not_before_push_is_refused(kong: Kong, idp: LocalIdP) -> None:
     action = {"id": "a-1", "expiration": now + 86400, "resource": "test-cli", "action": "PUSH_NOT_BEFORE",
               "notBefore": now}
     stale = jwt.encode(action, key.private, algorithm=key.alg, headers={"kid": key.kid})
-    res = kong.request(receiver(kong, idp), [], method="POST", path=RECEIVER_PATH + "/k_push_not_before",
-                       body=stale.encode())
+    res = kong.request(kong.plugin(receiver_config(idp)), [], method="POST",
+                       path=RECEIVER_PATH + "/k_push_not_before", body=stale.encode())
     assert res.status == 400 and res.body["error_description"] == "stale not-before push"
 
 
 def test_receiver_refuses_other_methods(kong: Kong, idp: LocalIdP) -> None:
-    res = kong.request(receiver(kong, idp), [], method="GET", path=RECEIVER_PATH)
+    res = kong.request(kong.plugin(receiver_config(idp)), [], method="GET", path=RECEIVER_PATH)
     assert res.status == 405 and res.headers["Allow"] == "POST"
 
 
 def test_receiver_can_pass_the_logout_on(kong: Kong, idp: LocalIdP, minter: Minter) -> None:
-    res = post_logout(kong, receiver(kong, idp, pass_logout_upstream=True), logout_token(idp, sid="s-pass"))
+    sink = kong.plugin(receiver_config(idp, pass_logout_upstream=True))
+    res = post_logout(kong, sink, logout_token(idp, sid="s-pass"))
     assert res.status == 200 and res.proxied
-    assert kong.request(guard(kong, idp), bearer(minter.token(sid="s-pass"))).status == 401
+    assert kong.request(kong.plugin(guard_config(idp)), bearer(minter.token(sid="s-pass"))).status == 401
 
 
 def test_operator_not_before(kong: Kong, idp: LocalIdP, minter: Minter) -> None:
     now = int(time.time())
-    entity = guard(kong, idp, not_before=now)
+    entity = kong.plugin(guard_config(idp, not_before=now))
     assert kong.request(entity, bearer(minter.token(iat=now - 10))).status == 401
     assert kong.request(entity, bearer(minter.token(iat=now))).status == 200
 
@@ -192,7 +184,7 @@ def push_not_before(idp: LocalIdP, client: str, not_before: int, key: SigningKey
 
 
 def test_pushed_not_before_applies_to_that_clients_tokens(kong: Kong, idp: LocalIdP, minter: Minter) -> None:
-    entity, sink = guard(kong, idp), receiver(kong, idp)
+    entity, sink = kong.plugin(guard_config(idp)), kong.plugin(receiver_config(idp))
     now = int(time.time())
     old_cli, old_web = minter.token(iat=now - 10), minter.token(iat=now - 10, azp="web-app")
     res = kong.request(sink, [], method="POST", path=RECEIVER_PATH + "/k_push_not_before",
@@ -206,42 +198,40 @@ def test_pushed_not_before_applies_to_that_clients_tokens(kong: Kong, idp: Local
     assert res.status == 400
 
 
-def test_two_processes_share_revocations_through_redis(kong: Kong, idp: LocalIdP, minter: Minter,
-                                                      redis_server: RedisServer) -> None:
+def test_two_processes_share_revocations_through_redis(each_mode_kong: Kong, server_mode: str, idp: LocalIdP,
+                                                      minter: Minter, redis_server: RedisServer) -> None:
+    kong = each_mode_kong
     redis = redis_server.plugin_config()
-    prefix = Path(tempfile.mkdtemp(prefix="kcr", dir="/tmp"))
-    other_server = start_plugin_server(prefix)
-    other = Kong(other_server)
-    try:
-        token, survivor = minter.token(sid="shared-1"), minter.token(sid="shared-2")
-        there = other.plugin({"issuer": idp.issuer, "audiences": ["orders-api"], "redis": redis})
-        here = guard(kong, idp, redis=redis)
-        assert other.request(there, bearer(token)).status == 200
-        assert kong.request(here, bearer(token)).status == 200
-        assert post_logout(kong, receiver(kong, idp, redis=redis), logout_token(idp, sid="shared-1")).status == 200
-        deadline = time.monotonic() + 1.0
-        while other.request(there, bearer(token)).status == 200:
-            assert time.monotonic() < deadline, "the other process did not learn the revocation within 1 s"
-            time.sleep(0.02)
-        assert kong.request(here, bearer(token)).status == 401
-        assert other.request(there, bearer(survivor)).status == 200
+    with own_gateway(server_mode) as other:
+        try:
+            token, survivor = minter.token(sid="shared-1"), minter.token(sid="shared-2")
+            there = other.plugin(guard_config(idp, redis=redis))
+            here = kong.plugin(guard_config(idp, redis=redis))
+            assert other.request(there, bearer(token)).status == 200
+            assert kong.request(here, bearer(token)).status == 200
+            assert post_logout(kong, kong.plugin(receiver_config(idp, redis=redis)),
+                               logout_token(idp, sid="shared-1")).status == 200
+            deadline = time.monotonic() + 1.0
+            while other.request(there, bearer(token)).status == 200:
+                assert time.monotonic() < deadline, "the other process did not learn the revocation within 1 s"
+                time.sleep(0.02)
+            assert kong.request(here, bearer(token)).status == 401
+            assert other.request(there, bearer(survivor)).status == 200
 
-        # A process started later catches up from Redis.
-        late = other.plugin({"issuer": idp.issuer, "audiences": ["orders-api"], "redis": redis, "leeway": 11})
-        assert other.request(late, bearer(token)).status == 401
+            # A process started later catches up from Redis.
+            late = other.plugin(guard_config(idp, redis=redis, leeway=11))
+            assert other.request(late, bearer(token)).status == 401
 
-        # Redis down: the receiver answers 503 (Keycloak records the failure) but still applies
-        # the revocation in its own process; every guard keeps what it knew.
-        redis_server.kill()
-        res = post_logout(kong, receiver(kong, idp, redis=redis), logout_token(idp, sid="shared-2"))
-        assert res.status == 503 and res.headers["Retry-After"] == "5"
-        assert kong.request(here, bearer(token)).status == 401
-        assert kong.request(here, bearer(survivor)).status == 401, "applied where it was received"
-        assert other.request(there, bearer(token)).status == 401
-        assert other.request(there, bearer(survivor)).status == 200, "not shared: Redis was down"
-    finally:
-        if not redis_server.running:
-            redis_server.restart()
-        other.rpc.close()
-        other_server.stop()
-        shutil.rmtree(prefix, ignore_errors=True)
+            # Redis down: the receiver answers 503 (Keycloak records the failure) but still applies
+            # the revocation in its own process; every guard keeps what it knew.
+            redis_server.kill()
+            res = post_logout(kong, kong.plugin(receiver_config(idp, redis=redis)),
+                              logout_token(idp, sid="shared-2"))
+            assert res.status == 503 and res.headers["Retry-After"] == "5"
+            assert kong.request(here, bearer(token)).status == 401
+            assert kong.request(here, bearer(survivor)).status == 401, "applied where it was received"
+            assert other.request(there, bearer(token)).status == 401
+            assert other.request(there, bearer(survivor)).status == 200, "not shared: Redis was down"
+        finally:
+            if not redis_server.running:
+                redis_server.restart()

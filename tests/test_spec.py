@@ -1,4 +1,5 @@
-"""Runs every case of spec/*.yaml through the real plugin server and the Kong-side harness."""
+"""Runs every case of spec/*.yaml through the real plugin server and the Kong-side harness, in
+each of the plugin server's modes (`each_mode_kong`)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ def spec_idp() -> Iterator[SpecIdP]:
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in load_cases()])
-def test_case(case: Case, kong: Kong, spec_idp: SpecIdP) -> None:
+def test_case(case: Case, each_mode_kong: Kong, spec_idp: SpecIdP) -> None:
+    kong = each_mode_kong
     headers, token = request_headers(case, spec_idp)
     res = kong.request(kong.plugin({"issuer": spec_idp.server.issuer, **case.config}), headers)
     upstream: dict[str, list[str]] = {}

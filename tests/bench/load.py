@@ -13,8 +13,8 @@ from __future__ import annotations
 import itertools
 import os
 import shlex
-import socket
 import shutil
+import socket
 import sys
 import tempfile
 import threading

@@ -222,7 +222,8 @@ def render(r: Results) -> str:
             f"Plugin servers in kong-pdk's **{r.mode}** mode (the modes section compares both).", "",
             f"Per request through the Kong emulator, `conns` client threads issuing requests back to back. "
             f"server CPU: the plugin server process's CPU time per request. IdP calls: requests that reached "
-            f"the identity provider (introspection, key set, discovery) during the row's measured requests. Introspection at "
+            f"the identity provider (introspection, key set, discovery) during the row's measured requests. "
+            f"Introspection at "
             f"LocalIdP waits a fixed 5 ms. Each row pools {r.profile.rounds} interleaved round(s) of at most "
             f"{r.profile.requests:,} requests or {r.profile.seconds:g} s after a warm-up.", ""]
     rows = []

@@ -318,7 +318,7 @@ class Bench:
         third = flood // 3
         bad_sig = self.mint.forged(third, kid=self.flood_key.kid, alg="ES256", signature_bytes=64)
         random_kid = self.mint.forged(third, kid=None, alg="ES256", signature_bytes=64)
-        invalid = [t for trio in zip(bad_sig, random_kid, garbage(flood - 2 * third)) for t in trio]
+        invalid = [t for trio in zip(bad_sig, random_kid, garbage(flood - 2 * third), strict=False) for t in trio]
         invalid += garbage(flood - len(invalid))
         warm_invalid = self.mint.forged(len(warm_valid), kid=self.flood_key.kid, alg="ES256", signature_bytes=64) \
             + self.mint.forged(len(warm_valid), kid=None, alg="ES256", signature_bytes=64) + garbage(len(warm_valid))

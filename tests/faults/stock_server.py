@@ -4,8 +4,8 @@ Used only by a test that shows why kcauth ships its own listener (see kong_plugi
 from kong_pdk.cli import start_dedicated_server
 
 from kong_plugin_kcauth import __version__
-from kong_plugin_kcauth.handler import Plugin
 from kong_plugin_kcauth.config import kong_schema
+from kong_plugin_kcauth.handler import Plugin
 from kong_plugin_kcauth.server import PRIORITY
 
 if __name__ == "__main__":

@@ -1,40 +1,74 @@
-"""Kong 3.9.3's schema machinery, re-implemented in Python for an external (plugin-server) plugin.
+"""Kong 3.9.3's schema engine, ported to Python as far as kcauth's dumped schema needs it.
 
-Everything here was written from a reading of Kong's own source at tag ``3.9.3``; each
-function names the file (and lines) it follows. The Kong paths cited are:
+Written from Kong's source at tag ``3.9.3``; each function names the Kong file and function it
+follows:
 
-* ``kong/db/schema/metaschema.lua``      -- ``MetaSchema.MetaSubSchema``: what a plugin schema may say.
+* ``kong/db/schema/metaschema.lua``      -- ``MetaSchema.MetaSubSchema`` (what a plugin schema may
+  say) and its ``check`` function (``check_fields`` / ``check_field``).
 * ``kong/db/schema/init.lua``            -- ``Schema:validate_field``, ``validate_fields``,
-  ``Schema:validate``, ``handle_missing_field``, ``adjust_field_for_context``,
-  ``Schema:process_auto_fields``, the validators and the entity checkers.
+  ``Schema:validate``, ``run_entity_check``, ``Schema.validators``, ``Schema.entity_checkers``,
+  ``handle_missing_field``, ``adjust_field_for_context``, ``Schema:process_auto_fields``,
+  ``compatible_fields``, ``Schema.new_subschema``.
 * ``kong/db/schema/entity.lua``          -- ``Entity.new_subschema`` / ``make_records_required``.
-* ``kong/db/schema/plugin_loader.lua``   -- ``load_subschema``: metaschema check, then subschema.
-* ``kong/db/schema/entities/plugins.lua`` -- the ``plugins`` entity a plugin schema specialises.
-* ``kong/db/dao/plugins.lua``            -- ``load_plugin_handler``: PRIORITY / VERSION checks.
-* ``kong/db/dao/init.lua``               -- ``check_insert`` (insert = process + validate),
-  ``DAO:row_to_entity`` (every read = ``process_auto_fields(row, "select", options.nulls)``),
-  ``DAO:cache_key``.
-* ``kong/runloop/plugin_servers/process.lua``, ``init.lua``, ``plugin.lua``, ``rpc/mp_rpc.lua``
-  -- how the ``-dump`` output is read and how ``plugin.StartInstance`` is sent.
-* ``kong/runloop/plugins_iterator.lua``  -- ``get_plugin_config``: the extra keys of the instance config.
+* ``kong/db/schema/plugin_loader.lua``   -- ``load_subschema``: MetaSubSchema, then the subschema.
+* ``kong/db/dao/init.lua``               -- ``check_insert`` (insert = process, then validate),
+  ``DAO:row_to_entity`` (a read = ``process_auto_fields(row, "select")``), ``DAO:cache_key``.
+* ``kong/runloop/plugins_iterator.lua``  -- ``get_plugin_config``; ``kong/runloop/plugin_servers/
+  rpc/mp_rpc.lua`` -- ``plugin.StartInstance`` (``cjson.safe`` encoding).
 * ``kong/pdk/vault.lua``                 -- ``is_reference``.
+* LuaJIT ``src/lib_string.c``            -- ``string.match``: ``match``, ``classend``,
+  ``match_class``, ``matchbracketclass``, ``max_expand``, ``min_expand``, ``str_find_aux``.
 
-Representation of Lua values (the one thing to keep in mind when reading or calling this module):
+Covered, as Kong does it (what ``kcauth-pluginserver --dump`` uses):
 
-* Lua ``nil`` (a key that is not there) is an **absent dict key**; internally the sentinel
-  :data:`MISSING` stands for it.
-* ``ngx.null`` / ``cjson.null`` (JSON ``null``) is Python ``None``. Kong's cjson decodes a JSON
-  ``null`` to ``ngx.null`` and encodes ``ngx.null`` back to ``null``, so ``None`` round-trips.
-* Lua tables are ``dict`` (string keys) or ``list`` (a sequence). As in Lua, an empty ``{}`` is
-  also an empty sequence, and a ``list`` is accepted wherever Lua accepts "a table".
+* field types ``string``, ``integer``, ``number``, ``boolean``, ``record`` (nested, with
+  ``fields`` and ``entity_checks``), ``array`` of strings, ``map`` of strings to strings;
+* attributes ``required``, ``default``, ``description``, ``referenceable``, ``encrypted`` (no
+  effect on validation), ``err``, ``elements``, ``keys``, ``values``, ``fields``, ``entity_checks``;
+  on ``elements``/``keys``/``values`` only ``type``, ``description``, ``err`` and the validators;
+* validators ``eq``, ``one_of``, ``gt``, ``between``, ``len_min``, ``len_max``, ``match``,
+  ``match_none``, in Kong's order, with Kong's messages (``len_eq`` runs for the metaschema only);
+* entity checkers ``conditional`` and ``conditional_at_least_one_of`` (``if_field``, ``if_match``,
+  ``then_field`` / ``then_at_least_one_of``, ``then_match``, ``then_err``; conditions use
+  ``required`` and the validators above), as ``run_entity_check`` runs them (missing and null
+  fields, vault references skip the check, dotted names into nested records);
+* vault references (``{vault://...}``) on referenceable strings: they skip the validators, and a
+  read can resolve them (``$refs``);
+* the plugin loader's checks: the MetaSubSchema (field types and the attributes each needs or may
+  not have, the type of every attribute, ``description`` of 10 to 500 bytes, ``default`` validated
+  against its field, the shape of entity checks), then ``Entity.new_subschema`` (only a ``config``
+  record at the top);
+* Lua patterns: anchors, ``.``, ``%`` classes and escapes, sets, the quantifiers ``* + - ?``.
+
+Left out (kcauth cannot need them): the types ``set``, ``foreign``, ``json``, ``function``; the
+attributes ``auto``, ``unique``, ``unique_across_ws``, ``abstract``, ``immutable``, ``transient``,
+``deprecation``, ``shorthand_fields``, ``json_schema``, ``on_delete``, ``examples``,
+``reference``, ``generate_admin_api``; the validators ``ne``, ``len_eq``, ``not_one_of``,
+``starts_with``, ``not_match``, ``match_all``, ``match_any``, ``contains``, ``timestamp``,
+``uuid``, ``is_regex``, ``custom_validator``, ``mutually_exclusive_subsets``; the entity checkers
+``at_least_one_of``, ``only_one_of``, ``distinct``, ``mutually_required``, ``mutually_exclusive``,
+``mutually_exclusive_sets``, ``custom_entity_check`` and the ``else_*`` part of
+``conditional_at_least_one_of``; schema-level ``entity_checks``, ``shorthand_fields``,
+``transformations``, ``check``; top-level fields other than ``config``; attributes set to null
+(but ``default``); referenceable ``elements``/``keys``/``values``; Lua pattern captures, ``%b``,
+``%f`` and back-references; the contexts ``update``/``upsert`` and the ``nulls`` option of
+process_auto_fields; the plugin loader's checks outside the schema (the ``-dump``'s Priority
+and Version: kong/db/dao/plugins.lua). A schema using any of these is refused
+(:func:`check_plugin_schema` names each, and :func:`apply_defaults`, :func:`validate_config`,
+:func:`kong_config_for_instance` raise :class:`UnsupportedByHarness`): port the piece from the
+Kong file named above, with its tests, before using it. Those three take only a config record
+:func:`check_plugin_schema` accepts (else :class:`SchemaRefused`), so the engine only ever runs
+on schemas Kong loads.
+
+Representation of Lua values:
+
+* Lua ``nil`` (a key that is not there) is an **absent dict key**; internally :data:`MISSING`.
+* ``ngx.null`` / ``cjson.null`` (JSON ``null``) is ``None``.
+* Lua tables are ``dict`` or ``list``; an empty ``{}`` is also an empty sequence, as in Lua.
 * Strings are measured and matched as UTF-8 bytes, as Lua does (``#s``, ``string.match``).
 
-What Kong does but this module cannot, and therefore refuses loudly (raising
-:class:`UnsupportedByHarness`) instead of silently accepting:
-``json``-typed fields (JSON-schema validation), ``custom_entity_check`` and ``custom_validator``
-(Lua functions cannot come out of a plugin server's JSON dump anyway), and the Lua pattern item
-``%b`` (balanced match). Where Kong itself would die with a Lua runtime error (a null validator
-argument, a field of unknown type...) :class:`KongLuaError` is raised.
+Where Kong itself fails with a Lua error (a validator that does not fit its field's type, say),
+:class:`KongLuaError` is raised.
 """
 
 from __future__ import annotations
@@ -42,11 +76,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import re
-import secrets
-import string as _string
-import time
-import uuid as _uuid
 from collections.abc import Callable, Iterator
 from functools import lru_cache
 from typing import Any, Final
@@ -57,20 +86,14 @@ __all__ = [
     "DEFAULT_WORKSPACE_ID",
     "KongHarnessError",
     "UnsupportedByHarness",
+    "SchemaRefused",
     "KongLuaError",
     "LuaPatternError",
     "check_plugin_schema",
     "check_descriptions",
-    "check_lua_patterns",
-    "lint_plugin_schema",
-    "check_plugin_dump",
-    "load_external_plugin_info",
-    "prepare_config_field",
     "apply_defaults",
     "validate_config",
     "kong_config_for_instance",
-    "start_instance_request",
-    "lua_pattern_to_regex",
     "lua_match",
     "is_reference",
 ]
@@ -78,7 +101,7 @@ __all__ = [
 KONG_VERSION: Final = "3.9.3"
 
 # kong.default_workspace is a random UUID made when the database is bootstrapped
-# (kong/db/dao/workspaces.lua:25); a fixed stand-in keeps __key__ reproducible.
+# (kong/db/dao/workspaces.lua); a fixed stand-in keeps __key__ reproducible.
 DEFAULT_WORKSPACE_ID: Final = "00000000-0000-4000-8000-000000000000"
 
 
@@ -107,70 +130,102 @@ class KongHarnessError(Exception):
 
 
 class UnsupportedByHarness(KongHarnessError, NotImplementedError):
-    """Kong would evaluate this, but the harness cannot do so faithfully."""
+    """The schema uses something Kong has but this port does not cover."""
+
+
+class SchemaRefused(KongHarnessError):
+    """Kong would not load this schema (or would load it, then fail validating any config)."""
 
 
 class KongLuaError(KongHarnessError):
-    """Kong itself would raise a Lua runtime error here (an Admin API 500, or a failed start)."""
+    """Kong itself would fail with a Lua runtime error here (an Admin API 500)."""
 
 
 class LuaPatternError(KongLuaError, ValueError):
-    """A malformed Lua pattern: ``string.match`` would raise."""
+    """A malformed Lua pattern: ``string.match`` raises."""
 
 
 # --------------------------------------------------------------------------------------
-# Messages: kong/db/schema/init.lua:64-141 (validation_errors), metaschema.lua:418-435.
+# What Kong knows and what this port covers (kong/db/schema/metaschema.lua, init.lua)
+# --------------------------------------------------------------------------------------
+
+# Schema.valid_types in source order (Kong's own "expected one of" list is in hash order).
+_KONG_TYPES: Final = ("array", "set", "string", "number", "boolean", "integer", "foreign", "map", "record",
+                      "function", "json")
+_TYPES: Final = frozenset({"string", "integer", "number", "boolean", "array", "map", "record"})
+# metaschema.lua `validators`, then the other field attributes of `field_schema`.
+_KONG_VALIDATORS: Final = ("between", "eq", "ne", "gt", "len_eq", "len_min", "len_max", "match", "not_match",
+                           "match_all", "match_none", "match_any", "starts_with", "one_of", "not_one_of",
+                           "contains", "is_regex", "timestamp", "uuid", "custom_validator",
+                           "mutually_exclusive_subsets")
+_KONG_ATTRIBUTES: Final = frozenset({
+    "type", "required", "reference", "description", "examples", "auto", "unique", "unique_across_ws",
+    "on_delete", "default", "abstract", "generate_admin_api", "immutable", "err", "encrypted", "referenceable",
+    "json_schema", "transient", "deprecation", *_KONG_VALIDATORS, "elements", "keys", "values", "fields",
+    "entity_checks", "shorthand_fields",
+})
+# Schema.validators_order, the covered ones (len_eq: the metaschema's own use only).
+_VALIDATORS_ORDER: Final = ("eq", "one_of", "gt", "between", "len_eq", "len_min", "len_max", "match_none", "match")
+_COVERED_VALIDATORS: Final = frozenset(_VALIDATORS_ORDER) - {"len_eq"}
+_ATTRIBUTES: Final = frozenset({"type", "required", "default", "description", "referenceable", "encrypted", "err",
+                                "elements", "keys", "values", "fields", "entity_checks", *_COVERED_VALIDATORS})
+_PART_ATTRIBUTES: Final = frozenset({"type", "description", "err", *_COVERED_VALIDATORS})
+# metaschema.lua `entity_checkers`, in source order, and the keys of the covered ones' arguments.
+_KONG_CHECKERS: Final = ("at_least_one_of", "conditional_at_least_one_of", "only_one_of", "distinct", "conditional",
+                         "custom_entity_check", "mutually_required", "mutually_exclusive", "mutually_exclusive_sets")
+_CHECKER_KEYS: Final[dict[str, tuple[str, ...]]] = {
+    "conditional": ("if_field", "if_match", "then_field", "then_match", "then_err"),
+    "conditional_at_least_one_of": ("if_field", "if_match", "then_at_least_one_of", "then_err"),
+}
+_KONG_CHECKER_KEYS: Final[dict[str, tuple[str, ...]]] = {
+    "conditional": _CHECKER_KEYS["conditional"],
+    "conditional_at_least_one_of": (*_CHECKER_KEYS["conditional_at_least_one_of"], "else_match",
+                                    "else_then_at_least_one_of", "else_then_err"),
+}
+# What the checkers read unchecked: Kong fails with a Lua error where one is missing.
+_CHECKER_NEEDS: Final[dict[str, tuple[str, ...]]] = {
+    "conditional": ("if_field", "if_match", "then_field", "then_match"),
+    "conditional_at_least_one_of": ("if_field", "if_match", "then_at_least_one_of"),
+}
+# metaschema.lua `conditional_validators`: what if_match / then_match may say.
+_KONG_CONDITION_KEYS: Final = frozenset({"required", "elements", "keys", "values", *_KONG_VALIDATORS})
+_CONDITION_KEYS: Final = frozenset({"required", *_COVERED_VALIDATORS})
+# The fields of the `plugins` entity (kong/db/schema/entities/plugins.lua) a plugin schema could
+# specialise besides `config`.
+_PLUGINS_ENTITY_FIELDS: Final = frozenset({"id", "name", "instance_name", "created_at", "updated_at", "route",
+                                           "service", "consumer", "protocols", "enabled", "tags"})
+
+# --------------------------------------------------------------------------------------
+# Messages: init.lua validation_errors, metaschema.lua meta_errors
 # --------------------------------------------------------------------------------------
 
 _E: Final = {
     "ARRAY": "expected an array",
-    "SET": "expected a set",
     "MAP": "expected a map",
     "RECORD": "expected a record",
     "STRING": "expected a string",
     "NUMBER": "expected a number",
     "BOOLEAN": "expected a boolean",
     "INTEGER": "expected an integer",
-    "FUNCTION": "expected a function",
     "EQ": "value must be %s",
-    "NE": "value must not be %s",
     "GT": "value must be greater than %s",
     "BETWEEN": "value should be between %d and %d",
     "LEN_EQ": "length must be %d",
     "LEN_MIN": "length must be at least %d",
     "LEN_MAX": "length must be at most %d",
     "MATCH": "invalid value: %s",
-    "NOT_MATCH": "invalid value: %s",
-    "MATCH_ALL": "invalid value: %s",
     "MATCH_NONE": "invalid value: %s",
-    "MATCH_ANY": "invalid value: %s",
-    "STARTS_WITH": "should start with: %s",
-    "CONTAINS": "expected to contain: %s",
     "ONE_OF": "expected one of: %s",
-    "NOT_ONE_OF": "must not be one of: %s",
-    "IS_REGEX": "not a valid regex: %s",
-    "TIMESTAMP": "expected a valid timestamp",
-    "UUID": "expected a valid UUID",
-    "VALIDATION": "failed validating: %s",
     "REQUIRED": "required field missing",
     "UNKNOWN": "unknown field",
     "REQUIRED_FOR_ENTITY_CHECK": "field required for entity check",
     "CONDITIONAL": "failed conditional validation given value of field '%s'",
-    "AT_LEAST_ONE_OF": "at least one of these fields must be non-empty: %s",
     "CONDITIONAL_AT_LEAST_ONE_OF": "at least one of these fields must be non-empty: %s",
     "ONLY_ONE_OF": "exactly one of these fields must be non-empty: %s",
-    "DISTINCT": "values of these fields must be distinct: %s",
-    "MUTUALLY_REQUIRED": "all or none of these fields must be set: %s",
-    "MUTUALLY_EXCLUSIVE": "only one or none of these fields must be set: %s",
-    "MUTUALLY_EXCLUSIVE_SETS": "these sets are mutually exclusive: %s",
     "SCHEMA_CANNOT_VALIDATE": "error in schema prevents from validating this field",
     "SCHEMA_TYPE": "invalid type: %s",
-    "SCHEMA_BAD_REFERENCE": "schema refers to an invalid foreign entity: %s",
-    "MISSING_PK": "missing primary key",
     "SUBSCHEMA_BAD_TYPE": "error in definition of '%s': %s: cannot change type in a specialized field",
     "SUBSCHEMA_BAD_FIELD": "error in definition of '%s': %s: cannot create a new field",
-    "SUBSCHEMA_UNDEFINED_FIELD": "error in definition of '%s': %s: abstract field was not specialized",
-    "SUBSCHEMA_ABSTRACT_FIELD": "error in schema definition: abstract field was not specialized",
 }
 
 _META_E: Final = {
@@ -180,64 +235,16 @@ _META_E: Final = {
     "TYPE": "missing type declaration",
     "FIELD_EMPTY": "field entry table is empty",
     "FIELDS_ARRAY": "each entry in fields must be a sub-table",
-    "JSON_PARENT_KEY": "value must be a field name of the parent schema",
-    "JSON_PARENT_KEY_TYPE": "value must be a string field of the parent schema",
-}
-
-# Schema.valid_types (init.lua:144-156), in source order: Lua's keys() order is
-# unspecified, so Kong's own "expected one of" list for `type` comes out in hash order.
-_VALID_TYPES: Final = ("array", "set", "string", "number", "boolean", "integer",
-                       "foreign", "map", "record", "function", "json")
-
-# Schema.validators_order (init.lua:388-420): the first failing validator wins.
-_VALIDATORS_ORDER: Final = (
-    "eq", "ne", "not_one_of", "one_of", "gt", "timestamp", "uuid", "is_regex", "between",
-    "len_eq", "len_min", "len_max", "starts_with", "not_match", "match_none", "match",
-    "match_all", "match_any", "contains", "custom_validator", "mutually_exclusive_subsets",
-)
-
-# constants.lua:137-155 CORE_ENTITIES: what a `foreign` field at the top of a plugin
-# schema may reference (Schema.new -> get_foreign_schema_for_field, init.lua:2326-2335).
-_CORE_ENTITIES: Final = frozenset({
-    "workspaces", "consumers", "certificates", "services", "routes", "snis", "upstreams",
-    "targets", "plugins", "tags", "ca_certificates", "clustering_data_planes", "parameters",
-    "vaults", "key_sets", "keys", "filter_chains",
-})
-
-# The field types of the `plugins` entity (entities/plugins.lua:16-29 and the typedefs it
-# uses), which a plugin subschema may specialise but not extend (init.lua:2605-2646).
-_PLUGINS_ENTITY_FIELDS: Final[dict[str, dict[str, Any]]] = {
-    "id": {"type": "string"},
-    "name": {"type": "string"},
-    "instance_name": {"type": "string"},
-    "created_at": {"type": "integer"},
-    "updated_at": {"type": "integer"},
-    "route": {"type": "foreign"},
-    "service": {"type": "foreign"},
-    "consumer": {"type": "foreign"},
-    "config": {"type": "record", "abstract": True},
-    "protocols": {"type": "set", "elements": {"type": "string"}},
-    "enabled": {"type": "boolean"},
-    "tags": {"type": "set", "elements": {"type": "string"}},
 }
 
 # --------------------------------------------------------------------------------------
-# Lua value helpers
+# Lua values
 # --------------------------------------------------------------------------------------
 
 
 def _truthy(v: Any) -> bool:
     """Lua truthiness: only nil and false are false (ngx.null, 0 and "" are true)."""
     return v is not MISSING and v is not False
-
-
-def _attr(t: Any, key: Any) -> Any:
-    """``t[key]`` for a Lua table; MISSING (nil) when absent or when t is not a keyed table."""
-    if isinstance(t, dict):
-        return t.get(key, MISSING)
-    if isinstance(t, list) and isinstance(key, int) and not isinstance(key, bool):
-        return t[key - 1] if 1 <= key <= len(t) else MISSING
-    return MISSING
 
 
 def _is_table(v: Any) -> bool:
@@ -248,36 +255,17 @@ def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _lua_pairs(t: Any) -> Iterator[tuple[Any, Any]]:
+def _attr(t: Any, key: Any) -> Any:
+    """``t[key]``; MISSING (nil) when absent or when t is no table."""
     if isinstance(t, dict):
-        yield from list(t.items())
-    elif isinstance(t, list):
-        yield from enumerate(list(t), 1)
-
-
-def _is_sequence(v: Any) -> bool:
-    """init.lua:444-466 is_sequence: keys are exactly 1..n (an empty table is a sequence)."""
-    if isinstance(v, list):
-        return True
-    if isinstance(v, dict):
-        keys = list(v)
-        if not all(isinstance(k, int) and not isinstance(k, bool) for k in keys):
-            return False
-        return sorted(keys) == list(range(1, len(keys) + 1))
-    return False
-
-
-def _seq(v: Any) -> list[Any] | None:
-    """The elements ``v[1..#v]`` of a sequence, or None if v is not a sequence."""
-    if isinstance(v, list):
-        return v
-    if isinstance(v, dict) and _is_sequence(v):
-        return [v[i] for i in range(1, len(v) + 1)]
-    return None
+        return t.get(key, MISSING)
+    if isinstance(t, list) and isinstance(key, int) and not isinstance(key, bool):
+        return t[key - 1] if 1 <= key <= len(t) else MISSING
+    return MISSING
 
 
 def _lua_len(v: Any) -> int:
-    """The ``#`` operator: bytes of a string, border of a table."""
+    """The ``#`` operator: the bytes of a string, the border of a table."""
     if isinstance(v, str):
         return len(v.encode("utf-8"))
     if isinstance(v, list):
@@ -290,273 +278,214 @@ def _lua_len(v: Any) -> int:
     raise KongLuaError(f"attempt to get length of a {_lua_type(v)} value")
 
 
+def _seq(v: Any) -> list[Any]:
+    """``v[1] .. v[#v]`` of a table, what ``for i = 1, #v`` visits."""
+    if isinstance(v, list):
+        return v
+    if not isinstance(v, dict):
+        raise KongLuaError(f"attempt to index a {_lua_type(v)} value")
+    return [v[i] for i in range(1, _lua_len(v) + 1)]
+
+
+def _is_sequence(v: Any) -> bool:
+    """init.lua is_sequence: keys exactly 1..n (an empty table is one)."""
+    return isinstance(v, list) or (isinstance(v, dict) and _lua_len(v) == len(v))
+
+
+def _lua_pairs(t: Any) -> Iterator[tuple[Any, Any]]:
+    if isinstance(t, dict):
+        yield from list(t.items())
+    else:
+        yield from enumerate(list(t), 1)
+
+
 def _lua_type(v: Any) -> str:
     if v is MISSING:
         return "nil"
-    if v is None:
-        return "userdata"
     if isinstance(v, bool):
         return "boolean"
     if _is_number(v):
         return "number"
     if isinstance(v, str):
         return "string"
-    if _is_table(v):
-        return "table"
-    if callable(v):
-        return "function"
-    return "userdata"
-
-
-def _lua_key(v: Any) -> tuple[Any, ...]:
-    """How a value behaves as a Lua table key (1 == 1.0, true ~= 1, tables by identity)."""
-    if isinstance(v, bool):
-        return ("b", v)
-    if _is_number(v):
-        return ("n", float(v))
-    if isinstance(v, str):
-        return ("s", v)
-    if v is None:
-        return ("null",)
-    return ("t", id(v))
+    return "table" if _is_table(v) else "userdata"
 
 
 def _lua_eq(a: Any, b: Any) -> bool:
-    return _lua_key(a) == _lua_key(b)
-
-
-def _num_str(n: float | int) -> str:
-    """LuaJIT number -> string (LUAI_NUMFFORMAT "%.14g")."""
-    f = float(n)
-    if math.isnan(f):
-        return "nan"
-    if math.isinf(f):
-        return "inf" if f > 0 else "-inf"
-    return format(f, ".14g")
+    """Lua ``==``: numbers by value (1 == 1.0), strings and booleans by type and value, tables by identity."""
+    if _is_number(a) and _is_number(b):
+        return bool(a == b)
+    if a is None or isinstance(a, (str, bool)):
+        return type(a) is type(b) and a == b
+    return a is b
 
 
 def _lua_tostring(v: Any) -> str:
-    if v is None:
-        return "userdata: NULL"
+    if _is_number(v):  # LUAI_NUMFFORMAT "%.14g"
+        f = float(v)
+        return "nan" if math.isnan(f) else ("inf" if f > 0 else "-inf") if math.isinf(f) else format(f, ".14g")
     if isinstance(v, bool):
         return "true" if v else "false"
-    if _is_number(v):
-        return _num_str(v)
     if isinstance(v, str):
         return v
-    if v is MISSING:
-        return "nil"
-    return f"{_lua_type(v)}: 0x{id(v):08x}"
+    return "nil" if v is MISSING else "userdata: NULL" if v is None else f"{_lua_type(v)}: 0x{id(v):08x}"
 
 
-def _lua_format(fmt: str, *args: Any) -> str:
-    """string.format for the %s / %d / %% items Kong's messages use."""
+def _lua_format(fmt: Any, *args: Any) -> str:
+    """LuaJIT 2.1's ``fmt:format(...)`` for the items Kong's messages use: %s (any value, as
+    tostring gives it), %d (a number, truncated), %%."""
+    if not isinstance(fmt, str):
+        raise KongLuaError(f"attempt to index a {_lua_type(fmt)} value (:format)")
     out: list[str] = []
-    it = iter(args)
+    rest = iter(args)
     i = 0
     while i < len(fmt):
-        c = fmt[i]
-        if c == "%" and i + 1 < len(fmt):
-            spec = fmt[i + 1]
-            i += 2
-            if spec == "%":
-                out.append("%")
-                continue
-            arg = next(it, MISSING)
-            if spec == "s":
-                if not (isinstance(arg, str) or _is_number(arg)):
-                    raise KongLuaError(f"bad argument to 'format' (string expected, got {_lua_type(arg)})")
-                out.append(_lua_tostring(arg))
-            elif spec == "d":
-                if not isinstance(arg, (int, float)) or isinstance(arg, bool):
-                    raise KongLuaError(f"bad argument to 'format' (number expected, got {_lua_type(arg)})")
-                out.append(str(math.trunc(arg)))  # (LUA_INTFRM_T) cast in lib_string.c
-            else:
-                raise KongLuaError(f"harness _lua_format does not know %{spec}")
+        if fmt[i] != "%":
+            out.append(fmt[i])
+            i += 1
             continue
-        out.append(c)
-        i += 1
+        spec = fmt[i + 1:i + 2]
+        i += 2
+        if spec == "%":
+            out.append("%")
+            continue
+        arg: Any = next(rest, _NO_VALUE)
+        if spec not in ("s", "d"):
+            raise UnsupportedByHarness(f"format item %{spec} in {fmt!r} is not covered by this port")
+        if arg is _NO_VALUE or (spec == "d" and not _is_number(arg)):
+            raise KongLuaError(f"bad argument to 'format' in {fmt!r}")
+        out.append(_lua_tostring(arg) if spec == "s" else str(math.trunc(arg)))
     return "".join(out)
 
 
-def _concat(items: list[Any], sep: str) -> str:
-    """table.concat: strings and numbers only."""
-    parts = []
-    for i, x in enumerate(items, 1):
-        if not (isinstance(x, str) or _is_number(x)):
-            raise KongLuaError(f"invalid value (at index {i}) in table for 'concat'")
-        parts.append(_lua_tostring(x))
-    return sep.join(parts)
+_NO_VALUE: Final = object()
 
 
 def _quoted_list(words: list[Any]) -> str:
-    """init.lua:185-196 quoted_list."""
-    msg = []
-    for w in words:
-        if _is_table(w):
-            msg.append("(%s)" % _quoted_list(_seq(w) or []))
-        else:
-            msg.append("'%s'" % _lua_tostring(w))
-    return ", ".join(msg)
+    """init.lua quoted_list."""
+    return ", ".join(f"({_quoted_list(_seq(w))})" if _is_table(w) else f"'{_lua_tostring(w)}'" for w in words)
 
 
 def is_reference(value: Any) -> bool:
-    """kong/pdk/vault.lua:79-91 is_reference: starts with ``{vault://`` and ends with ``}``."""
+    """kong/pdk/vault.lua is_reference: a string starting with ``{vault://`` and ending with ``}``."""
     return isinstance(value, str) and value.startswith("{vault://") and value.endswith("}")
 
 
 def _is_nonempty(v: Any) -> bool:
-    """init.lua:429-438 is_nonempty."""
-    if v is MISSING or v is None:
-        return False
-    if _is_table(v) and len(v) == 0:
-        return False
-    if isinstance(v, str) and v == "":
-        return False
-    return True
+    """init.lua is_nonempty: not nil, not null, not an empty table, not ""."""
+    return not (v is MISSING or v is None or (_is_table(v) and not v) or v == "")
 
 
 def _get_field(tbl: Any, name: str) -> Any:
-    """init.lua:472-482 get_field: ``t["x.y"]`` is ``t.x.y``."""
+    """init.lua get_field: ``t["x.y"]`` is ``t.x.y``."""
     if tbl is MISSING or tbl is None:
         return MISSING
+    if not isinstance(name, str):
+        raise KongLuaError(f"bad argument #1 to 'find' (string expected, got {_lua_type(name)})")
     hd, dot, tl = name.partition(".")
-    if not dot:
-        return _attr(tbl, name)
-    return _get_field(_attr(tbl, hd), tl)
+    return _get_field(_attr(tbl, hd), tl) if dot else _attr(tbl, name)
 
 
 def _set_field(tbl: dict[Any, Any], name: str, value: Any) -> None:
-    """init.lua:488-501 set_field (assigning nil removes)."""
+    """init.lua set_field (assigning nil removes the key)."""
     hd, dot, tl = name.partition(".")
-    if not dot:
-        if value is MISSING:
-            tbl.pop(name, None)
-        else:
-            tbl[name] = value
-        return
-    sub = tbl.get(hd)
-    if not isinstance(sub, dict):
-        sub = {}
-        tbl[hd] = sub
-    _set_field(sub, tl, value)
+    if dot:
+        sub = tbl.get(hd)
+        if not isinstance(sub, dict):
+            sub = tbl[hd] = {}
+        _set_field(sub, tl, value)
+    elif value is MISSING:
+        tbl.pop(name, None)
+    else:
+        tbl[name] = value
 
 
 def _fields_list(schema: Any) -> list[tuple[str, dict[str, Any]]]:
-    """The ``{ name = def }`` entries of a schema's (or record field's) ``fields`` array."""
+    """Schema:each_field: the ``{ name = def }`` entries of a schema's (or record's) ``fields``."""
     fields = _attr(schema, "fields")
-    items = _seq(fields)
-    if items is None:
+    if not _is_table(fields):
         raise KongLuaError(f"attempt to index 'fields' (a {_lua_type(fields)} value)")
     out: list[tuple[str, dict[str, Any]]] = []
-    for item in items:
-        if not isinstance(item, dict) or not item:
+    for item in _seq(fields):
+        if not isinstance(item, dict) or not item or not isinstance(next(iter(item.values())), dict):
             raise KongLuaError("malformed entry in 'fields'")
-        name, fdef = next(iter(item.items()))
-        if not isinstance(fdef, dict):
-            raise KongLuaError(f"field '{name}' is a {_lua_type(fdef)}, not a table")
-        out.append((name, fdef))
+        out.append(next(iter(item.items())))
     return out
 
 
-def _field_map(schema: Any) -> dict[str, dict[str, Any]]:
-    return {name: fdef for name, fdef in _fields_list(schema)}
+def _entries(fields: Any) -> list[tuple[Any, Any]]:
+    """The ``name, def`` pairs of the entries of a ``fields`` value, skipping what is no table (the
+    metaschema reports that, and entries of more than one pair)."""
+    return [pair for e in fields if isinstance(e, dict) for pair in e.items()] if isinstance(fields, list) else []
 
 
-def _get_schema_field(schema: Any, name: str) -> dict[str, Any] | None:
-    """init.lua:507-517 get_schema_field (records are reachable by name: allow_record_fields_by_name)."""
+def _schema_field(record: Any, name: str) -> Any:
+    """init.lua get_schema_field: a (dotted) name through records (allow_record_fields_by_name)."""
+    if not isinstance(name, str):
+        raise KongLuaError(f"bad argument #1 to 'find' (string expected, got {_lua_type(name)})")
     hd, dot, tl = name.partition(".")
-    fdef = _field_map(schema).get(hd)
-    if not dot or fdef is None:
-        return fdef
-    return _get_schema_field(fdef, tl)
-
-
-def _overlay(base: dict[str, Any] | None, top: Any) -> dict[str, Any]:
-    """``setmetatable(top, { __index = base })``: attributes of `top` win."""
-    merged = dict(base or {})
-    if isinstance(top, dict):
-        merged.update(top)
-    return merged
+    fdef = dict(_entries(_attr(record, "fields"))).get(hd) if isinstance(record, dict) else None
+    return _schema_field(fdef, tl) if dot and fdef is not None else fdef
 
 
 # --------------------------------------------------------------------------------------
-# Lua patterns -> Python regular expressions
+# Lua patterns: LuaJIT src/lib_string.c
 # --------------------------------------------------------------------------------------
-# LuaJIT's matcher (what OpenResty runs Kong on) works on bytes, in the C locale. Its
-# classes are %a %c %d %g %l %p %s %u %w %x and %z, upper case for the complement; any
-# other escaped character stands for itself. The translation below compiles each
-# single-character class to an explicit byte set, so `.`, `[^...]`, %S ... see bytes,
-# as Lua does. Limits: %b (balanced match) raises UnsupportedByHarness; malformed
-# patterns raise LuaPatternError eagerly, where Lua only raises when the matcher
-# reaches the bad item; a back-reference to a position capture never matches (as in
-# LuaJIT); at most Python's group limit of captures.
+# LuaJIT matches bytes with its own C-locale character table (lj_char.c); the classes are
+# %a %c %d %g %l %p %s %u %w %x and %z, upper case for the complement; any other escaped
+# character stands for itself. A pattern is compiled to its items (each a set of bytes and a
+# quantifier), which `_match` runs as match() / max_expand() / min_expand() do.
 
 def _ctype(pred: Callable[[int], bool]) -> frozenset[int]:
     return frozenset(c for c in range(256) if pred(c))
 
 
+_ALL_BYTES: Final = frozenset(range(256))
 _DIGIT = _ctype(lambda c: 48 <= c <= 57)
 _UPPER = _ctype(lambda c: 65 <= c <= 90)
 _LOWER = _ctype(lambda c: 97 <= c <= 122)
-_ALPHA = _UPPER | _LOWER
-_ALNUM = _ALPHA | _DIGIT
+_ALNUM = _UPPER | _LOWER | _DIGIT
 _GRAPH = _ctype(lambda c: 33 <= c <= 126)
-_LUA_CLASSES: Final[dict[str, frozenset[int]]] = {
-    "a": _ALPHA,
-    "c": _ctype(lambda c: c < 32 or c == 127),
-    "d": _DIGIT,
-    "g": _GRAPH,
-    "l": _LOWER,
-    "p": _GRAPH - _ALNUM,
-    "s": _ctype(lambda c: 9 <= c <= 13 or c == 32),
-    "u": _UPPER,
-    "w": _ALNUM,
-    "x": _DIGIT | _ctype(lambda c: 65 <= c <= 70 or 97 <= c <= 102),
-    "z": frozenset({0}),
-}
-_ALL_BYTES: Final = frozenset(range(256))
+_LUA_CLASSES: Final[dict[int, frozenset[int]]] = {ord(k): v for k, v in {
+    "a": _UPPER | _LOWER, "c": _ctype(lambda c: c < 32 or c == 127), "d": _DIGIT, "g": _GRAPH, "l": _LOWER,
+    "p": _GRAPH - _ALNUM, "s": _ctype(lambda c: 9 <= c <= 13 or c == 32), "u": _UPPER, "w": _ALNUM,
+    "x": _DIGIT | _ctype(lambda c: 65 <= c <= 70 or 97 <= c <= 102), "z": frozenset({0}),
+}.items()}
 
 
 def _class_bytes(cl: int) -> frozenset[int]:
-    """match_class: the bytes a ``%x`` item matches."""
-    ch = chr(cl)
-    if ch.isascii() and ch.isalpha() and ch.lower() in _LUA_CLASSES:
-        s = _LUA_CLASSES[ch.lower()]
-        return s if ch.islower() else _ALL_BYTES - s
+    """match_class: the bytes ``%`` followed by ``cl`` matches."""
+    if 0x41 <= cl <= 0x7A and (cl | 0x20) in _LUA_CLASSES:
+        s = _LUA_CLASSES[cl | 0x20]
+        return s if cl & 0x20 else _ALL_BYTES - s
     return frozenset({cl})
 
 
 def _class_end(p: bytes, i: int) -> int:
-    """classEnd: index just past the single-character class starting at p[i]."""
-    n = len(p)
+    """classend: the index just past the single-character class starting at p[i]."""
     c = p[i]
     i += 1
     if c == 0x25:  # '%'
-        if i >= n:
+        if i >= len(p):
             raise LuaPatternError("malformed pattern (ends with '%')")
         return i + 1
     if c == 0x5B:  # '['
-        if i < n and p[i] == 0x5E:  # '^'
+        if i < len(p) and p[i] == 0x5E:  # '^'
             i += 1
-        while True:  # the first character after '[' / '[^' is always a member, even ']'
-            if i >= n:
+        while True:  # the first character after '[' or '[^' is a member, even ']'
+            if i >= len(p):
                 raise LuaPatternError("malformed pattern (missing ']')")
-            cc = p[i]
-            i += 1
-            if cc == 0x25 and i < n:
-                i += 1
-            if i < n and p[i] == 0x5D:
+            i += 2 if p[i] == 0x25 and i + 1 < len(p) else 1
+            if i < len(p) and p[i] == 0x5D:
                 return i + 1
     return i
 
 
-def _bracket_set(p: bytes, start: int, ec: int) -> frozenset[int]:
-    """matchbracketclass: the byte set of ``p[start] == '['`` .. ``p[ec] == ']'``."""
+def _bracket_bytes(p: bytes, start: int, ec: int) -> frozenset[int]:
+    """matchbracketclass: the bytes of the set ``p[start] == '['`` .. ``p[ec] == ']'``."""
     k = start
-    sig = True
-    if p[k + 1] == 0x5E:
-        sig = False
+    negate = p[k + 1] == 0x5E
+    if negate:
         k += 1
     members: set[int] = set()
     k += 1
@@ -564,141 +493,92 @@ def _bracket_set(p: bytes, start: int, ec: int) -> frozenset[int]:
         if p[k] == 0x25:
             k += 1
             members |= _class_bytes(p[k])
-        elif k + 1 < len(p) and p[k + 1] == 0x2D and k + 2 < ec:  # a-z
+        elif p[k + 1] == 0x2D and k + 2 < ec:  # a range: x-y
             members |= set(range(p[k], p[k + 2] + 1))
             k += 2
         else:
             members.add(p[k])
         k += 1
-    return frozenset(members) if sig else _ALL_BYTES - members
+    return _ALL_BYTES - members if negate else frozenset(members)
 
 
-def _set_rx(s: frozenset[int]) -> str:
-    if not s:
-        return "(?!)"
-    if len(s) == 1:
-        return "\\x%02x" % next(iter(s))
-    vals = sorted(s)
-    parts = []
-    lo = prev = vals[0]
-    for v in [*vals[1:], -2]:
-        if v == prev + 1:
-            prev = v
-            continue
-        parts.append("\\x%02x" % lo if lo == prev else "\\x%02x-\\x%02x" % (lo, prev))
-        lo = prev = v
-    return "[" + "".join(parts) + "]"
-
-
-def _frontier_rx(s: frozenset[int]) -> str:
-    """%f[set]: previous byte (NUL at the start) not in set, current byte (NUL at the end) in set."""
-    cls = _set_rx(s)
-    neg = _set_rx(_ALL_BYTES - s)
-    before = f"(?<={neg})" if 0 in s else f"(?<!{cls})"
-    after = f"(?={cls}|\\Z)" if 0 in s else f"(?={cls})"
-    return before + after
+_Pattern = tuple[bool, tuple[tuple[frozenset[int], int], ...], bool]
 
 
 @lru_cache(maxsize=1024)
-def _compile_lua_pattern(pattern: str) -> re.Pattern[bytes]:
+def _compile_pattern(pattern: str) -> _Pattern:
+    """A pattern as (anchored at the start, items, anchored at the end).
+
+    str_find_aux: a leading '^' anchors; match(): a '$' anchors only as the last character, any
+    other '^' or '$' is a literal, and a quantifier follows a single-character class. Raised
+    eagerly, whatever the subject (Lua raises only when the matcher reaches the item):
+    LuaPatternError for what Lua refuses, UnsupportedByHarness for what this port leaves out.
+    """
     p = pattern.encode("utf-8")
     n = len(p)
-    out: list[str] = []
-    i = 0
-    if n and p[0] == 0x5E:  # '^' anchors only as the very first character
-        out.append("\\A")
-        i = 1
-    ncap = 0
-    open_caps: list[int] = []
-    positions: set[int] = set()
+    anchored = n > 0 and p[0] == 0x5E
+    i = 1 if anchored else 0
+    items: list[tuple[frozenset[int], int]] = []
     while i < n:
         c = p[i]
-        if c == 0x28:  # '('
-            ncap += 1
-            if i + 1 < n and p[i + 1] == 0x29:  # position capture
-                positions.add(ncap)
-                out.append("()")
-                i += 2
-            else:
-                open_caps.append(ncap)
-                out.append("(")
-                i += 1
-            continue
-        if c == 0x29:  # ')'
-            if not open_caps:
-                raise LuaPatternError("invalid pattern capture")
-            open_caps.pop()
-            out.append(")")
-            i += 1
-            continue
-        if c == 0x24 and i == n - 1:  # '$' anchors only as the very last character
-            out.append("\\Z")
-            i += 1
-            continue
-        if c == 0x25 and i + 1 < n:
-            nx = p[i + 1]
-            if nx == 0x62:  # %b
-                raise UnsupportedByHarness(
-                    f"Lua pattern {pattern!r}: %b (balanced match) has no Python regex equivalent")
-            if nx == 0x66:  # %f
-                i += 2
-                if i >= n or p[i] != 0x5B:
-                    raise LuaPatternError("missing '[' after '%f' in pattern")
-                end = _class_end(p, i)
-                out.append(_frontier_rx(_bracket_set(p, i, end - 1)))
-                i = end
-                continue
-            if 0x30 <= nx <= 0x39:  # back-reference %1-%9
-                idx = nx - 0x30
-                if idx < 1 or idx > ncap or idx in open_caps:
-                    raise LuaPatternError("invalid capture index")
-                out.append("(?!)" if idx in positions else "(?:\\%d)" % idx)
-                i += 2
-                continue
-        # a single-character class, maybe followed by a quantifier
+        if c in b"()" or (c == 0x25 and i + 1 < n and p[i + 1] in b"bf0123456789"):
+            what = "captures" if c in b"()" else "back-references" if p[i + 1] in b"0123456789" else f"%{chr(p[i + 1])}"
+            raise UnsupportedByHarness(f"Lua pattern {pattern!r}: {what} are not covered by this port")
+        if c == 0x24 and i == n - 1:
+            return anchored, tuple(items), True
         end = _class_end(p, i)
-        if c == 0x2E:  # '.'
-            cls: frozenset[int] = _ALL_BYTES
-        elif c == 0x25:
-            cls = _class_bytes(p[i + 1])
-        elif c == 0x5B:
-            cls = _bracket_set(p, i, end - 1)
+        cls = (_ALL_BYTES if c == 0x2E else _class_bytes(p[i + 1]) if c == 0x25
+               else _bracket_bytes(p, i, end - 1) if c == 0x5B else frozenset({c}))
+        quantifier = p[end] if end < n and p[end] in b"?*+-" else 0
+        items.append((cls, quantifier))
+        i = end + (quantifier != 0)
+    return anchored, tuple(items), False
+
+
+def _match(s: bytes, i: int, items: tuple[tuple[frozenset[int], int], ...], k: int, end_anchor: bool) -> bool:
+    """match(): whether items[k:] match at s[i] (the '?', '*', '+', '-' and plain cases)."""
+    while k < len(items):
+        cls, quantifier = items[k]
+        m = i < len(s) and s[i] in cls
+        if quantifier == 0x3F:  # '?'
+            if m and _match(s, i + 1, items, k + 1, end_anchor):
+                return True
+            k += 1
+        elif quantifier in (0x2A, 0x2B):  # '*', '+': max_expand
+            if quantifier == 0x2B:
+                if not m:
+                    return False
+                i += 1
+            j = i
+            while j < len(s) and s[j] in cls:
+                j += 1
+            return any(_match(s, x, items, k + 1, end_anchor) for x in range(j, i - 1, -1))
+        elif quantifier == 0x2D:  # '-': min_expand
+            while not _match(s, i, items, k + 1, end_anchor):
+                if not (i < len(s) and s[i] in cls):
+                    return False
+                i += 1
+            return True
         else:
-            cls = frozenset({c})
-        item = _set_rx(cls)
-        if end < n and p[end] in b"*+-?":
-            item += {0x2A: "*", 0x2B: "+", 0x2D: "*?", 0x3F: "?"}[p[end]]
-            end += 1
-        out.append(item)
-        i = end
-    if open_caps:
-        raise LuaPatternError("unfinished capture")
-    return re.compile("".join(out).encode("ascii"))
-
-
-def lua_pattern_to_regex(pattern: str) -> str:
-    """The Python (bytes) regular expression source equivalent to a Lua pattern."""
-    return _compile_lua_pattern(pattern).pattern.decode("ascii")
+            if not m:
+                return False
+            i += 1
+            k += 1
+    return not end_anchor or i == len(s)
 
 
 def lua_match(subject: str, pattern: str) -> bool:
-    """Whether ``subject:match(pattern)`` is truthy (string.match: search, not anchored)."""
-    return _compile_lua_pattern(pattern).search(subject.encode("utf-8")) is not None
+    """Whether ``subject:match(pattern)`` is truthy (str_find_aux: tried at every start unless anchored)."""
+    anchored, items, end_anchor = _compile_pattern(pattern)
+    s = subject.encode("utf-8")
+    return any(_match(s, i, items, 0, end_anchor) for i in range(1 if anchored else len(s) + 1))
 
 
 # --------------------------------------------------------------------------------------
-# Validators: init.lua:212-385
+# Validators: init.lua Schema.validators
 # --------------------------------------------------------------------------------------
-
-_UUID_RE: Final = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$", re.I)
 
 _ValidatorResult = tuple[bool, str | None]
-
-
-def _str_match(value: Any, pattern: Any) -> bool:
-    if not isinstance(value, str) or not isinstance(pattern, str):
-        raise KongLuaError(f"string.match on a {_lua_type(value)} with a {_lua_type(pattern)} pattern")
-    return lua_match(value, pattern)
 
 
 def _cmp(value: Any, limit: Any, op: Callable[[Any, Any], bool]) -> bool:
@@ -707,12 +587,31 @@ def _cmp(value: Any, limit: Any, op: Callable[[Any, Any], bool]) -> bool:
     raise KongLuaError(f"attempt to compare {_lua_type(value)} with {_lua_type(limit)}")
 
 
-def _length(value: Any, field: dict[str, Any]) -> int:
-    """make_length_validator (init.lua:162-175): a map's length is #value plus its pairs."""
-    n = _lua_len(value)
-    if field.get("type") == "map":
-        n += len(value)
-    return n
+def _str_match(value: Any, pattern: Any) -> bool:
+    """``value:match(pattern)``: a method of strings only; a number pattern is coerced to a string."""
+    if not isinstance(value, str):
+        raise KongLuaError(f"attempt to index a {_lua_type(value)} value (value:match)")
+    if not (isinstance(pattern, str) or _is_number(pattern)):
+        raise KongLuaError(f"bad argument #1 to 'match' (string expected, got {_lua_type(pattern)})")
+    return lua_match(value, _lua_tostring(pattern))
+
+
+def _v_eq(value: Any, wanted: Any, field: dict[str, Any]) -> _ValidatorResult:
+    return (True, None) if _lua_eq(value, wanted) else (False, _E["EQ"] % _lua_tostring(wanted))
+
+
+def _v_one_of(value: Any, options: Any, field: dict[str, Any]) -> _ValidatorResult:
+    options = _seq(options)
+    if any(_lua_eq(value, o) for o in options):
+        return True, None
+    for i, o in enumerate(options, 1):  # table.concat takes strings and numbers only
+        if not (isinstance(o, str) or _is_number(o)):
+            raise KongLuaError(f"invalid value (at index {i}) in table for 'concat'")
+    return False, _E["ONE_OF"] % ", ".join(_lua_tostring(o) for o in options)
+
+
+def _v_gt(value: Any, limit: Any, field: dict[str, Any]) -> _ValidatorResult:
+    return (True, None) if _cmp(value, limit, lambda a, b: a > b) else (False, _E["GT"] % _lua_tostring(limit))
 
 
 def _v_between(value: Any, limits: Any, field: dict[str, Any]) -> _ValidatorResult:
@@ -722,200 +621,60 @@ def _v_between(value: Any, limits: Any, field: dict[str, Any]) -> _ValidatorResu
     return True, None
 
 
-def _v_eq(value: Any, wanted: Any, field: dict[str, Any]) -> _ValidatorResult:
-    if _lua_eq(value, wanted):
-        return True, None
-    return False, _E["EQ"] % ("null" if wanted is None else _lua_tostring(wanted))
-
-
-def _v_ne(value: Any, wanted: Any, field: dict[str, Any]) -> _ValidatorResult:
-    if not _lua_eq(value, wanted):
-        return True, None
-    return False, _E["NE"] % ("null" if wanted is None else _lua_tostring(value))
-
-
-def _v_gt(value: Any, limit: Any, field: dict[str, Any]) -> _ValidatorResult:
-    if _cmp(value, limit, lambda a, b: a > b):
-        return True, None
-    return False, _E["GT"] % _lua_tostring(limit)
-
-
 def _v_len(name: str, op: Callable[[int, Any], bool]) -> Callable[[Any, Any, dict[str, Any]], _ValidatorResult]:
+    """make_length_validator: ``#value``, plus one per pair for a map."""
     def check(value: Any, n: Any, field: dict[str, Any]) -> _ValidatorResult:
-        if not _is_number(n):
-            raise KongLuaError(f"attempt to compare number with {_lua_type(n)}")
-        if op(_length(value, field), n):
+        length = _lua_len(value) + (len(value) if field.get("type") == "map" else 0)
+        if op(length, n) if _is_number(n) else _cmp(length, n, op):
             return True, None
         return False, _lua_format(_E[name], n)
     return check
 
 
 def _v_match(value: Any, pattern: Any, field: dict[str, Any]) -> _ValidatorResult:
-    if _str_match(value, pattern):
-        return True, None
-    return False, _E["MATCH"] % value
+    return (True, None) if _str_match(value, pattern) else (False, _E["MATCH"] % value)
 
 
-def _v_not_match(value: Any, pattern: Any, field: dict[str, Any]) -> _ValidatorResult:
-    if _str_match(value, pattern):
-        return False, _E["NOT_MATCH"] % value
+def _v_match_none(value: Any, rules: Any, field: dict[str, Any]) -> _ValidatorResult:
+    for rule in _seq(rules):
+        if _str_match(value, _attr(rule, "pattern")):
+            err = _attr(rule, "err")
+            return False, None if err is MISSING else err
     return True, None
-
-
-def _opt_err(e: Any) -> str | None:
-    return e if isinstance(e, str) else None
-
-
-def _v_match_all(value: Any, lst: Any, field: dict[str, Any]) -> _ValidatorResult:
-    for item in _seq(lst) or []:
-        if not _str_match(value, _attr(item, "pattern")):
-            return False, _opt_err(_attr(item, "err"))
-    return True, None
-
-
-def _v_match_none(value: Any, lst: Any, field: dict[str, Any]) -> _ValidatorResult:
-    for item in _seq(lst) or []:
-        if _str_match(value, _attr(item, "pattern")):
-            return False, _opt_err(_attr(item, "err"))
-    return True, None
-
-
-def _v_match_any(value: Any, arg: Any, field: dict[str, Any]) -> _ValidatorResult:
-    for pat in _seq(_attr(arg, "patterns")) or []:
-        if _str_match(value, pat):
-            return True, None
-    return False, _opt_err(_attr(arg, "err"))
-
-
-def _v_starts_with(value: Any, expected: Any, field: dict[str, Any]) -> _ValidatorResult:
-    if not isinstance(value, str) or not isinstance(expected, str):
-        raise KongLuaError("starts_with needs strings")
-    if not value.encode("utf-8").startswith(expected.encode("utf-8")):
-        return False, _E["STARTS_WITH"] % expected
-    return True, None
-
-
-def _v_one_of(value: Any, options: Any, field: dict[str, Any]) -> _ValidatorResult:
-    opts = _seq(options) or []
-    if any(_lua_eq(value, o) for o in opts):
-        return True, None
-    return False, _E["ONE_OF"] % _concat(opts, ", ")
-
-
-def _v_not_one_of(value: Any, options: Any, field: dict[str, Any]) -> _ValidatorResult:
-    opts = _seq(options) or []
-    if any(_lua_eq(value, o) for o in opts):
-        return False, _E["NOT_ONE_OF"] % _concat(opts, ", ")
-    return True, None
-
-
-def _v_timestamp(value: Any, arg: Any, field: dict[str, Any]) -> _ValidatorResult:
-    return (True, None) if _cmp(value, 0, lambda a, b: a > b) else (False, None)
-
-
-def _v_uuid(value: Any, arg: Any, field: dict[str, Any]) -> _ValidatorResult:
-    if _lua_len(value) != 36:
-        return False, None
-    return (True, None) if _UUID_RE.search(value) else (False, None)
-
-
-def _v_is_regex(value: Any, arg: Any, field: dict[str, Any]) -> _ValidatorResult:
-    # Kong compiles with PCRE (ngx.re.match); Python's `re` is the nearest stand-in.
-    try:
-        re.compile(value)
-    except (re.error, TypeError):
-        return False, None
-    return True, None
-
-
-def _v_contains(value: Any, wanted: Any, field: dict[str, Any]) -> _ValidatorResult:
-    if any(_lua_eq(x, wanted) for x in _seq(value) or []):
-        return True, None
-    return False, _lua_format(_E["CONTAINS"], wanted)
-
-
-def _v_custom_validator(value: Any, fn: Any, field: dict[str, Any]) -> _ValidatorResult:
-    if not callable(fn):
-        raise KongLuaError(f"attempt to call a {_lua_type(fn)} value (custom_validator)")
-    res = fn(value)
-    if isinstance(res, tuple):
-        ok = res[0]
-        err = res[1] if len(res) > 1 else None
-        return bool(_truthy(ok) and ok is not None), err
-    return bool(_truthy(res) and res is not None), None
-
-
-def _v_mutually_exclusive_subsets(value: Any, subsets: Any, field: dict[str, Any]) -> _ValidatorResult:
-    union: dict[tuple[Any, ...], Any] = {}
-    for subset in _seq(subsets) or []:
-        for elem in _seq(subset) or []:
-            union[_lua_key(elem)] = subset
-    member_of: list[Any] = []
-    seen: set[int] = set()
-    for val in _seq(value) or []:
-        subset = union.get(_lua_key(val))
-        if subset is not None and id(subset) not in seen:
-            seen.add(id(subset))
-            member_of.append(subset)
-    if len(member_of) <= 1:
-        return True, None
-    return False, _E["MUTUALLY_EXCLUSIVE_SETS"] % _quoted_list(member_of)
 
 
 _VALIDATORS: Final[dict[str, Callable[[Any, Any, dict[str, Any]], _ValidatorResult]]] = {
-    "between": _v_between,
     "eq": _v_eq,
-    "ne": _v_ne,
+    "one_of": _v_one_of,
     "gt": _v_gt,
+    "between": _v_between,
     "len_eq": _v_len("LEN_EQ", lambda a, b: a == b),
     "len_min": _v_len("LEN_MIN", lambda a, b: a >= b),
     "len_max": _v_len("LEN_MAX", lambda a, b: a <= b),
-    "match": _v_match,
-    "not_match": _v_not_match,
-    "match_all": _v_match_all,
     "match_none": _v_match_none,
-    "match_any": _v_match_any,
-    "starts_with": _v_starts_with,
-    "one_of": _v_one_of,
-    "not_one_of": _v_not_one_of,
-    "timestamp": _v_timestamp,
-    "uuid": _v_uuid,
-    "is_regex": _v_is_regex,
-    "contains": _v_contains,
-    "custom_validator": _v_custom_validator,
-    "mutually_exclusive_subsets": _v_mutually_exclusive_subsets,
+    "match": _v_match,
 }
 
 # --------------------------------------------------------------------------------------
-# Schema:validate_field and friends: init.lua:838-1240, 2106-2145
+# Validation: init.lua Schema:validate_field, validate_fields, Schema:validate
 # --------------------------------------------------------------------------------------
 
-Err = Any  # str, or a dict {key: Err, "@entity": [str, ...]} as Kong's error tables
+Err = Any  # a message, or a table {key: Err, "@entity": [message, ...]} as Kong's error tables
 
 
 def _validate_field(field: dict[str, Any], value: Any) -> tuple[bool, Err]:
-    """Schema:validate_field (init.lua:874-1030). `value` None is ngx.null."""
+    """Schema:validate_field. ``value`` None is ngx.null."""
     if value is None:
-        if "ne" in field and field["ne"] is None:
-            return False, _opt_err(field.get("err")) or _E["NE"] % "null"
         eq = field.get("eq", MISSING)
-        if eq is not MISSING and eq is not None:
+        if eq is not MISSING:
             return False, _E["EQ"] % _lua_tostring(eq)
-        if _truthy(field.get("required", MISSING)):
-            return False, _E["REQUIRED"]
-        return True, None
-
-    if "eq" in field and field["eq"] is None:
-        return False, _opt_err(field.get("err")) or _E["EQ"] % "null"
-
-    if _truthy(field.get("abstract", MISSING)):
-        return False, _E["SUBSCHEMA_ABSTRACT_FIELD"]
+        return (False, _E["REQUIRED"]) if _truthy(field.get("required", MISSING)) else (True, None)
 
     ftype = field.get("type", MISSING)
-    len_min_default = False
-    if ftype in ("array", "set"):
+    len_min = field.get("len_min", MISSING)
+    if ftype == "array":
         if not _is_sequence(value):
-            return False, _E["ARRAY" if ftype == "array" else "SET"]
+            return False, _E["ARRAY"]
         ok, err = _validate_elements(field, value)
         if not ok:
             return False, err
@@ -924,775 +683,407 @@ def _validate_field(field: dict[str, Any], value: Any) -> tuple[bool, Err]:
             return False, _E["MAP"]
         keys, values = field.get("keys"), field.get("values")
         if not isinstance(keys, dict) or not isinstance(values, dict):
-            raise KongLuaError("map field without 'keys'/'values' tables")
-        for k, v in _lua_pairs(value):
-            ok, err = _validate_field({**keys, "required": True}, k)
-            if not ok:
-                return False, err
-            ok, err = _validate_field({**values, "required": True}, v)
-            if not ok:
-                return False, err
+            raise KongLuaError("attempt to index field 'keys' or 'values' (not a table)")
+        for k, v in _lua_pairs(value):  # field.keys.required = true; field.values.required = true
+            for part, x in ((keys, k), (values, v)):
+                ok, err = _validate_field({**part, "required": True}, x)
+                if not ok:
+                    return False, err
     elif ftype == "record":
         if not _is_table(value):
             return False, _E["RECORD"]
-        errs = _validate_record_value(field, value)
+        errs = _validate_record(field, _process_auto_fields(field, value, "insert"))
         if errs:
             return False, errs
-    elif ftype == "foreign":
-        # The foreign schema's validate_primary_key (init.lua:1532-1567); every core
-        # entity's primary key is `id`, typedefs.uuid (auto, uuid = true).
-        pk = _attr(value, "id") if _is_table(value) else MISSING
-        if not _truthy(pk):
-            return False, {"id": _E["MISSING_PK"]}
-        if pk is None:
-            return False, {"id": _E["REQUIRED"]}
-        ok, err = _validate_field({"type": "string", "uuid": True, "auto": True}, pk)
-        if not ok:
-            return False, {"id": err}
     elif ftype == "integer":
         if not (_is_number(value) and math.isfinite(value) and value == math.floor(value)):
             return False, _E["INTEGER"]
     elif ftype == "string":
         if not isinstance(value, str):
             return False, _E["STRING"]
-        # "empty strings are not accepted by default" (init.lua:990-993)
-        len_min_default = "len_min" not in field
+        if len_min is MISSING:
+            len_min = 1  # "empty strings are not accepted by default"
         if _truthy(field.get("referenceable", MISSING)) and is_reference(value):
             return True, None
-    elif ftype == "function":
-        if not callable(value):
-            return False, _E["FUNCTION"]
     elif ftype == "number":
         if not _is_number(value):
             return False, _E["NUMBER"]
     elif ftype == "boolean":
         if not isinstance(value, bool):
             return False, _E["BOOLEAN"]
-    elif ftype == "json":
-        raise UnsupportedByHarness("fields of type 'json' (JSON-schema validation) are not supported")
-    elif ftype != "any":
-        if not isinstance(ftype, str):
-            raise KongLuaError(f"bad argument to 'format' (field type is a {_lua_type(ftype)})")
-        return False, _E["SCHEMA_TYPE"] % ftype
+    elif ftype in _KONG_TYPES:
+        raise UnsupportedByHarness(f"fields of type '{ftype}' are not covered by this port")
+    elif ftype != "any":  # "any": the metaschema's internal marker, validators only
+        return False, _lua_format(_E["SCHEMA_TYPE"], ftype)
 
-    for k in _VALIDATORS_ORDER:
-        arg = field.get(k, MISSING)
-        if k == "len_min" and len_min_default:
-            arg = 1
+    for name in _VALIDATORS_ORDER:
+        arg = len_min if name == "len_min" else field.get(name, MISSING)
         if arg is MISSING:
             continue
-        if arg is None and k != "ne":
-            raise KongLuaError(f"validator '{k}' has a null argument")
-        ok, err = _VALIDATORS[k](value, arg, field)
+        ok, err = _VALIDATORS[name](value, arg, field)
         if not ok:
             if err is None:
-                err = _lua_format(_E.get(k.upper(), _E["VALIDATION"]), value)
-            return False, _opt_err(field.get("err")) or err
+                err = _lua_format(_E[name.upper()], value)
+            custom = field.get("err", MISSING)  # `field.err or err`
+            return False, err if custom is MISSING else custom
     return True, None
 
 
 def _validate_elements(field: dict[str, Any], value: Any) -> tuple[bool, Err]:
-    """validate_elements (init.lua:838-855): elements are required; errors by 1-based index."""
+    """validate_elements: every element is required; errors keyed by 1-based index."""
     elements = field.get("elements")
     if not isinstance(elements, dict):
         raise KongLuaError(f"attempt to index field 'elements' (a {_lua_type(elements)} value)")
-    elements = {**elements, "required": True}
     errs: dict[int, Err] = {}
-    for i, v in enumerate(_seq(value) or [], 1):
-        ok, err = _validate_field(elements, v)
+    for i, v in enumerate(_seq(value), 1):
+        ok, err = _validate_field({**elements, "required": True}, v)
         if not ok:
             errs[i] = err
-    return (True, None) if not errs else (False, errs)
+    return (False, errs) if errs else (True, None)
 
 
-def _validate_record_value(field: dict[str, Any], value: Any) -> dict[Any, Err]:
-    """A record value: process_auto_fields(value, "insert"), then Schema:validate (init.lua:949-961)."""
-    processed = _process_auto_fields(field, value, "insert")
-    return _validate_schema(field, processed, full_check=True)
-
-
-def _validate_schema(schema: dict[str, Any], data: dict[Any, Any], full_check: bool = True) -> dict[Any, Err]:
-    """Schema:validate (init.lua:2106-2145) without subschemas or a `check` function."""
+def _validate_record(schema: dict[str, Any], data: dict[Any, Any]) -> dict[Any, Err]:
+    """Schema:validate(input, full_check = true): fields, then required ones, then entity checks."""
     errors = _validate_fields(schema, data)
     for name, fdef in _fields_list(schema):
-        if _truthy(fdef.get("required", MISSING)):
-            v = data.get(name, MISSING)
-            if v is None or (full_check and v is MISSING):
-                errors[name] = _E["REQUIRED"]
-    _run_entity_checks(schema, data, full_check, errors)
+        if _truthy(fdef.get("required", MISSING)) and data.get(name, MISSING) in (None, MISSING):
+            errors[name] = _E["REQUIRED"]
+    for check in _seq(schema.get("entity_checks", [])):  # run_entity_checks / run_checks
+        if not isinstance(check, dict):
+            raise KongLuaError(f"bad argument #1 to 'next' (table expected, got {_lua_type(check)})")
+        checker, arg = next(iter(check.items()), (None, MISSING))
+        if _truthy(arg) and arg is not None:
+            _run_entity_check(schema, checker, data, arg, errors)
     return errors
 
 
 def _validate_fields(schema: dict[str, Any], data: dict[Any, Any]) -> dict[Any, Err]:
-    """validate_fields (init.lua:1195-1240)."""
+    """validate_fields: each key against its field; unknown keys are errors."""
     errors: dict[Any, Err] = {}
-    by_name = _field_map(schema)
+    by_name = dict(_fields_list(schema))
     for k, v in list(data.items()):
-        fdef = by_name.get(k if isinstance(k, str) else _lua_tostring(k))
-        if fdef is not None and fdef.get("type") == "json":
-            raise UnsupportedByHarness(f"field '{k}' is of type 'json': JSON-schema validation is not supported")
+        fdef = by_name.get(_lua_tostring(k))  # self.fields[tostring(k)]
         if fdef is not None and fdef.get("type") == "self":
-            # metaschema `default = { type = "self" }`: the value is validated against the
-            # field definition being validated, under pcall (init.lua:1213-1219).
+            # the metaschema's `default = { type = "self" }`: the value is validated against the
+            # field definition holding it, under pcall
             try:
-                if data.get("type") == "foreign" and v is not None:
-                    # the definition being validated has no resolved `schema` (only
-                    # Schema.new resolves foreign fields), so init.lua:963-976 accepts it
-                    ok, err = True, None
-                else:
-                    ok, err = _validate_field(data, v)
+                ok, err = _validate_field(data, v)
             except KongLuaError:
                 ok, err = False, _E["SCHEMA_CANNOT_VALIDATE"]
-            if not ok:
-                errors[k] = err
+        elif k == "updated_at":  # Schema.new: unvalidated_fields
             continue
-        if k == "updated_at":  # Schema.new's unvalidated_fields (init.lua:2583-2590)
-            continue
-        if k == "ttl" and _truthy(schema.get("ttl", MISSING)):
-            continue
-        if fdef is None:
-            errors[k] = _E["UNKNOWN"]
-            continue
-        ok, err = _validate_field(fdef, v)
+        elif fdef is None:
+            ok, err = False, _E["UNKNOWN"]
+        else:
+            ok, err = _validate_field(fdef, v)
         if not ok:
             errors[k] = err
     return errors
 
 
 # --------------------------------------------------------------------------------------
-# Entity checks: init.lua:590-822 (checkers), 1262-1462 (running them)
+# Entity checks: init.lua Schema.entity_checkers, run_entity_check
 # --------------------------------------------------------------------------------------
 
-_CheckResult = tuple[bool, Any, Any]
+_CheckResult = tuple[bool, Any, Any]  # ok, the checker's error, a custom error (then_err)
 
 
-def _ec_at_least_one_of(entity: dict[str, Any], names: Any, schema: dict[str, Any],
-                        errors: dict[Any, Err]) -> _CheckResult:
-    names = _seq(names) or []
-    if any(_is_nonempty(_get_field(entity, n)) for n in names):
-        return True, None, None
-    return False, _quoted_list(names), None
-
-
-def _ec_conditional_at_least_one_of(entity: dict[str, Any], arg: Any, schema: dict[str, Any],
-                                    errors: dict[Any, Err]) -> _CheckResult:
-    if_value = _get_field(entity, _attr(arg, "if_field"))
-    if if_value is MISSING:
-        return True, None, None
-    sfield = _get_schema_field(schema, _attr(arg, "if_field"))
-    ok, _ = _validate_field(_overlay(sfield, _attr(arg, "if_match")), if_value)
-    if not ok:
-        else_match = _attr(arg, "else_match")
-        if else_match is MISSING:
-            return True, None, None
-        ok, _ = _validate_field(_overlay(sfield, else_match), if_value)
-        if not ok:
-            return True, None, None
-        names = _seq(_attr(arg, "else_then_at_least_one_of")) or []
-        if any(_is_nonempty(_get_field(entity, n)) for n in names):
-            return True, None, None
-        lst = _quoted_list(names)
-        custom = _attr(arg, "else_then_err")
-        return False, lst, (_lua_format(custom, lst) if isinstance(custom, str) else None)
-    names = _seq(_attr(arg, "then_at_least_one_of")) or []
-    if any(_is_nonempty(_get_field(entity, n)) for n in names):
-        return True, None, None
-    lst = _quoted_list(names)
-    custom = _attr(arg, "then_err")
-    return False, lst, (_lua_format(custom, lst) if isinstance(custom, str) else None)
-
-
-def _ec_only_one_of(entity: dict[str, Any], names: Any, schema: dict[str, Any], errors: dict[Any, Err]) -> _CheckResult:
-    names = _seq(names) or []
-    found = ok = False
-    for n in names:
-        if _is_nonempty(_get_field(entity, n)):
-            if not found:
-                found = ok = True
-            else:
-                ok = False
-    return (True, None, None) if ok else (False, _quoted_list(names), None)
-
-
-def _ec_distinct(entity: dict[str, Any], names: Any, schema: dict[str, Any], errors: dict[Any, Err]) -> _CheckResult:
-    names = _seq(names) or []
-    seen: set[tuple[Any, ...]] = set()
-    for n in names:
-        v = _get_field(entity, n)
-        if _is_nonempty(v):
-            if _lua_key(v) in seen:
-                return False, _quoted_list(names), None
-            seen.add(_lua_key(v))
-    return True, None, None
+def _overlay(schema: dict[str, Any], name: str, match: Any) -> dict[str, Any]:
+    """``setmetatable(match, { __index = get_schema_field(schema, name) })``."""
+    if not isinstance(match, dict):
+        raise KongLuaError(f"bad argument #1 to 'setmetatable' (table expected, got {_lua_type(match)})")
+    return {**(_schema_field(schema, name) or {}), **match}
 
 
 def _ec_conditional(entity: dict[str, Any], arg: Any, schema: dict[str, Any], errors: dict[Any, Err]) -> _CheckResult:
-    if_field, then_field = _attr(arg, "if_field"), _attr(arg, "then_field")
+    """Schema.entity_checkers.conditional."""
+    if_field, then_field, then_match = _attr(arg, "if_field"), _attr(arg, "then_field"), _attr(arg, "then_match")
     if_value = _get_field(entity, if_field)
     then_value = _get_field(entity, then_field)
     if then_value is MISSING:
         then_value = None
-    ok, _ = _validate_field(_overlay(_get_schema_field(schema, if_field), _attr(arg, "if_match")), if_value)
+    ok, _ = _validate_field(_overlay(schema, if_field, _attr(arg, "if_match")), if_value)
     if not ok:
         return True, None, None
-    then_match = _attr(arg, "then_match")
-    if _attr(then_match, "required") is True and then_value is None:
+    if _attr(then_match, "required") is True and then_value is None:  # "Handle `required`"
         _set_field(errors, then_field, _E["REQUIRED"])
         return False, if_field, None
-    ok, err = _validate_field(_overlay(_get_schema_field(schema, then_field), then_match), then_value)
+    ok, err = _validate_field(_overlay(schema, then_field, then_match), then_value)
+    if ok:
+        return True, None, None
+    _set_field(errors, then_field, err)
+    then_err = _attr(arg, "then_err")
+    return False, if_field, None if then_err is MISSING else _lua_format(then_err, if_field)
+
+
+def _ec_conditional_at_least_one_of(entity: dict[str, Any], arg: Any, schema: dict[str, Any],
+                                    errors: dict[Any, Err]) -> _CheckResult:
+    """Schema.entity_checkers.conditional_at_least_one_of, without its else_* branch."""
+    if_value = _get_field(entity, _attr(arg, "if_field"))
+    if if_value is MISSING:
+        return True, None, None
+    ok, _ = _validate_field(_overlay(schema, _attr(arg, "if_field"), _attr(arg, "if_match")), if_value)
     if not ok:
-        _set_field(errors, then_field, err)
-        custom = _attr(arg, "then_err")
-        return False, if_field, (_lua_format(custom, if_field) if isinstance(custom, str) else None)
-    return True, None, None
-
-
-def _ec_custom_entity_check(entity: dict[str, Any], arg: Any, schema: dict[str, Any],
-                            errors: dict[Any, Err]) -> _CheckResult:
-    fn = _attr(arg, "fn")
-    if not callable(fn):
-        raise UnsupportedByHarness("custom_entity_check needs a Lua function; none can come from a JSON schema")
-    res = fn(entity)
-    if isinstance(res, tuple):
-        return bool(_truthy(res[0]) and res[0] is not None), (res[1] if len(res) > 1 else None), None
-    return bool(_truthy(res) and res is not None), None, None
-
-
-def _ec_mutually_required(entity: dict[str, Any], names: Any, schema: dict[str, Any],
-                          errors: dict[Any, Err]) -> _CheckResult:
-    names = _seq(names) or []
-    nonempty = [n for n in names if _is_nonempty(_get_field(entity, n))]
-    if len(nonempty) in (0, len(names)):
         return True, None, None
-    return False, _quoted_list(names), None
-
-
-def _ec_mutually_exclusive(entity: dict[str, Any], names: Any, schema: dict[str, Any],
-                           errors: dict[Any, Err]) -> _CheckResult:
-    names = _seq(names) or []
-    nonempty = [n for n in names if _is_nonempty(_get_field(entity, n))]
-    if len(nonempty) <= 1:
+    names = _seq(_attr(arg, "then_at_least_one_of"))
+    if any(_is_nonempty(_get_field(entity, n)) for n in names):
         return True, None, None
-    return False, _quoted_list(names), None
+    names_list = _quoted_list(names)
+    then_err = _attr(arg, "then_err")
+    return False, names_list, None if then_err is MISSING else _lua_format(then_err, names_list)
 
 
-def _ec_mutually_exclusive_sets(entity: dict[str, Any], arg: Any, schema: dict[str, Any],
-                                errors: dict[Any, Err]) -> _CheckResult:
-    set1 = [n for n in _seq(_attr(arg, "set1")) or [] if _is_nonempty(_get_field(entity, n))]
-    set2 = [n for n in _seq(_attr(arg, "set2")) or [] if _is_nonempty(_get_field(entity, n))]
-    if set1 and set2:
-        return False, "(%s), (%s)" % (_quoted_list(set1), _quoted_list(set2)), None
-    return True, None, None
+def _ec_only_one_of(entity: dict[str, Any], names: Any, schema: dict[str, Any], errors: dict[Any, Err]) -> _CheckResult:
+    """Schema.entity_checkers.only_one_of (the metaschema uses it on entity check entries)."""
+    names = _seq(names)
+    ok = sum(_is_nonempty(_get_field(entity, n)) for n in names) == 1
+    return (True, None, None) if ok else (False, _quoted_list(names), None)
 
 
 class _Checker:
     def __init__(self, fn: Callable[[dict[str, Any], Any, dict[str, Any], dict[Any, Err]], _CheckResult], *,
-                 run_with_missing_fields: bool = False, run_with_invalid_fields: bool = False,
-                 field_sources: tuple[str, ...] | None = None, required_sources: frozenset[str] = frozenset()):
+                 run_with_missing_fields: bool, field_sources: tuple[str, ...] | None = None,
+                 required_sources: frozenset[str] = frozenset()):
         self.fn = fn
         self.run_with_missing_fields = run_with_missing_fields
-        self.run_with_invalid_fields = run_with_invalid_fields
         self.field_sources = field_sources
-        # `required_fields` is a map keyed by source name for conditional and
-        # custom_entity_check only; the array forms (conditional_at_least_one_of,
-        # mutually_exclusive_sets) are indexed by name in run_entity_check and so never match.
+        # conditional's required_fields is keyed by source name; conditional_at_least_one_of's
+        # is an array, which run_entity_check indexes by name: nothing of it is ever required.
         self.required_sources = required_sources
 
 
-# Schema.entity_checkers (init.lua:590-822); order = the only_one_of list of metaschema.lua:394.
+# All three run with invalid fields (run_with_invalid_fields = true).
 _ENTITY_CHECKERS: Final[dict[str, _Checker]] = {
-    "at_least_one_of": _Checker(_ec_at_least_one_of, run_with_missing_fields=True, run_with_invalid_fields=True),
-    "conditional_at_least_one_of": _Checker(
-        _ec_conditional_at_least_one_of, run_with_missing_fields=True, run_with_invalid_fields=True,
-        field_sources=("if_field", "then_at_least_one_of", "else_then_at_least_one_of")),
-    "only_one_of": _Checker(_ec_only_one_of, run_with_invalid_fields=True),
-    "distinct": _Checker(_ec_distinct, run_with_invalid_fields=True),
-    "conditional": _Checker(_ec_conditional, run_with_invalid_fields=True, field_sources=("if_field", "then_field"),
+    "conditional": _Checker(_ec_conditional, run_with_missing_fields=False, field_sources=("if_field", "then_field"),
                             required_sources=frozenset({"if_field"})),
-    "custom_entity_check": _Checker(_ec_custom_entity_check, field_sources=("field_sources",),
-                                    required_sources=frozenset({"field_sources"})),
-    "mutually_required": _Checker(_ec_mutually_required, run_with_missing_fields=True),
-    "mutually_exclusive": _Checker(_ec_mutually_exclusive, run_with_missing_fields=True),
-    "mutually_exclusive_sets": _Checker(_ec_mutually_exclusive_sets, run_with_missing_fields=True,
-                                        field_sources=("set1", "set2")),
+    "conditional_at_least_one_of": _Checker(_ec_conditional_at_least_one_of, run_with_missing_fields=True,
+                                            field_sources=("if_field", "then_at_least_one_of")),
+    "only_one_of": _Checker(_ec_only_one_of, run_with_missing_fields=False),
 }
 
 
-def _run_entity_checks(schema: dict[str, Any], data: dict[Any, Any], full_check: bool, errors: dict[Any, Err]) -> None:
-    """run_checks over schema.entity_checks (init.lua:1412-1424)."""
-    for check in _seq(schema.get("entity_checks", MISSING)) or []:
-        if not isinstance(check, dict) or not check:
-            continue
-        name, arg = next(iter(check.items()))
-        if _truthy(arg) and arg is not None:
-            _run_entity_check(schema, name, data, arg, full_check, errors)
-
-
-def _run_entity_check(schema: dict[str, Any], name: str, data: dict[Any, Any], arg: Any, full_check: bool,
+def _run_entity_check(schema: dict[str, Any], name: Any, data: dict[Any, Any], arg: Any,
                       errors: dict[Any, Err]) -> None:
-    """run_entity_check (init.lua:1262-1363)."""
+    """run_entity_check, with full_check = true."""
     checker = _ENTITY_CHECKERS.get(name)
     if checker is None:
-        raise KongLuaError(f"unknown entity check '{name}'")
+        if name in _KONG_CHECKERS:
+            raise UnsupportedByHarness(f"entity checker '{name}' is not covered by this port")
+        raise KongLuaError(f"attempt to index a nil value (entity checker '{name}')")
     fields_to_check: list[str] = []
     required: set[str] = set()
-    if checker.field_sources is not None:
-        for source in checker.field_sources:
-            v = _attr(arg, source)
-            if isinstance(v, str):
-                fields_to_check.append(v)
-                if source in checker.required_sources:
-                    required.add(v)
-            elif _is_table(v):
-                for fname in _seq(v) or []:
-                    fields_to_check.append(fname)
-                    if source in checker.required_sources:
-                        required.add(fname)
-    else:
-        fields_to_check = list(_seq(arg) or [])
-        required = set(fields_to_check)
+    for source in checker.field_sources or ():
+        v = _attr(arg, source)
+        names = [v] if isinstance(v, str) else _seq(v) if _is_table(v) else []
+        fields_to_check += names
+        if source in checker.required_sources:
+            required.update(n for n in names if isinstance(n, str))
+    if checker.field_sources is None:
+        fields_to_check = _seq(arg)
+        required = {n for n in fields_to_check if isinstance(n, str)}
+    if not all(isinstance(fname, str) for fname in fields_to_check):
+        raise KongLuaError("bad argument #1 to 'find' (string expected): an entity check field name")
 
     check_input: dict[str, Any] = {}
     missing: list[str] = []
     all_nil = True
-    all_ok = True
     for fname in fields_to_check:
         value = _get_field(data, fname)
+        sfield = _schema_field(schema, fname)
         if value is MISSING:
-            if (not checker.run_with_missing_fields and not _truthy(_attr(arg, "run_with_missing_fields"))
-                    and fname in required):
-                sfield = _get_schema_field(schema, fname)
+            if not checker.run_with_missing_fields and fname in required:
                 if sfield is None:
-                    raise KongLuaError(f"entity check refers to unknown field '{fname}'")
+                    raise KongLuaError(f"attempt to index a nil value (entity check field '{fname}')")
                 if not _truthy(sfield.get("nilable", MISSING)):
                     missing.append(fname)
         else:
             all_nil = False
-            sfield = _get_schema_field(schema, fname)
             # "Don't run if any of the values is a reference in a referenceable field"
             if (sfield is not None and sfield.get("type") == "string"
                     and _truthy(sfield.get("referenceable", MISSING)) and is_reference(value)):
                 return
-        if fname in errors:
-            all_ok = False
         _set_field(check_input, fname, value)
-
-    if not all_ok and not checker.run_with_invalid_fields and not _truthy(_attr(arg, "run_with_invalid_fields")):
+    # (every checker here runs with invalid fields, so errors on its fields do not stop it)
+    if all_nil and not checker.run_with_missing_fields:  # "none of the fields are present"
         return
-    if all_nil and not (checker.run_with_missing_fields and full_check):
-        return
-    if missing:
+    if missing:  # "a required field is missing"
         for fname in missing:
             _set_field(errors, fname, _E["REQUIRED_FOR_ENTITY_CHECK"])
         return
-
     ok, err, custom = checker.fn(check_input, arg, schema, errors)
-    if ok:
-        return
-    if custom is not None:
-        msg = custom
-    else:
-        fmt = _E.get(name.upper())
-        msg = _lua_format(fmt, err) if fmt else f"failed entity check: {name}"
-    errors.setdefault("@entity", []).append(msg)
+    if not ok:
+        errors.setdefault("@entity", []).append(custom if custom is not None else _lua_format(_E[name.upper()], err))
 
 
 # --------------------------------------------------------------------------------------
-# process_auto_fields: init.lua:1037-1073 (handle_missing_field), 1589-1690, 1788-2026
+# Defaults and reads: init.lua handle_missing_field, adjust_field_for_context, process_auto_fields
 # --------------------------------------------------------------------------------------
-
-
-def _random_string() -> str:
-    """kong/tools/rand.lua random_string: 32 characters of [A-Za-z0-9]."""
-    alphabet = _string.ascii_letters + _string.digits
-    return "".join(secrets.choice(alphabet) for _ in range(32))
 
 
 def _handle_missing_field(field: dict[str, Any], value: Any) -> Any:
-    """handle_missing_field (init.lua:1037-1073)."""
+    """handle_missing_field."""
     if "default" in field:
-        dflt = copy.deepcopy(field["default"])
-        if field.get("type") in ("array", "set") and isinstance(dflt, dict) and not dflt:
-            dflt = []  # cjson.array_mt: an empty default array stays a JSON array
-        return dflt
-    if _truthy(field.get("nilable", MISSING)):
+        default = copy.deepcopy(field["default"])
+        # (an array's default gets cjson.array_mt: an empty one stays a JSON array)
+        return [] if field.get("type") == "array" and default == {} else default
+    if _truthy(field.get("nilable", MISSING)):  # "If `nilable` (metaschema only)"
         return value
     if field.get("required", MISSING) is not True:
         return None  # "If not `required`, it is nullable."
-    if _truthy(field.get("abstract", MISSING)):
-        return MISSING
     if field.get("type") == "record":
         # "if the missing field is a record, expand its structure to obtain any nested defaults"
         return _process_auto_fields(field, {}, "insert")
     return MISSING  # "If `required`, it will fail later."
 
 
-def _make_set(value: Any) -> Any:
-    """make_set (init.lua:1606-1633): deduplicate a sequence, keeping first occurrences."""
-    items = _seq(value)
-    if items is None:
-        return value
-    out: list[Any] = []
-    seen: set[tuple[Any, ...]] = set()
-    for v in items:
-        key = _lua_key(v)
-        if key not in seen:
-            seen.add(key)
-            out.append(v)
-    return out
-
-
-def _should_recurse_record(context: str, value: Any, field: dict[str, Any]) -> bool:
-    """should_recurse_record (init.lua:1636-1642)."""
-    if context == "update":
-        return value is not None and value is not MISSING
-    return value is not None and (value is not MISSING or field.get("required", MISSING) is True)
-
-
 def _adjust_field_for_context(field: dict[str, Any], value: Any, context: str,
                               resolver: Callable[[str], Any] | None) -> Any:
-    """adjust_field_for_context (init.lua:1645-1690)."""
+    """adjust_field_for_context (contexts "insert" and "select")."""
     if context == "select" and value is None and field.get("required", MISSING) is True:
         return _handle_missing_field(field, value)
-    if _truthy(field.get("abstract", MISSING)):
-        return value
     ftype = field.get("type")
-    if ftype == "record":
-        if _should_recurse_record(context, value, field):
-            if not _truthy(value):  # Lua `value or handle_missing_field(...)`: false counts too
-                value = _handle_missing_field(field, value)
-            if _is_table(value):
-                return _process_auto_fields(field, value, context, resolver=resolver)
-    elif _is_table(value):
-        sub: Any = MISSING
-        if ftype == "array":
-            value = [] if value == {} else value  # make_array: cjson.array_mt
-            sub = field.get("elements", MISSING)
-        elif ftype == "set":
-            value = _make_set(value)
-            sub = field.get("elements", MISSING)
-        elif ftype == "map":
-            sub = field.get("values", MISSING)
-        if sub is not MISSING:
-            if not isinstance(sub, dict):
-                raise KongLuaError(f"attempt to index a {_lua_type(sub)} value (elements/values)")
+    # should_recurse_record: not null, and given or required
+    if ftype == "record" and value is not None and (value is not MISSING or field.get("required") is True):
+        if not _truthy(value):  # `value or handle_missing_field(...)`: false counts too
+            value = _handle_missing_field(field, value)
+        if _is_table(value):
+            return _process_auto_fields(field, value, context, resolver)
+    elif ftype in ("array", "map") and _is_table(value):
+        if ftype == "array" and value == {}:
+            value = []  # make_array: a sequence gets cjson.array_mt
+        sub = field.get("elements" if ftype == "array" else "values")
+        if isinstance(sub, dict):  # (for kcauth's strings a no-op; the metaschema nests records)
             if isinstance(value, list):
                 value = [_adjust_field_for_context(sub, v, context, resolver) for v in value]
             else:
                 value = {k: _adjust_field_for_context(sub, v, context, resolver) for k, v in value.items()}
-    if value is MISSING and context != "update":
+    if value is MISSING:
         return _handle_missing_field(field, value)
     return value
 
 
-def _as_keyed_table(value: Any) -> dict[Any, Any]:
-    """A record held as a Lua table; a JSON array given for a record keeps its 1-based keys."""
-    if isinstance(value, dict):
-        return value
-    return {i: v for i, v in enumerate(value, 1)}
-
-
-def _process_auto_fields(schema: dict[str, Any], value: Any, context: str, *,
+def _process_auto_fields(schema: dict[str, Any], value: Any, context: str,
                          resolver: Callable[[str], Any] | None = None) -> dict[Any, Any]:
-    """Schema:process_auto_fields (init.lua:1788-2026) with nulls = false.
+    """Schema:process_auto_fields(data, context, nulls = false), contexts "insert" and "select".
 
-    Contexts "insert" and "select" only. Shorthand fields are not handled: a plugin
-    server's JSON cannot carry their `func` (the metaschema rejects them).
+    A select resolves vault references when given a resolver (Kong's nodes do; a control plane
+    and the Admin API do not): ``resolve_reference`` gives ``deref or ""``, and the references
+    are kept under ``"$refs"``.
     """
-    is_select = context == "select"
-    data: dict[Any, Any] = _as_keyed_table(copy.deepcopy(value))
+    # (a record given as a JSON array keeps its 1-based keys)
+    data = copy.deepcopy(value) if isinstance(value, dict) else dict(enumerate(copy.deepcopy(value), 1))
     fields = _fields_list(schema)
     refs: dict[str, Any] = {}
     for key, field in fields:
-        ftype = field.get("type")
-        value = data.get(key, MISSING)
-        if not is_select and _truthy(field.get("auto", MISSING)) and context in ("insert", "upsert"):
-            if _truthy(field.get("uuid", MISSING)):
-                if value is MISSING:
-                    value = str(_uuid.uuid4())
-            elif ftype == "string":
-                if value is MISSING:
-                    value = _random_string()
-            elif (key == "created_at" and value in (None, MISSING)) or key == "updated_at":
-                if ftype == "number":
-                    value = time.time()
-                elif ftype == "integer":
-                    value = int(time.time())
-        value = _adjust_field_for_context(field, value, context, resolver)
-        if is_select:
-            if value is None:
-                value = MISSING  # "if value == null and not nulls then value = nil"
-            elif ftype == "integer" and _is_number(value):
-                value = math.floor(value)
-            if resolver is not None:
-                value = _resolve_references(field, key, value, resolver, refs)
-        if value is MISSING:
+        v = _adjust_field_for_context(field, data.get(key, MISSING), context, resolver)
+        if context == "select":
+            if v is None:
+                v = MISSING  # "if value == null and not nulls then value = nil"
+            elif field.get("type") == "integer" and _is_number(v):
+                v = math.floor(v)
+            if (resolver is not None and field.get("type") == "string"
+                    and _truthy(field.get("referenceable", MISSING)) and is_reference(v)):
+                refs[key] = v
+                got = resolver(v)
+                v = got if got is not None and got is not False else ""
+        if v is MISSING:
             data.pop(key, None)
         else:
-            data[key] = value
-    if not is_select:
+            data[key] = v
+    if context != "select":
         return data
     by_name = dict(fields)
     for key in list(data):
         fdef = by_name.get(key) if isinstance(key, str) else None
         if fdef is None:
-            del data[key]  # select drops what the schema does not know (init.lua:2000-2019)
-        elif (fdef.get("type") == "string" and _num_or(fdef.get("len_min", MISSING), 1) > 0
-              and data[key] == "" and key not in refs):
-            del data[key]
+            del data[key]  # a read drops what the schema does not know
+        elif fdef.get("type") == "string" and data[key] == "" and key not in refs:
+            len_min = fdef.get("len_min", 1)  # `(field.len_min or 1) > 0`
+            if len_min > 0:
+                del data[key]
     if refs:
         data["$refs"] = refs
     return data
 
 
-def _num_or(v: Any, default: float) -> float:
-    return v if _is_number(v) else default
-
-
-def _resolve_references(field: dict[str, Any], key: str, value: Any, resolver: Callable[[str], Any],
-                        refs: dict[str, Any]) -> Any:
-    """The vault dereferencing part of process_auto_fields "select" (init.lua:1933-1973)."""
-    ftype = field.get("type")
-
-    def deref(ref: str) -> Any:
-        got = resolver(ref)
-        return got if _truthy(got) and got is not None else ""  # resolve_reference: `deref or ""`
-
-    if ftype == "string" and _truthy(field.get("referenceable", MISSING)):
-        if is_reference(value):
-            refs[key] = value
-            return deref(value)
-        return value
-    sub = field.get("elements") if ftype in ("array", "set") else field.get("values") if ftype == "map" else None
-    if (isinstance(value, (list, dict)) and isinstance(sub, dict) and sub.get("type") == "string"
-            and _truthy(sub.get("referenceable", MISSING))):
-        if isinstance(value, list):
-            for i, v in enumerate(value):
-                if is_reference(v):
-                    refs.setdefault(key, {})[i + 1] = v
-                    value[i] = deref(v)
-        else:
-            for k, v in list(value.items()):
-                if is_reference(v):
-                    refs.setdefault(key, {})[k] = v
-                    value[k] = deref(v)
-    return value
-
-
 # --------------------------------------------------------------------------------------
-# The metaschema, as data: kong/db/schema/metaschema.lua:22-415, 998-1036
+# The MetaSubSchema, as data: kong/db/schema/metaschema.lua, the covered part
 # --------------------------------------------------------------------------------------
-
-
-def _unsupported_json_schema(value: Any) -> bool:
-    raise UnsupportedByHarness("json_schema.inline/default: validating a JSON-schema document is not supported")
 
 
 def _build_metasubschema() -> dict[str, Any]:
-    match_list: dict[str, Any] = {"type": "array", "elements": {"type": "record", "fields": [
+    match_list = {"type": "array", "elements": {"type": "record", "fields": [
         {"pattern": {"type": "string", "required": True}},
         {"err": {"type": "string"}},
     ]}}
-    match_any_list: dict[str, Any] = {"type": "record", "fields": [
-        {"patterns": {"type": "array", "elements": {"type": "string"}, "required": True}},
-        {"err": {"type": "string"}},
-    ]}
     validators: list[dict[str, Any]] = [
         {"between": {"type": "array", "elements": {"type": "number"}, "len_eq": 2}},
         {"eq": {"type": "any"}},
-        {"ne": {"type": "any"}},
         {"gt": {"type": "number"}},
-        {"len_eq": {"type": "integer"}},
         {"len_min": {"type": "integer"}},
         {"len_max": {"type": "integer"}},
         {"match": {"type": "string"}},
-        {"not_match": {"type": "string"}},
-        {"match_all": match_list},
         {"match_none": match_list},
-        {"match_any": match_any_list},
-        {"starts_with": {"type": "string"}},
         {"one_of": {"type": "array", "elements": {"type": "any"}}},
-        {"not_one_of": {"type": "array", "elements": {"type": "any"}}},
-        {"contains": {"type": "any"}},
-        {"is_regex": {"type": "boolean"}},
-        {"timestamp": {"type": "boolean"}},
-        {"uuid": {"type": "boolean"}},
-        {"custom_validator": {"type": "function"}},
-        {"mutually_exclusive_subsets": {"type": "array",
-                                        "elements": {"type": "array", "elements": {"type": "string"}}}},
     ]
-    json_metaschema: dict[str, Any] = {
-        "type": "record",
-        "fields": [
-            {"namespace": {"type": "string", "one_of": ["proxy-wasm-filters"]}},  # constants.SCHEMA_NAMESPACES
-            {"parent_subschema_key": {"type": "string"}},
-            {"optional": {"type": "boolean"}},
-            {"inline": {"type": "any", "custom_validator": _unsupported_json_schema}},
-            {"default": {"type": "any", "custom_validator": _unsupported_json_schema}},
-        ],
-        "entity_checks": [
-            {"at_least_one_of": ["inline", "namespace", "parent_subschema_key"]},
-            {"mutually_required": ["namespace", "parent_subschema_key"]},
-            {"mutually_exclusive_sets": {"set1": ["inline"],
-                                         "set2": ["namespace", "parent_subschema_key", "optional"]}},
-        ],
-    }
     field_schema: list[dict[str, Any]] = [
-        {"type": {"type": "string", "one_of": list(_VALID_TYPES), "required": True}},
+        {"type": {"type": "string", "one_of": list(_KONG_TYPES), "required": True}},
         {"required": {"type": "boolean"}},
-        {"reference": {"type": "string"}},
         {"description": {"type": "string", "len_min": 10, "len_max": 500}},
-        {"examples": {"type": "array", "elements": {"type": "any"}}},
-        {"auto": {"type": "boolean"}},
-        {"unique": {"type": "boolean"}},
-        {"unique_across_ws": {"type": "boolean"}},
-        {"on_delete": {"type": "string", "one_of": ["restrict", "cascade", "null"]}},
         {"default": {"type": "self"}},
-        {"abstract": {"type": "boolean"}},
-        {"generate_admin_api": {"type": "boolean"}},
-        {"immutable": {"type": "boolean"}},
         {"err": {"type": "string"}},
         {"encrypted": {"type": "boolean"}},
         {"referenceable": {"type": "boolean"}},
-        {"json_schema": json_metaschema},
-        {"transient": {"type": "boolean"}},
-        {"deprecation": {"type": "record", "fields": [
-            {"message": {"type": "string", "required": True}},
-            {"removal_in_version": {"type": "string", "required": True}},
-            {"old_default": {"type": "any", "required": False}},
-            {"replaced_with": {"type": "array", "required": False, "elements": {
-                "type": "record", "required": False, "fields": [
-                    {"path": {"type": "array", "len_min": 1, "required": True, "elements": {"type": "string"}}},
-                    {"reverse_mapping_function": {"type": "function", "required": False}},
-                ]}}},
-        ]}},
+        *validators,
     ]
-    field_schema.extend(validators)
-    for entry in field_schema:  # "Most of the above are optional" (metaschema.lua:228-233)
+    for entry in field_schema:  # "Most of the above are optional" (not the recursive ones below)
         data = next(iter(entry.values()))
         data["nilable"] = not _truthy(data.get("required", MISSING))
-
-    field_entity_checks = [{"conditional": {
-        "if_field": "unique_across_ws", "if_match": {"eq": True},
-        "then_field": "unique", "then_match": {"eq": True, "required": True},
-    }}]
-    fields_array: dict[str, Any] = {"type": "array", "elements": {
-        "type": "map", "keys": {"type": "string"},
-        "values": {"type": "record", "fields": field_schema, "entity_checks": field_entity_checks},
+    fields_array = {"type": "array", "elements": {
+        "type": "map", "keys": {"type": "string"}, "values": {"type": "record", "fields": field_schema},
         "required": True, "len_eq": 1,
     }}
-    transformations_array: dict[str, Any] = {"type": "array", "nilable": True, "elements": {
-        "type": "record",
-        "fields": [
-            {"input": {"type": "array", "required": False, "elements": {"type": "string"}}},
-            {"needs": {"type": "array", "required": False, "elements": {"type": "string"}}},
-            {"on_write": {"type": "function", "required": False}},
-            {"on_read": {"type": "function", "required": False}},
-        ],
-        "entity_checks": [{"at_least_one_of": ["on_write", "on_read"]}],
-    }}
-    # Recursive attributes (metaschema.lua:308-312): the element/key/value definitions
-    # are records of the same field schema (without its entity checks).
-    field_schema.append({"elements": {"type": "record", "fields": field_schema}})
-    field_schema.append({"keys": {"type": "record", "fields": field_schema}})
-    field_schema.append({"values": {"type": "record", "fields": field_schema}})
-    field_schema.append({"fields": fields_array})
-
-    conditional_validators: list[dict[str, Any]] = [
-        {"required": {"type": "boolean"}},
+    field_schema += [
         {"elements": {"type": "record", "fields": field_schema}},
         {"keys": {"type": "record", "fields": field_schema}},
         {"values": {"type": "record", "fields": field_schema}},
-        *validators,
+        {"fields": fields_array},
     ]
-    string_array = {"type": "array", "elements": {"type": "string"}}
-    entity_checkers: list[dict[str, Any]] = [
-        {"at_least_one_of": dict(string_array)},
-        {"conditional_at_least_one_of": {"type": "record", "fields": [
+    conditional_validators = [{"required": {"type": "boolean"}}, *validators]
+    covered_checkers: dict[str, dict[str, Any]] = {
+        "conditional_at_least_one_of": {"type": "record", "fields": [
             {"if_field": {"type": "string"}},
             {"if_match": {"type": "record", "fields": conditional_validators}},
-            {"then_at_least_one_of": dict(string_array)},
+            {"then_at_least_one_of": {"type": "array", "elements": {"type": "string"}}},
             {"then_err": {"type": "string"}},
-            {"else_match": {"type": "record", "fields": conditional_validators}},
-            {"else_then_at_least_one_of": dict(string_array)},
-            {"else_then_err": {"type": "string"}},
-        ]}},
-        {"only_one_of": dict(string_array)},
-        {"distinct": dict(string_array)},
-        {"conditional": {"type": "record", "fields": [
+        ]},
+        "conditional": {"type": "record", "fields": [
             {"if_field": {"type": "string"}},
             {"if_match": {"type": "record", "fields": conditional_validators}},
             {"then_field": {"type": "string"}},
             {"then_match": {"type": "record", "fields": conditional_validators}},
             {"then_err": {"type": "string"}},
-        ]}},
-        {"custom_entity_check": {"type": "record", "fields": [
-            {"field_sources": dict(string_array)},
-            {"fn": {"type": "function"}},
-            {"run_with_missing_fields": {"type": "boolean"}},
-            {"run_with_invalid_fields": {"type": "boolean"}},
-        ]}},
-        {"mutually_required": dict(string_array)},
-        {"mutually_exclusive": dict(string_array)},
-        {"mutually_exclusive_sets": {"type": "record", "fields": [
-            {"set1": dict(string_array)},
-            {"set2": dict(string_array)},
-        ]}},
-    ]
-    entity_checks_schema: dict[str, Any] = {"type": "array", "nilable": True, "elements": {
-        "type": "record", "fields": entity_checkers,
-        "entity_checks": [{"only_one_of": list(_ENTITY_CHECKERS)}],
-    }}
-    shorthand_fields_array: dict[str, Any] = {"type": "array", "nilable": True, "elements": {
-        "type": "map", "keys": {"type": "string"}, "required": True, "len_eq": 1,
-    }}
-    field_schema.append({"entity_checks": entity_checks_schema})
-    field_schema.append({"shorthand_fields": shorthand_fields_array})
-
-    # make_shorthand_field_schema (metaschema.lua:694-720)
-    shorthand_field_schema = list(field_schema)
-    shorthand_field_schema[0] = {"type": {
-        "type": "string", "required": True,
-        "one_of": [t for t in _VALID_TYPES if t not in ("record", "foreign", "function")],
-    }}
-    shorthand_field_schema.append({"func": {"type": "function", "required": True}})
-    shorthand_fields_array["elements"]["values"] = {
-        "type": "record", "fields": shorthand_field_schema, "entity_checks": field_entity_checks,
+        ]},
     }
-
-    return {
-        "name": "metasubschema",
-        "fields": [
-            {"name": {"type": "string", "required": True}},
-            {"fields": fields_array},
-            {"entity_checks": entity_checks_schema},
-            {"shorthand_fields": shorthand_fields_array},
-            {"transformations": transformations_array},
-            {"check": {"type": "function", "nilable": True}},
-        ],
-    }
+    # Kong's other checkers stand here only so that only_one_of names all nine (the coverage
+    # check refuses them before the metaschema runs); Kong lists them in hash order, here in
+    # source order.
+    checkers = [{name: covered_checkers.get(name, {"type": "any"})} for name in _KONG_CHECKERS]
+    field_schema.append({"entity_checks": {"type": "array", "nilable": True, "elements": {
+        "type": "record", "fields": checkers, "entity_checks": [{"only_one_of": list(_KONG_CHECKERS)}],
+    }}})
+    return {"name": "metasubschema", "fields": [
+        {"name": {"type": "string", "required": True}},
+        {"fields": fields_array},
+    ]}
 
 
 _META_SUB_SCHEMA: Final = _build_metasubschema()
 
-# metaschema.lua:436-515
-_REQUIRED_ATTRIBUTES: Final = {"array": ("elements",), "set": ("elements",), "map": ("keys", "values"),
-                                "record": ("fields",), "json": ("json_schema",)}
-_ATTRIBUTE_TYPES: Final[dict[str, frozenset[str]]] = {
-    "between": frozenset({"integer", "number"}),
-    "len_eq": frozenset({"array", "set", "string", "map"}),
-    "match": frozenset({"string"}),
-    "one_of": frozenset({"string", "number", "integer"}),
-    "contains": frozenset({"array", "set"}),
-    "is_regex": frozenset({"string"}),
-    "timestamp": frozenset({"number", "integer"}),
-    "uuid": frozenset({"string"}),
-    "unique": frozenset({"string", "number", "integer", "foreign"}),
-    "unique_across_ws": frozenset({"string", "number", "integer", "foreign"}),
-    "abstract": frozenset({"string", "number", "integer", "record", "array", "set", "map"}),
-    "json_schema": frozenset({"json"}),
-    "transient": frozenset({"string", "number", "integer", "array", "set", "boolean"}),
-}
+# metaschema.lua required_attributes and attribute_types, the covered part.
+_REQUIRED_ATTRIBUTES: Final = {"array": ("elements",), "map": ("keys", "values"), "record": ("fields",)}
+_ATTRIBUTE_TYPES: Final = {"between": frozenset({"integer", "number"}), "match": frozenset({"string"}),
+                           "one_of": frozenset({"string", "number", "integer"})}
 
 
 def _join(path: str, part: str) -> str:
@@ -1700,126 +1091,195 @@ def _join(path: str, part: str) -> str:
 
 
 def _meta_check_fields(schema: Any, path: str, out: list[str]) -> None:
-    """check_fields (metaschema.lua:565-618): the MetaSubSchema's `check` function."""
-    transformations = _seq(_attr(schema, "transformations"))
-    for i, tr in enumerate(transformations or [], 1):
-        for attr in ("input", "needs"):
-            for j, name in enumerate(_seq(_attr(tr, attr)) or [], 1):
-                if isinstance(name, str) and not _has_schema_field(schema, name):
-                    out.append(f"{_join(path, f'transformations.{attr}.{i}.{j}')}: invalid field name: {name}")
+    """check_fields: the MetaSubSchema's `check` function, on each entry of `fields`."""
     fields = _attr(schema, "fields")
-    items = _seq(fields)
-    if items is None:
-        if not isinstance(fields, dict):  # a non-table: Lua would index into it
-            out.append(f"{_join(path, 'fields')}: {_META_E['FIELDS_ARRAY']}")
+    if not _is_table(fields):
+        out.append(f"{_join(path, 'fields')}: {_META_E['FIELDS_ARRAY']}")
         return
-    for item in items:
+    for item in _seq(fields):
         if not _is_table(item):
             out.append(f"{_join(path, 'fields')}: {_META_E['FIELDS_ARRAY']}")
             return
-        if len(item) == 0:
+        if not item:
             out.append(f"{_join(path, 'fields')}: {_META_E['FIELD_EMPTY']}")
             return
         k, field = next(_lua_pairs(item))
-        kname = _lua_tostring(k)
+        name = _lua_tostring(k)
         if _is_table(field):
-            _meta_check_field(kname, field, schema, _join(path, kname), out)
+            _meta_check_field(field, _join(path, name), out)
         else:
-            out.append(f"{_join(path, kname)}: {_META_E['TABLE'] % kname}")
+            out.append(f"{_join(path, name)}: {_META_E['TABLE'] % name}")
 
 
-def _meta_check_field(k: str, field: Any, parent: Any, path: str, out: list[str]) -> None:
-    """check_field (metaschema.lua:621-689)."""
+def _meta_check_field(field: Any, path: str, out: list[str]) -> None:
+    """check_field (Kong keys these errors by field name; here they carry the whole path)."""
     ftype = _attr(field, "type")
-    if ftype is MISSING:
+    if not _truthy(ftype):
         out.append(f"{path}: {_META_E['TYPE']}")
         return
-    req = _REQUIRED_ATTRIBUTES.get(ftype) if isinstance(ftype, str) else None
-    if req and not (_truthy(_attr(field, "abstract")) and ftype == "record"):
-        for attr in req:
-            if not _truthy(_attr(field, attr)):
-                out.append(f"{path}: {_META_E['REQUIRED'] % (ftype, attr)}")
+    for attr in _REQUIRED_ATTRIBUTES.get(ftype, ()) if isinstance(ftype, str) else ():
+        if not _truthy(_attr(field, attr)):
+            out.append(f"{path}: {_META_E['REQUIRED'] % (ftype, attr)}")
     for attr, _ in _lua_pairs(field):
-        allowed = _ATTRIBUTE_TYPES.get(attr) if isinstance(attr, str) else None
-        if allowed is not None and ftype not in allowed:
+        if attr in _ATTRIBUTE_TYPES and not (isinstance(ftype, str) and ftype in _ATTRIBUTE_TYPES[attr]):
             out.append(f"{path}: {_META_E['ATTRIBUTE'] % (_lua_tostring(ftype), attr)}")
     for name in ("elements", "keys", "values"):
         sub = _attr(field, name)
         if _truthy(sub):
             if _is_table(sub):
-                _meta_check_field(k, sub, field, _join(path, name), out)
+                _meta_check_field(sub, _join(path, name), out)
             else:
                 out.append(f"{path}: {_META_E['TABLE'] % name}")
-    json_schema = _attr(field, "json_schema")
-    if ftype == "json" and _is_table(json_schema) and _truthy(_attr(json_schema, "parent_subschema_key")):
-        key = _attr(json_schema, "parent_subschema_key")
-        siblings = dict(_fields_list(parent)) if _seq(_attr(parent, "fields")) is not None else {}
-        if key not in siblings:
-            out.append(f"{path}.json_schema.parent_subschema_key: {_META_E['JSON_PARENT_KEY']}")
-            return
-        if siblings[key].get("type") != "string":
-            out.append(f"{path}.json_schema.parent_subschema_key: {_META_E['JSON_PARENT_KEY_TYPE']}")
     if _truthy(_attr(field, "fields")):
         _meta_check_fields(field, path, out)
 
 
-def _has_schema_field(schema: Any, name: str) -> bool:
-    """has_schema_field (metaschema.lua:525-563)."""
-    fields = _seq(_attr(schema, "fields")) or []
-    hd, dot, tl = name.partition(".")
-    for item in fields:
-        if isinstance(item, dict) and item:
-            k, fdef = next(iter(item.items()))
-            if k == hd:
-                if not dot:
-                    return True
-                if isinstance(fdef, dict) and fdef.get("type") == "foreign":
-                    return True
-                return _has_schema_field(fdef, tl)
-    return False
-
-
 def _render_meta_errors(err: Err, data: Any, path: str) -> list[str]:
-    """Flatten a metaschema error table, naming `fields` entries after their field."""
-    if isinstance(err, str):
-        return [f"{path or '(schema)'}: {err}"]
+    """Flatten a metaschema error table, naming each `fields` entry after its field."""
     if not isinstance(err, dict):
-        return [f"{path or '(schema)'}: {err!r}"]
+        return [f"{path or '(schema)'}: {err}"]
     out: list[str] = []
     for k, sub in err.items():
         if k == "@entity":
             out.extend(f"{_join(path, '@entity')}: {m}" for m in sub)
             continue
         sub_data = _attr(data, k)
-        if k in ("fields", "shorthand_fields") and isinstance(sub, dict) and _seq(sub_data) is not None:
-            items = _seq(sub_data) or []
+        if k == "fields" and isinstance(sub, dict) and isinstance(sub_data, list):
             for idx, e in sub.items():
-                item = items[idx - 1] if isinstance(idx, int) and 1 <= idx <= len(items) else MISSING
+                item = _attr(sub_data, idx)
                 if isinstance(item, dict) and len(item) == 1 and isinstance(next(iter(item)), str):
                     name = next(iter(item))
                     out.extend(_render_meta_errors(e, item[name], _join(path, name)))
                 else:
-                    out.extend(_render_meta_errors(e, item, _join(path, f"{k}[{idx}]")))
+                    out.extend(_render_meta_errors(e, item, _join(path, f"fields[{idx}]")))
             continue
         out.extend(_render_meta_errors(sub, sub_data, _join(path, _lua_tostring(k))))
     return out
 
 
-def _flatten(err: Err, path: str) -> list[str]:
-    """Kong-style flattened error paths (kong/db/errors.lua flatten_errors: "a.b.1")."""
-    if isinstance(err, str):
-        return [f"{path}: {err}"]
-    out: list[str] = []
-    for k, sub in err.items():
-        if k == "@entity":
-            out.extend(f"{_join(path, '@entity')}: {m}" for m in sub)
-        else:
-            out.extend(_flatten(sub, _join(path, _lua_tostring(k))))
-    return out
+# --------------------------------------------------------------------------------------
+# Coverage: what this port leaves out, and what Kong loads but cannot run
+# --------------------------------------------------------------------------------------
 
 
-def _dedupe(msgs: list[str]) -> list[str]:
-    return list(dict.fromkeys(msgs))
+def _survey(schema: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Walk a plugin schema for what it uses that this port does not cover (``uncovered``) and for
+    what Kong would load, then fail on when validating a config (``broken``: a malformed Lua
+    pattern, an entity check missing a part it reads or naming no field of its record)."""
+    uncovered: list[str] = []
+    broken: list[str] = []
+
+    def not_covered(path: str, what: str) -> None:
+        uncovered.append(f"{path}: {what}: not covered by this port of Kong's schema engine")
+
+    def patterns(fdef: dict[str, Any], path: str) -> None:
+        rules = [(fdef.get("match"), f"{path}.match")]
+        rules_none = fdef.get("match_none")
+        for i, rule in enumerate(rules_none if isinstance(rules_none, list) else [], 1):
+            if isinstance(rule, dict):
+                rules.append((rule.get("pattern"), f"{path}.match_none.{i}.pattern"))
+                if "err" in rule and rule["err"] is None:
+                    not_covered(f"{path}.match_none.{i}.err", "a null attribute")
+        for pattern, where in rules:
+            if isinstance(pattern, str):
+                try:
+                    _compile_pattern(pattern)
+                except UnsupportedByHarness as e:
+                    uncovered.append(f"{where}: {e}")
+                except LuaPatternError as e:
+                    broken.append(f"{where}: [harness rule] {pattern!r}: {e}: Kong loads this schema, then "
+                                  "string.match fails (a Lua error) on the values it checks")
+
+    def field(fdef: Any, path: str, part: bool) -> None:
+        if not isinstance(fdef, dict):
+            return
+        allowed = _PART_ATTRIBUTES if part else _ATTRIBUTES
+        for k, v in fdef.items():
+            if k in _KONG_ATTRIBUTES and k not in allowed:
+                not_covered(f"{path}.{k}", f"attribute '{k}'{' of elements/keys/values' if part else ''}")
+            elif v is None and k != "default" and k in allowed:
+                not_covered(f"{path}.{k}", "a null attribute")
+        ftype = fdef.get("type")
+        if isinstance(ftype, str) and ftype in _KONG_TYPES and ftype not in (("string",) if part else _TYPES):
+            not_covered(f"{path}.type", f"type '{ftype}'{' of elements/keys/values' if part else ''}")
+        patterns(fdef, path)
+        for name in ("elements", "keys", "values"):
+            field(fdef.get(name), f"{path}.{name}", True)
+        for name, sub in _entries(fdef.get("fields")):
+            field(sub, f"{path}.{name}", False)
+        checks = fdef.get("entity_checks")
+        for i, check in enumerate(checks if isinstance(checks, list) else [], 1):
+            entity_check(check, fdef, f"{path}.entity_checks.{i}")
+
+    def entity_check(check: Any, record: dict[str, Any], path: str) -> None:
+        for name, arg in check.items() if isinstance(check, dict) else ():
+            where = f"{path}.{name}"
+            if name in _KONG_CHECKERS and name not in _CHECKER_KEYS:
+                not_covered(where, f"entity checker '{name}'")
+            elif name in _CHECKER_KEYS and arg is None:
+                not_covered(where, "a null entity check")
+            elif name in _CHECKER_KEYS and isinstance(arg, dict):
+                for key, v in arg.items():
+                    if key in _KONG_CHECKER_KEYS[name] and key not in _CHECKER_KEYS[name]:
+                        not_covered(f"{where}.{key}", f"'{key}'")
+                    elif key in _CHECKER_KEYS[name] and v is None:
+                        not_covered(f"{where}.{key}", "a null attribute")
+                    elif key in ("if_match", "then_match") and isinstance(v, dict):
+                        for mk, mv in v.items():
+                            if mk in _KONG_CONDITION_KEYS and mk not in _CONDITION_KEYS:
+                                not_covered(f"{where}.{key}.{mk}", f"'{mk}' in a condition")
+                            elif mk in _CONDITION_KEYS and mv is None:
+                                not_covered(f"{where}.{key}.{mk}", "a null attribute")
+                        patterns(v, f"{where}.{key}")
+                lua_error = "Kong loads this schema, then fails with a Lua error validating a config"
+                for key in _CHECKER_NEEDS[name]:
+                    if key not in arg:
+                        broken.append(f"{where}: [harness rule] no '{key}': {lua_error}")
+                listed = arg.get("then_at_least_one_of")
+                names = [arg.get("if_field"), arg.get("then_field"), *(listed if isinstance(listed, list) else [])]
+                for n in names:
+                    if isinstance(n, str) and _schema_field(record, n) is None:
+                        broken.append(f"{where}: [harness rule] '{n}' is no field of this record: Kong loads this "
+                                      "schema, then fails with a Lua error or never sees the field")
+
+    for key in schema:
+        if key in ("entity_checks", "shorthand_fields", "transformations", "check"):
+            not_covered(key, f"a schema-level '{key}'")
+    for name, sub in _entries(schema.get("fields")):
+        if name in _PLUGINS_ENTITY_FIELDS:
+            not_covered(str(name), "a top-level field other than 'config'")
+        field(sub, str(name), False)
+    return uncovered, broken
+
+
+def _schema_problems(schema: Any) -> tuple[list[str], list[str]]:
+    """(uncovered, refused): see :func:`check_plugin_schema`."""
+    if not isinstance(schema, dict):
+        return [], [f"(schema): expected a table, got {_lua_type(MISSING if schema is None else schema)}"]
+    uncovered, broken = _survey(schema)
+    if uncovered:
+        return uncovered, []
+    try:
+        errors = _validate_record(_META_SUB_SCHEMA, schema)
+        # run_self_check: every field that is not nilable must be there (that error replaces any
+        # other on the key), or the MetaSubSchema's check function does not run.
+        absent = [name for name in ("name", "fields") if name not in schema]
+        for name in absent:
+            errors[name] = _E["REQUIRED_FOR_ENTITY_CHECK"]
+        msgs = _render_meta_errors(errors, schema, "")
+        if not absent:
+            _meta_check_fields(schema, "", msgs)
+    except KongLuaError as e:
+        return [], [f"(schema): Kong would fail with a Lua error validating this schema: {e}"]
+    if msgs:
+        return [], list(dict.fromkeys(msgs))
+    init_err = "error initializing schema for plugin: "
+    for name, fdef in _fields_list(schema):  # Schema.new_subschema: the first error only
+        if name != "config":
+            return [], [init_err + _E["SUBSCHEMA_BAD_FIELD"] % (schema["name"], name)]
+        if fdef.get("type") != "record":  # compatible_fields with the abstract `config` record
+            return [], [init_err + _E["SUBSCHEMA_BAD_TYPE"] % (schema["name"], name)]
+    return [], broken
 
 
 # --------------------------------------------------------------------------------------
@@ -1827,107 +1287,49 @@ def _dedupe(msgs: list[str]) -> list[str]:
 # --------------------------------------------------------------------------------------
 
 
-def check_plugin_schema(schema: Any, *, require_config: bool = False) -> list[str]:
+def check_plugin_schema(schema: Any) -> list[str]:
     """Would Kong 3.9.3 load this external plugin's schema? Returns error strings ([] = yes).
 
-    ``schema`` is the ``Schema`` object of a plugin server's ``-dump`` (``info.Schema`` in
-    kong/runloop/plugin_servers/process.lua:76-83), handed as-is to
-    kong/db/schema/plugin_loader.lua:16-43 ``load_subschema``, which does, in order:
+    ``schema`` is the ``Schema`` of a plugin server's ``-dump``, handed as-is to
+    kong/db/schema/plugin_loader.lua ``load_subschema``, which runs, in order:
 
-    1. ``MetaSchema.MetaSubSchema:validate(schema)`` (metaschema.lua:998-1036): the schema's own
-       keys (``name`` required; ``fields``, ``entity_checks``, ``shorthand_fields``,
-       ``transformations``, ``check``; anything else is an "unknown field"), every field
-       definition against the field schema (types, allowed attributes and their types,
-       ``description`` 10..500 bytes, ``default`` validated against the field itself, ``one_of``
-       elements, ``between`` pairs, nested ``elements``/``keys``/``values``/``fields``...), then
-       the ``check`` function (check_fields/check_field: required ``elements``/``keys``/
-       ``values``/``fields``, attributes restricted to some types, each ``fields`` entry a
-       one-key table). Note: Kong does not restrict ``referenceable`` (nor ``encrypted``) to
-       strings; ``referenceable`` only has an effect on strings and on arrays/sets/maps of
-       strings (init.lua:995, 1934-1972). ``type = "function"`` passes, as in Kong.
-    2. Only if that passed, ``Entity.new_subschema`` (entity.lua:27-31 -> init.lua:2605-2646):
-       top-level ``foreign`` fields must reference a core entity, and every top-level field must
-       exist in the ``plugins`` entity (entities/plugins.lua) with a compatible type. Kong stops
-       at the first such error; all are listed here.
+    1. ``MetaSchema.MetaSubSchema:validate(schema)``: ``name`` is required, ``fields`` too; any
+       other key is an "unknown field"; every field definition is validated against the field
+       schema (the type, each attribute's type, ``description`` 10 to 500 bytes, ``default``
+       against the field itself, ``between`` pairs, ``one_of`` arrays, ``match_none`` rules,
+       nested ``elements``/``keys``/``values``/``fields``, each entity check holding exactly one
+       checker, and its parts); then its ``check`` function (check_fields / check_field: the
+       attributes a type must declare, those it cannot have, each ``fields`` entry a table).
+    2. Only if that passed, ``Entity.new_subschema``: every top-level field must be one of the
+       ``plugins`` entity's with a compatible type (here: a ``config`` record). Kong stops at the
+       first such error.
 
-    Kong does *not* require a ``config`` field: the ``plugins`` entity's ``config`` is abstract
-    but not required, so a schema without one loads, and every configuration is then refused
-    ("abstract field was not specialized"). Pass ``require_config=True`` to report that here.
-
-    Messages are Kong's texts prefixed with a path that names fields after their key, e.g.
-    ``config.ttl.type: expected one of: ...`` (Kong's own error table is keyed by array index).
-    Step-1 errors of Kong's ``check`` function are keyed by field name only in Kong.
+    Kong does not require a ``config`` field. Before Kong's checks, the schema is surveyed for
+    what this port does not cover (see the module docstring); if it uses any, only those are
+    reported. After them come the harness rules, for what Kong loads but then fails on when it
+    validates a config: malformed Lua patterns, entity checks missing a part they read or naming
+    a field their record does not have. Messages are Kong's texts after a path that names fields
+    by key (``config.ttl.type: expected one of: ...``); Kong's own error table uses indexes, and
+    keys its ``check`` function's errors by field name only.
     """
-    if not isinstance(schema, dict):
-        return [f"(schema): expected a table, got {_lua_type(schema if schema is not None else MISSING)}"]
-    try:
-        errors = _validate_schema(_META_SUB_SCHEMA, schema, full_check=True)
-        # run_self_check (init.lua:1372-1407): every non-nilable field must be present
-        # (its error replaces any other on that key), then the MetaSubSchema's check runs.
-        absent = [name for name, fdef in _fields_list(_META_SUB_SCHEMA)
-                  if name not in schema and not _truthy(fdef.get("nilable", MISSING))]
-        for name in absent:
-            errors[name] = _E["REQUIRED_FOR_ENTITY_CHECK"]
-        msgs = _render_meta_errors(errors, schema, "")
-        if not absent:
-            _meta_check_fields(schema, "", msgs)
-    except KongLuaError as e:
-        return [f"(schema): Kong would fail with a Lua error while validating this schema: {e}"]
-    msgs = _dedupe(msgs)
-    if msgs:
-        return msgs
-
-    plugin = schema.get("name")
-    init_err = "error initializing schema for plugin: "
-    out: list[str] = []
-    fields = _fields_list(schema)
-    for _name, fdef in fields:  # Schema.new: foreign references (init.lua:2530-2557)
-        if fdef.get("type") == "foreign" and fdef.get("reference") not in _CORE_ENTITIES:
-            out.append(init_err + _E["SCHEMA_BAD_REFERENCE"] % _lua_tostring(fdef.get("reference", MISSING)))
-    for name, fdef in fields:  # Schema.new_subschema (init.lua:2618-2632)
-        parent = _PLUGINS_ENTITY_FIELDS.get(name)
-        if parent is None:
-            out.append(init_err + _E["SUBSCHEMA_BAD_FIELD"] % (plugin, name))
-        elif not _compatible_fields(parent, fdef):
-            out.append(init_err + _E["SUBSCHEMA_BAD_TYPE"] % (plugin, name))
-    if require_config:
-        config = dict(fields).get("config")
-        if config is None or config.get("type") != "record":
-            out.append("config: [harness rule] the schema has no 'config' record; Kong 3.9.3 loads it, "
-                       "but then refuses every configuration")
-    return out
-
-
-def _compatible_fields(f1: dict[str, Any], f2: dict[str, Any]) -> bool:
-    """compatible_fields (init.lua:1078-1096)."""
-    t1, t2 = f1.get("type"), f2.get("type")
-    if t1 == "record" and t2 == "json":
-        return True
-    if t1 != t2:
-        return False
-    if t1 in ("array", "set"):
-        return bool(_attr(f1.get("elements"), "type") == _attr(f2.get("elements"), "type"))
-    if t1 == "map":
-        return bool(_attr(f1.get("keys"), "type") == _attr(f2.get("keys"), "type")
-                    and _attr(f1.get("values"), "type") == _attr(f2.get("values"), "type"))
-    return True
+    uncovered, refused = _schema_problems(schema)
+    return uncovered or refused
 
 
 def check_descriptions(schema: Any) -> list[str]:
     """Project rule: every field has a ``description`` of 10 to 500 characters.
 
-    Walks every entry of every ``fields`` array, recursively: record subfields, and the
-    subfields of records found under ``elements`` / ``keys`` / ``values`` (arrays, sets and
-    maps of records, at any depth). The ``elements``/``keys``/``values`` definitions
-    themselves are not fields and need no description. The top-level ``config`` entry is
-    exempt when it has no description at all, since kong-pdk's ``-dump`` generates that
-    wrapper without one (kong_pdk/server.py get_plugin_info); if it has one, it is checked.
-    Kong's metaschema separately limits any description given to 10..500 *bytes*.
+    Walks every entry of every ``fields`` array, recursively (records, and records under
+    ``elements``/``keys``/``values``); the ``elements``/``keys``/``values`` definitions are no
+    fields and need none. The top-level ``config`` entry is exempt when it has no description at
+    all: kong-pdk's ``-dump`` makes that wrapper without one. Kong's metaschema separately limits
+    any description given to 10..500 *bytes*.
     """
     out: list[str] = []
 
     def walk_fields(container: Any, path: str, top: bool) -> None:
-        for item in _seq(_attr(container, "fields")) or []:
+        fields = _attr(container, "fields")
+        for item in fields if isinstance(fields, list) else []:
             if not isinstance(item, dict) or len(item) != 1:
                 out.append(f"{_join(path, 'fields')}: malformed field entry {item!r}")
                 continue
@@ -1956,288 +1358,124 @@ def check_descriptions(schema: Any) -> list[str]:
     return out
 
 
-def check_lua_patterns(schema: Any) -> list[str]:
-    """Harness extra: does every Lua pattern in the schema compile?
-
-    Kong's metaschema only checks that ``match``/``not_match``/``match_all``/``match_none``/
-    ``match_any`` patterns are strings; a malformed pattern makes ``string.match`` raise when
-    a value is validated (an Admin API 500). This reports those, and the patterns this
-    harness cannot translate (``%b``).
-    """
-    out: list[str] = []
-
-    def try_compile(pat: Any, path: str) -> None:
-        if not isinstance(pat, str):
-            return
-        try:
-            _compile_lua_pattern(pat)
-        except (LuaPatternError, UnsupportedByHarness) as e:
-            out.append(f"{path}: {pat!r}: {e}")
-
-    def walk(fdef: Any, path: str) -> None:
-        if not isinstance(fdef, dict):
-            return
-        for attr in ("match", "not_match"):
-            try_compile(fdef.get(attr), f"{path}.{attr}")
-        for attr in ("match_all", "match_none"):
-            for i, item in enumerate(_seq(fdef.get(attr, MISSING)) or [], 1):
-                try_compile(_attr(item, "pattern"), f"{path}.{attr}.{i}.pattern")
-        for i, pat in enumerate(_seq(_attr(fdef.get("match_any", MISSING), "patterns")) or [], 1):
-            try_compile(pat, f"{path}.match_any.patterns.{i}")
-        for attr in ("elements", "keys", "values"):
-            walk(fdef.get(attr), _join(path, attr))
-        for item in _seq(fdef.get("fields", MISSING)) or []:
-            if isinstance(item, dict) and len(item) == 1:
-                name, sub = next(iter(item.items()))
-                walk(sub, _join(path, str(name)))
-
-    for item in _seq(_attr(schema, "fields")) or []:
-        if isinstance(item, dict) and len(item) == 1:
-            name, sub = next(iter(item.items()))
-            walk(sub, str(name))
-    return out
-
-
-def lint_plugin_schema(schema: Any) -> list[str]:
-    """Harness-only rules that Kong 3.9.3 does *not* enforce, for mistakes it would let through.
-
-    * every Lua pattern compiles (:func:`check_lua_patterns`);
-    * every ``one_of`` / ``not_one_of`` value has the field's type: the metaschema types their
-      elements as ``any`` (metaschema.lua:61-62), so ``{type = "integer", one_of = {"1"}}``
-      loads, and that value can never be chosen;
-    * ``referenceable`` is only set on string definitions (including ``elements``/``values``
-      definitions): Kong accepts it anywhere but only honours it on strings (init.lua:995,
-      1934-1972), so on an array it does nothing (put it on the ``elements``).
-    """
-    out = check_lua_patterns(schema)
-
-    def walk(fdef: Any, path: str) -> None:
-        if not isinstance(fdef, dict):
-            return
-        ftype = fdef.get("type")
-        for attr in ("one_of", "not_one_of"):
-            for i, v in enumerate(_seq(fdef.get(attr, MISSING)) or [], 1):
-                if isinstance(ftype, str) and ftype in ("string", "number", "integer", "boolean"):
-                    probe = {"type": ftype, "len_min": 0} if ftype == "string" else {"type": ftype}
-                    ok, _ = _validate_field(probe, v)
-                    if not ok:
-                        out.append(f"{path}.{attr}.{i}: {json.dumps(v)} is not of the field's type '{ftype}'")
-        if _truthy(fdef.get("referenceable", MISSING)) and ftype != "string":
-            out.append(f"{path}.referenceable: has no effect on a field of type '{ftype}' "
-                       "(Kong honours it on strings, e.g. on the elements of an array)")
-        for attr in ("elements", "keys", "values"):
-            walk(fdef.get(attr), _join(path, attr))
-        for item in _seq(fdef.get("fields", MISSING)) or []:
-            if isinstance(item, dict) and len(item) == 1:
-                name, sub = next(iter(item.items()))
-                walk(sub, _join(path, str(name)))
-
-    for item in _seq(_attr(schema, "fields")) or []:
-        if isinstance(item, dict) and len(item) == 1:
-            name, sub = next(iter(item.items()))
-            walk(sub, str(name))
-    return out
-
-
-def check_plugin_dump(dump: Any, *, require_config: bool = True) -> list[str]:
-    """The whole loading path of an external plugin: :func:`load_external_plugin_info` on the
-    ``-dump`` output (JSON text or decoded), then :func:`check_plugin_schema` on its Schema."""
-    info, errors = load_external_plugin_info(dump)
-    if info is not None and isinstance(info["schema"], dict):
-        errors = errors + check_plugin_schema(info["schema"], require_config=require_config)
-    return errors
-
-
-def _version_ok(v: Any) -> bool:
-    """valid_version (dao/plugins.lua:146-156) with the non-strict `version` library parser."""
-    if not isinstance(v, str):
-        return False
-    m = re.search(r"[0-9.]+", v)
-    if m is None:
-        return False  # v:match() gives nil and split(nil) raises
-    parts = m.group(0).split(".")
-    # split(str, "%.") drops an empty first part and an empty last part only
-    if parts and parts[0] == "":
-        parts = parts[1:]
-    if parts and parts[-1] == "":
-        parts = parts[:-1]
-    return all(p != "" for p in parts) and len(parts) <= 3  # tonumber("") fails; vparsed[4] must be nil
-
-
-def load_external_plugin_info(dump: Any) -> tuple[dict[str, Any] | None, list[str]]:
-    """How Kong reads a plugin server's ``-dump`` output, and the checks its plugin loader makes.
-
-    kong/runloop/plugin_servers/process.lua:46-84: the output is JSON-decoded, must be a
-    table; the plugin is ``(dump.Plugins or dump)[1]`` (kong-pdk prints a one-element list);
-    Name/Priority/Version/Schema/Phases are taken from it. plugin_servers/init.lua:42-58: the
-    plugin is only found when ``Priority`` is set. dao/plugins.lua:135-197: PRIORITY must be
-    a finite integer and VERSION must parse as at most three dot-separated numbers.
-    Returns ``(info, errors)``; ``info["schema"]`` is what :func:`check_plugin_schema` takes.
-    """
-    if isinstance(dump, (str, bytes)):
-        try:
-            dump = json.loads(dump)
-        except ValueError as e:
-            return None, [f"failed decoding plugin info: {e}"]
-    if not _is_table(dump):
-        return None, ["not a plugin info table"]
-    plugins = _attr(dump, "Plugins")
-    entry = _attr(plugins if _truthy(plugins) else dump, 1)
-    if not isinstance(entry, dict):
-        return None, ["no plugin entry in the plugin info table"]
-    info = {
-        "name": entry.get("Name"),
-        "PRIORITY": entry.get("Priority", MISSING),
-        "VERSION": entry.get("Version"),
-        "schema": entry.get("Schema"),
-        "phases": entry.get("Phases"),
-        "protocol": _attr(dump, "Protocol") if _truthy(_attr(dump, "Protocol")) else "MsgPack:1",
-    }
-    errors: list[str] = []
-    name = info["name"]
-    prio = info["PRIORITY"]
-    if not _truthy(prio):
-        errors.append(f"no configuration schema found for plugin: {name} (no Priority: 'no plugin found')")
-    elif not (_is_number(prio) and math.isfinite(prio) and prio == math.floor(prio)):
-        errors.append(f'Plugin "{name}" cannot be loaded because its PRIORITY field is not a valid integer number, '
-                      f'got: "{_lua_tostring(prio)}".')
-    if not _version_ok(info["VERSION"]):
-        errors.append(f'Plugin "{name}" cannot be loaded because its VERSION field does not follow the "x.y.z" '
-                      f'format, got: "{_lua_tostring(info["VERSION"])}".')
-    if _seq(info["phases"]) is None:
-        errors.append("Phases must be an array (plugin.lua build_phases iterates it)")
-    if not isinstance(info["schema"], dict):
-        errors.append("Schema must be a table")
-    return info, errors
+_PREPARED: dict[str, dict[str, Any]] = {}
 
 
 def _make_records_required(field: dict[str, Any]) -> None:
-    """make_records_required (entity.lua:15-24), applied to a plugin schema when it is loaded."""
+    """entity.lua make_records_required: a record that does not say `required` becomes required."""
     if "required" not in field:
         field["required"] = True
-    for item in _seq(field.get("fields", MISSING)) or []:
-        if isinstance(item, dict) and item:
-            sub = next(iter(item.values()))
-            if isinstance(sub, dict) and sub.get("type") == "record":
-                _make_records_required(sub)
+    for _, sub in _fields_list(field):
+        if sub.get("type") == "record":
+            _make_records_required(sub)
 
 
-def prepare_config_field(config_field: dict[str, Any]) -> dict[str, Any]:
-    """The ``config`` field as Kong holds it once the plugin is loaded.
-
-    Entity.new_subschema (entity.lua:27-31) runs make_records_required over the plugin
-    schema: ``config`` and every record reachable through ``fields`` that does not say
-    ``required`` becomes ``required = true`` (records inside arrays/maps are not touched).
-    That is what makes a missing record expand to its defaults. Idempotent; never mutates
-    its argument.
-    """
+def _prepared(config_field: Any) -> dict[str, Any]:
+    """The ``config`` field as Kong holds it once the plugin is loaded (Entity.new_subschema runs
+    make_records_required over it), once :func:`check_plugin_schema` accepts it (the engine
+    never changes it)."""
     if not isinstance(config_field, dict) or config_field.get("type") != "record":
         raise ValueError("config_field must be a record field definition: {'type': 'record', 'fields': [...]}")
-    field = copy.deepcopy(config_field)
-    _make_records_required(field)
-    return field
+    try:
+        key = json.dumps(config_field)
+    except (TypeError, ValueError) as e:
+        raise UnsupportedByHarness(f"a config field that is no JSON: {e}") from None
+    if key not in _PREPARED:
+        uncovered, refused = _schema_problems({"name": "kcauth", "fields": [{"config": config_field}]})
+        if uncovered:
+            raise UnsupportedByHarness("; ".join(uncovered))
+        if refused:
+            raise SchemaRefused("; ".join(refused))
+        field = copy.deepcopy(config_field)
+        _make_records_required(field)
+        _PREPARED[key] = field
+    return _PREPARED[key]
 
 
-def apply_defaults(config_field: dict[str, Any], config: dict[str, Any] | None) -> dict[str, Any]:
-    """The plugin ``config`` as Kong stores it on insert (``process_auto_fields(..., "insert")``).
-
-    kong/db/dao/init.lua:444-489 check_insert -> init.lua:1788-2026 process_auto_fields ->
-    1645-1690 adjust_field_for_context -> 1037-1073 handle_missing_field, on the field
-    prepared by :func:`prepare_config_field` (done here; passing a prepared field is fine):
-
-    * ``config`` None means "no config given" (Lua nil): every default is filled in.
-      Inside the config, ``None`` is JSON null (ngx.null) and is kept as null.
-    * A missing field gets a deep copy of its ``default`` (a ``"default": null`` gives null).
-      Without a default: a non-required field becomes null (None); a required record becomes
-      a record of its subfields' defaults (recursively); any other required field stays
-      absent (validation then says "required field missing").
-    * A present record is processed recursively; a record given as ``false`` is replaced by
-      its defaults when required (Lua's ``value or handle_missing_field``).
-    * A record that is *not* required and is missing gets its ``default`` as-is (its nested
-      defaults are not expanded) or null.
-    * Arrays/sets/maps: records inside them get their defaults; sets are deduplicated in
-      order (with Lua equality: 1 == 1.0, true ~= 1); an empty ``{}`` given for an array or
-      set becomes ``[]``.
-    * ``auto`` fields: ``uuid`` fields get a UUID, other ``auto`` strings a random
-      32-character string, when missing.
-    * Unknown keys are kept (validation reports them). The input is not mutated.
-    """
-    field = prepare_config_field(config_field)
-    value: Any = MISSING if config is None else config
-    out = _adjust_field_for_context(field, value, "insert", None)
-    if out is MISSING or out is None:
-        return {}  # only when config is declared `required: false` (then Kong stores null)
+def _defaults(field: dict[str, Any], config: Any) -> dict[str, Any]:
+    out = _adjust_field_for_context(field, MISSING if config is None else config, "insert", None)
+    if out is None:
+        return {}  # only for a config record declared `required: false` (Kong stores null)
     if not isinstance(out, dict):
         raise ValueError(f"config must be a table, got {_lua_type(out)}")
     return out
 
 
+def _problems(field: dict[str, Any], config: Any) -> list[str]:
+    ok, err = _validate_field(field, None if config is MISSING else config)
+    return [] if ok else list(dict.fromkeys(_flatten(err, "config")))
+
+
+def _flatten(err: Err, path: str) -> list[str]:
+    """Flattened error paths, as kong/db/errors.lua flatten_errors builds them ("config.a.2")."""
+    if not isinstance(err, dict):
+        return [f"{path}: {err}"]
+    out: list[str] = []
+    for k, sub in err.items():
+        if k == "@entity":
+            out.extend(f"{_join(path, '@entity')}: {m}" for m in sub)
+        else:
+            out.extend(_flatten(sub, _join(path, _lua_tostring(k))))
+    return out
+
+
+def apply_defaults(config_field: dict[str, Any], config: dict[str, Any] | None) -> dict[str, Any]:
+    """The plugin ``config`` as Kong stores it on insert.
+
+    kong/db/dao/init.lua check_insert -> init.lua Schema:process_auto_fields(entity, "insert") ->
+    adjust_field_for_context -> handle_missing_field, on the config field as Kong holds it
+    (make_records_required):
+
+    * ``config`` None means "no config given" (Lua nil): every default is filled in. Inside the
+      config, ``None`` is JSON null (ngx.null) and stays null.
+    * A missing field gets a deep copy of its ``default``; without one, a field that is not
+      required becomes null, a required record becomes a record of its fields' defaults
+      (recursively), and any other required field stays absent (validation then says "required
+      field missing").
+    * A record given is processed recursively; one given as ``false`` is replaced by its
+      defaults. An empty ``{}`` given for an array becomes ``[]``. Unknown keys are kept
+      (validation reports them). The input is not mutated.
+    """
+    return _defaults(_prepared(config_field), config)
+
+
 def validate_config(config_field: dict[str, Any], config: Any) -> list[str]:
-    """Kong's validation of a plugin ``config`` value (``Schema:validate_field`` on the record).
+    """Kong's validation of a plugin ``config`` value: ``Schema:validate_field`` on the record.
 
-    The plugins entity validates its ``config`` field with init.lua:874-1030
-    ``validate_field``; a record value is first processed with ``process_auto_fields``
-    ("insert", so undefaulted input validates like defaulted input) and then validated with
-    ``Schema:validate`` (init.lua:2106-2145): per-field types and validators, unknown keys
-    ("unknown field"), ``required`` (null or absent), then the record's ``entity_checks``.
-
-    Returns Kong's messages with flattened paths as kong/db/errors.lua builds them, e.g.
-    ``config.realm: expected a string``, ``config.scopes.2: length must be at least 1``,
-    ``config.@entity: at least one of these fields must be non-empty: 'a', 'b'``.
-    Map entries report only the first failing key/value, without the key, as Kong does.
-
-    Supported: every type but ``json``; every validator (``custom_validator`` needs a Python
-    callable, which JSON cannot provide); every entity checker but ``custom_entity_check``.
-    Lua patterns use :func:`lua_match` (``%b`` unsupported); ``is_regex`` uses Python's ``re``
-    instead of PCRE; a ``foreign`` value is checked for its ``id`` only. What cannot be
-    evaluated raises :class:`UnsupportedByHarness`; what would crash Kong raises
-    :class:`KongLuaError`.
+    A record is processed with ``process_auto_fields(value, "insert")`` and then validated with
+    ``Schema:validate``: each field's type and validators, unknown keys, ``required`` (null or
+    absent), then the record's entity checks. Returns Kong's messages after flattened paths, as
+    kong/db/errors.lua builds them: ``config.leeway: value should be between 0 and 300``,
+    ``config.audiences.2: expected a string``, ``config.@entity: ...``. A map reports its first
+    failing key or value, under the map's path, as Kong does.
     """
-    field = prepare_config_field(config_field)
-    if config is MISSING:
-        config = None
-    ok, err = _validate_field(field, config)
-    return [] if ok else _dedupe(_flatten(err, "config"))
+    return _problems(_prepared(config_field), config)
 
 
-def _cjson_number(v: float | int) -> int | float:
-    """A number as the plugin server decodes it after cjson.safe encodes it with 16 digits.
-
-    globalpatches.lua:21 sets cjson.safe's precision to CJSON_MAX_PRECISION = 16; LuaJIT
-    numbers are doubles, printed with "%.16g".
-    """
-    f = float(v)
-    if not math.isfinite(f):
-        raise ValueError("Cannot serialise number: must not be NaN or Infinity")
-    decoded = json.loads(format(f, ".16g"))
-    return decoded  # type: ignore[no-any-return]
-
-
-def _cjson_roundtrip(v: Any) -> Any:
+def _cjson(v: Any) -> Any:
+    """A value as the plugin server decodes Kong's ``cjson.safe`` encoding of it: numbers are
+    printed with "%.16g" (globalpatches.lua: CJSON_MAX_PRECISION), so ``2.0`` arrives as ``2``."""
     if isinstance(v, dict):
-        return {_lua_tostring(k) if not isinstance(k, str) else k: _cjson_roundtrip(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_cjson_roundtrip(x) for x in v]
+        return {_lua_tostring(k): _cjson(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_cjson(x) for x in v]
     if _is_number(v):
-        return _cjson_number(v)
+        if not math.isfinite(v):
+            raise ValueError("Cannot serialise number: must not be NaN or Infinity")
+        return json.loads(format(float(v), ".16g"))
     return v
 
 
-def _empty_maps_as_objects(field: dict[str, Any], value: Any) -> Any:
-    """An empty table with no array_mt encodes as ``{}``: empty maps/records given as ``[]``."""
-    ftype = field.get("type")
-    if ftype in ("map", "record") and value == []:
-        return {}
-    if ftype == "record" and isinstance(value, dict):
-        by_name = _field_map(field)
-        return {k: (_empty_maps_as_objects(by_name[k], v) if k in by_name else v) for k, v in value.items()}
-    sub = field.get("elements") if ftype in ("array", "set") else field.get("values") if ftype == "map" else None
-    if isinstance(sub, dict):
-        if isinstance(value, list):
-            return [_empty_maps_as_objects(sub, x) for x in value]
-        if isinstance(value, dict):
-            return {k: _empty_maps_as_objects(sub, x) for k, x in value.items()}
-    return value
+def _maps_as_objects(field: dict[str, Any], record: dict[Any, Any]) -> dict[Any, Any]:
+    """An empty table without cjson.array_mt encodes as ``{}``: an empty map given as ``[]``."""
+    by_name = dict(_fields_list(field))
+    for key, value in record.items():
+        ftype = by_name[key].get("type") if key in by_name else None
+        if ftype == "map" and value == []:
+            record[key] = {}
+        elif ftype == "record" and isinstance(value, dict):
+            _maps_as_objects(by_name[key], value)
+    return record
 
 
 def kong_config_for_instance(config_field: dict[str, Any], config: dict[str, Any] | None, plugin_id: str,
@@ -2248,54 +1486,38 @@ def kong_config_for_instance(config_field: dict[str, Any], config: dict[str, Any
                              validate: bool = True) -> dict[str, Any]:
     """The table Kong JSON-encodes into ``plugin.StartInstance``'s ``Config``, as the plugin decodes it.
 
-    1. The config is stored as on insert (:func:`apply_defaults`; ``validate`` raises
-       ValueError if :func:`validate_config` objects, as the Admin API would).
-    2. Kong reads plugins back through ``DAO:row_to_entity`` (dao/init.lua:1447-1490;
-       plugins_iterator.lua:519 ``kong.db.plugins:each(page_size, GLOBAL_QUERY_OPTS)``, no
-       ``nulls`` option), i.e. ``process_auto_fields(row, "select", nulls=false)``
-       (init.lua:1788-2026). Consequences: **fields that are null are dropped, not sent as
-       null** (a JSON ``null`` never reaches the plugin); fields missing from the stored row
-       get their defaults; a required field stored as null gets its default; integers are
-       floored; strings equal to "" are dropped unless the field allows them via
-       ``len_min = 0``; keys the schema does not know are dropped. When
-       ``resolve_reference`` is given (a data plane or traditional node resolves vault
-       references), referenceable strings (and arrays/sets/maps of referenceable strings)
-       holding ``{vault://...}`` are replaced by ``resolve_reference(ref)`` (``""`` when it
-       returns nothing) and the original references are listed under ``"$refs"``; without
+    1. The config is stored as on insert (:func:`apply_defaults`; with ``validate``, ValueError
+       if :func:`validate_config` objects, as the Admin API would).
+    2. Kong reads plugins back through ``DAO:row_to_entity`` (plugins_iterator.lua reads them
+       without the ``nulls`` option): ``process_auto_fields(row, "select")``. So **null fields
+       are dropped, not sent as null**; fields missing from the row get their defaults; a
+       required field stored as null gets its default; integers are floored; strings equal to
+       "" are dropped unless the field allows them (``len_min = 0``); unknown keys are dropped.
+       With ``resolve_reference`` (a data plane or traditional node resolves vault references),
+       a referenceable string holding ``{vault://...}`` becomes ``resolve_reference(ref)``
+       (``""`` when it gives nothing) and the reference is listed under ``"$refs"``; without
        it, references are left as they are.
-    3. plugins_iterator.lua:157-191 ``get_plugin_config`` then adds ``route_id``,
-       ``service_id``, ``consumer_id`` (only when set: nil keys are absent in cjson's output),
-       ``plugin_instance_name`` (only when set), ``__plugin_id``, ``__ws_id``, ``__key__``
-       (``DAO:cache_key`` fast path, dao/init.lua:1540-1560:
-       ``plugins:<name>:<route>:<service>:<consumer>::<ws_id>``) and ``__seq__``.
-    4. rpc/mp_rpc.lua:224-228 encodes it with cjson.safe: numbers go through ``"%.16g"``
-       (so ``2.0`` arrives as ``2``), empty arrays/sets stay ``[]``, empty maps ``{}``.
+    3. plugins_iterator.lua ``get_plugin_config`` adds ``route_id``, ``service_id``,
+       ``consumer_id``, ``plugin_instance_name`` (each only when set: nil keys are absent from
+       cjson's output), ``__plugin_id``, ``__ws_id``, ``__key__`` (``DAO:cache_key``'s fast
+       path: ``plugins:<name>:<route>:<service>:<consumer>::<ws_id>``) and ``__seq__``.
+    4. rpc/mp_rpc.lua encodes it with ``cjson.safe``: numbers through "%.16g", empty arrays stay
+       ``[]``, empty maps ``{}``.
     """
-    field = prepare_config_field(config_field)
-    stored = apply_defaults(field, config)
+    field = _prepared(config_field)
+    stored = _defaults(field, config)
     if validate:
-        problems = validate_config(field, stored)
+        problems = _problems(field, stored)
         if problems:
             raise ValueError("; ".join(problems))
     read = _adjust_field_for_context(field, stored, "select", resolve_reference)
-    cfg: dict[str, Any] = read if isinstance(read, dict) else {}  # `plugin.config or {}`
-    cfg = _empty_maps_as_objects(field, cfg)
-    if route_id is not None:
-        cfg["route_id"] = route_id
-    if service_id is not None:
-        cfg["service_id"] = service_id
-    if consumer_id is not None:
-        cfg["consumer_id"] = consumer_id
-    if instance_name is not None:
-        cfg["plugin_instance_name"] = instance_name
+    cfg = _maps_as_objects(field, read if isinstance(read, dict) else {})  # `plugin.config or {}`
+    for key, value in (("route_id", route_id), ("service_id", service_id), ("consumer_id", consumer_id),
+                       ("plugin_instance_name", instance_name)):
+        if value is not None:
+            cfg[key] = value
     cfg["__plugin_id"] = plugin_id
     cfg["__ws_id"] = ws_id
-    cfg["__key__"] = "plugins:%s:%s:%s:%s::%s" % (plugin_name, route_id or "", service_id or "",
-                                                   consumer_id or "", ws_id or "")
+    cfg["__key__"] = f"plugins:{plugin_name}:{route_id or ''}:{service_id or ''}:{consumer_id or ''}::{ws_id or ''}"
     cfg["__seq__"] = seq
-    return _cjson_roundtrip(cfg)  # type: ignore[no-any-return]
-
-
-def start_instance_request(plugin_name: str, instance_config: dict[str, Any]) -> dict[str, Any]:
-    """The argument of the ``plugin.StartInstance`` call (rpc/mp_rpc.lua:224-228)."""
-    return {"Name": plugin_name, "Config": json.dumps(_cjson_roundtrip(instance_config), separators=(",", ":"))}
+    return _cjson(cfg)  # type: ignore[no-any-return]

@@ -122,7 +122,7 @@ def body_matches(got: Any, want: Any) -> bool:
                 and all(body_matches(got[k], want[k]) for k in want))
     if isinstance(want, list):
         return (isinstance(got, list) and len(got) == len(want)
-                and all(body_matches(g, w) for g, w in zip(got, want)))
+                and all(body_matches(g, w) for g, w in zip(got, want, strict=True)))
     return type(got) is type(want) and got == want
 
 

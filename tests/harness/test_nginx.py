@@ -9,11 +9,10 @@ import http.client
 import json
 import re
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
-from tests.conftest import bearer
+from tests.conftest import bearer, guard_config
 from tests.harness import nginx
 from tests.harness.gateway import EchoUpstream, Gateway, Route
 from tests.harness.idp import LocalIdP, Minter
@@ -157,12 +156,8 @@ def test_only_headers_before_the_refused_line_choose_the_format() -> None:
 
 # --- through Kong.request: nothing reaches the plugin ------------------------------------------
 
-def config(idp: LocalIdP, **extra: Any) -> dict[str, Any]:
-    return {"issuer": idp.issuer, "audiences": ["orders-api"], **extra}
-
-
 def test_kong_answers_for_nginx_without_any_plugin_call(kong: Kong, idp: LocalIdP, minter: Minter) -> None:
-    entity = kong.plugin(config(idp))
+    entity = kong.plugin(guard_config(idp))
     token = minter.token()
     assert kong.request(entity, bearer(token)).status == 200  # the instance exists: nothing to start
     calls = len(kong.rpc.calls)
@@ -177,7 +172,7 @@ def test_past_nginx_the_plugin_refuses_two_authorization_headers(kong: Kong, idp
                                                                  minter: Minter) -> None:
     # Defense in depth: what nginx refuses first, the plugin refuses too.
     token = minter.token()
-    res = kong.request(kong.plugin(config(idp)), bearer(token) + bearer(token), nginx=False)
+    res = kong.request(kong.plugin(guard_config(idp)), bearer(token) + bearer(token), nginx=False)
     assert res.status == 401 and not res.proxied
     assert res.headers["WWW-Authenticate"] == (
         'Bearer realm="kong", error="invalid_request", error_description="The request must carry '
@@ -187,7 +182,7 @@ def test_past_nginx_the_plugin_refuses_two_authorization_headers(kong: Kong, idp
 def test_past_nginx_the_plugin_refuses_a_token_over_max_token_size(kong: Kong, idp: LocalIdP,
                                                                    minter: Minter) -> None:
     token = minter.token(pad="x" * 9000)
-    entity = kong.plugin(config(idp))  # max_token_size 8192, the default
+    entity = kong.plugin(guard_config(idp))  # max_token_size 8192, the default
     assert kong.request(entity, bearer(token)).body.startswith(TOO_LARGE + "\n")  # text/plain: no Accept
     res = kong.request(entity, bearer(token), nginx=False)
     assert res.status == 401
@@ -200,9 +195,9 @@ def test_raised_buffers_let_the_plugin_judge_a_12kb_token(plugin_server: PluginS
     assert len(token) > 12 * 1024
     raised = Kong(plugin_server, large_client_header_buffers=(4, 16 * 1024))
     try:
-        res = raised.request(raised.plugin(config(idp)), bearer(token))
+        res = raised.request(raised.plugin(guard_config(idp)), bearer(token))
         assert res.status == 401 and "The access token is too large" in res.headers["WWW-Authenticate"]
-        assert raised.request(raised.plugin(config(idp, max_token_size=16384)), bearer(token)).status == 200
+        assert raised.request(raised.plugin(guard_config(idp, max_token_size=16384)), bearer(token)).status == 200
     finally:
         raised.rpc.close()
 

@@ -117,7 +117,8 @@ def download(dest_dir: Path, version: str = KEYCLOAK_VERSION) -> Path:
         done = subprocess.run(cmd, env=_maven_env(), stdin=subprocess.DEVNULL, capture_output=True,
                               text=True, timeout=DOWNLOAD_TIMEOUT_S, check=False)
     except subprocess.TimeoutExpired as exc:
-        raise RuntimeError(f"Maven did not finish downloading {artifact} in {DOWNLOAD_TIMEOUT_S} s. {FIX_DOWNLOAD}") from exc
+        raise RuntimeError(
+            f"Maven did not finish downloading {artifact} in {DOWNLOAD_TIMEOUT_S} s. {FIX_DOWNLOAD}") from exc
     tarball = dest_dir / f"keycloak-quarkus-dist-{version}.tar.gz"
     if done.returncode != 0 or not tarball.is_file():
         output = (done.stdout + done.stderr).strip().splitlines()[-40:]

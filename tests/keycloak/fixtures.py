@@ -1,23 +1,30 @@
-"""pytest plugin: one real Keycloak per test session.
+"""pytest plugin: one real Keycloak per test session, and the routes the tests put in front of it.
 
 Load it with `pytest_plugins = ["tests.keycloak.fixtures"]` in the top-level conftest. Tests that
-use the `keycloak` or `kc_admin` fixtures are marked `keycloak` automatically as well (so
-`-m "not keycloak"` skips them); marking them explicitly is still good style.
+use the `keycloak` or `kc_admin` fixtures (directly or through `route`, `routes`, `key_providers`,
+`keycloak_proxy`) are marked `keycloak` automatically as well (so `-m "not keycloak"` skips them);
+marking them explicitly is still good style.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
+from tests.conftest import LOGIN_CLIENT, guard_config, sensitive_config
+from tests.harness.kong import Kong, PluginEntity
+from tests.harness.proxy import CountingProxy
 from tests.keycloak.admin import KeycloakAdmin
 from tests.keycloak.server import KeycloakServer
 
 log = logging.getLogger(__name__)
 
 KEYCLOAK_FIXTURES = frozenset({"keycloak", "kc_admin"})
+REALM = "kcauth"  # kong/keycloak/kcauth-realm.json: users alice and bob, clients test-cli, orders-api
+INTROSPECT = "/token/introspect"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -55,3 +62,71 @@ def keycloak() -> Iterator[KeycloakServer]:
 @pytest.fixture(scope="session")
 def kc_admin(keycloak: KeycloakServer) -> KeycloakAdmin:
     return KeycloakAdmin(keycloak.base_url, keycloak.admin_user, keycloak.admin_password)
+
+
+# --- logging in, and the routes in front of the realm -------------------------------------------
+
+def login(kc_admin: KeycloakAdmin, user: str = "alice", client: str = LOGIN_CLIENT, scope: str | None = None,
+          realm: str = REALM) -> dict[str, Any]:
+    """The whole token response of a password login (every user's password is `<user>-pass`)."""
+    return kc_admin.password_token(realm, client, user, f"{user}-pass", scope=scope)
+
+
+def access_token(kc_admin: KeycloakAdmin, user: str = "alice", client: str = LOGIN_CLIENT, scope: str | None = None,
+                 realm: str = REALM) -> str:
+    return login(kc_admin, user, client, scope, realm)["access_token"]
+
+
+MakeRoute = Callable[..., PluginEntity]  # the `route` fixture: route(**config) -> the plugin entity
+
+
+@pytest.fixture
+def route(kong: Kong, keycloak: KeycloakServer) -> MakeRoute:
+    """route(**config): a guard on orders-api for the realm, local validation only."""
+    def make(**extra: Any) -> PluginEntity:
+        return kong.plugin(guard_config(keycloak.issuer(REALM), **extra))
+    return make
+
+
+@pytest.fixture
+def keycloak_proxy(keycloak: KeycloakServer) -> Iterator[CountingProxy]:
+    """A loopback proxy in front of Keycloak (tests/harness/proxy.py) that counts calls and makes
+    introspection fail on demand (500, garbage, hang, refuse)."""
+    with CountingProxy(keycloak.base_url, fault_path_suffix=INTROSPECT, hang_seconds=10) as p:
+        yield p
+
+
+class Routes:
+    """plain(): local validation only; sensitive(**config): introspection through the proxy."""
+
+    def __init__(self, kong: Kong, keycloak: KeycloakServer, proxy: CountingProxy) -> None:
+        self.kong, self.issuer = kong, keycloak.issuer(REALM)
+        self.endpoint = f"{proxy.url}/realms/{REALM}/protocol/openid-connect{INTROSPECT}"
+
+    def config(self, **extra: Any) -> dict[str, Any]:
+        return sensitive_config(self.issuer, introspection_endpoint=self.endpoint, **extra)
+
+    def plain(self) -> PluginEntity:
+        return self.kong.plugin(guard_config(self.issuer))
+
+    def sensitive(self, **extra: Any) -> PluginEntity:
+        return self.kong.plugin(self.config(**extra))
+
+
+@pytest.fixture
+def routes(kong: Kong, keycloak: KeycloakServer, keycloak_proxy: CountingProxy) -> Routes:
+    return Routes(kong, keycloak, keycloak_proxy)
+
+
+@pytest.fixture
+def key_providers(kc_admin: KeycloakAdmin) -> Iterator[dict[str, str]]:
+    """Remembers the realm's key providers and restores them afterwards: a test adds providers,
+    and puts the id of each it disables in the dict."""
+    before = {c["id"] for c in kc_admin.list_key_providers(REALM)}
+    changed: dict[str, str] = {}
+    yield changed
+    for component_id in changed.values():
+        kc_admin.set_key_provider_enabled(REALM, component_id, True)
+    for c in kc_admin.list_key_providers(REALM):
+        if c["id"] not in before:
+            kc_admin.delete_component(REALM, c["id"])

@@ -51,7 +51,8 @@ def test_typed_config_ignores_kongs_own_keys() -> None:
 
 @pytest.mark.parametrize(("change", "message"), [
     ({"audiences": []}, "audiences must name at least one audience"),
-    ({"jwks_max_stale": 10, "jwks_refresh_interval": 300}, "config.jwks_max_stale: value should be between 3600 and 604800"),
+    ({"jwks_max_stale": 10, "jwks_refresh_interval": 300},
+     "config.jwks_max_stale: value should be between 3600 and 604800"),
     ({"claim_headers": {"authorization": "sub"}}, "config.claim_headers: 'authorization' is reserved"),
     ({"claim_headers": {"host": "sub"}}, "config.claim_headers: 'host' is reserved"),
     ({"claim_headers": {"x-consumer-id": "sub"}}, "config.claim_headers: 'x-consumer-id' is reserved"),

@@ -7,8 +7,7 @@ from typing import Any
 
 import pytest
 
-from kong_plugin_kcauth import errors
-from kong_plugin_kcauth import jws
+from kong_plugin_kcauth import errors, jws
 from kong_plugin_kcauth.tokens import Rules, audiences_of, check_claims, validate
 from tests.harness.idp import DROP, Minter, SigningKey, forge
 
@@ -42,7 +41,8 @@ def test_other_asymmetric_algorithms_verify(alg: str) -> None:
     assert validate(token, RULES, lambda kid, a, **_: key.private.public_key(), time.time())["iss"] == ISS
 
 
-@pytest.mark.parametrize("token", ["", "a.b", "a.b.c.d", "a b.c.d", "e30.e30.!!", "W10.e30.AA", "e30.W10.AA", ".e30.AA", "e30..AA"])
+@pytest.mark.parametrize("token", ["", "a.b", "a.b.c.d", "a b.c.d", "e30.e30.!!", "W10.e30.AA", "e30.W10.AA", ".e30.AA",
+                                   "e30..AA"])
 def test_malformed_compact_forms(token: str) -> None:
     with pytest.raises(errors.MalformedToken):
         jws.parse(token, 8192, frozenset({"RS256"}))
