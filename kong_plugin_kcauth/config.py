@@ -222,7 +222,7 @@ class Config:
         "Connect and read timeout in seconds for each request to the identity provider (discovery, "
         "key set, introspection). At most 5: a request's evaluation may need four such requests, and "
         "Kong gives up on the plugin server after 60 s (and then proxies).",
-        3.0, between=[0.1, 5],
+        3.0, between=[0.1, 5], gt=0,  # gt: Kong's `between` lets NaN through, `gt` does not
     )
     tls_ca_bundle: str | None = setting(
         "CAs trusted for TLS to the identity provider and to Redis: a PEM file on the Kong node "

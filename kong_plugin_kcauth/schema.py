@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from collections.abc import Callable
@@ -261,12 +262,14 @@ def _is_int(v: Any) -> bool:
 
 
 def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v and abs(v) != float("inf")
+    """Lua's `type(v) == "number"`: infinities and NaN included, as Kong's schema takes them;
+    `between` refuses the infinities and a `gt` the NaN (cjson and LuaJIT's tonumber make both)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 _TYPE_ERRORS: dict[str, Callable[[Any], str | None]] = {
     "string": lambda v: None if isinstance(v, str) else "expected a string",
-    "integer": lambda v: None if _is_int(v) or (isinstance(v, float) and _is_num(v) and v == int(v))
+    "integer": lambda v: None if _is_int(v) or (isinstance(v, float) and math.isfinite(v) and v == int(v))
     else "expected an integer",
     "number": lambda v: None if _is_num(v) else "expected a number",
     "boolean": lambda v: None if isinstance(v, bool) else "expected a boolean",
@@ -299,7 +302,7 @@ _VALIDATE: dict[str, Callable[[Any, Any], str | None]] = {
     "eq": lambda v, wanted: None if v == wanted and type(v) is type(wanted) else f"value must be {_lua(wanted)}",
     "one_of": lambda v, options: None if v in options else "expected one of: " + ", ".join(options),
     "gt": lambda v, limit: None if v > limit else f"value must be greater than {_tostring(limit)}",
-    "between": lambda v, lim: None if lim[0] <= v <= lim[1]
+    "between": lambda v, lim: None if not (v < lim[0] or v > lim[1])  # Lua's test: NaN passes
     else f"value should be between {_d(lim[0])} and {_d(lim[1])}",
     "len_min": lambda v, n: None if len(v) >= n else f"length must be at least {n}",
     "len_max": lambda v, n: None if len(v) <= n else f"length must be at most {n}",
