@@ -6,13 +6,14 @@
 #   make pluginserver  run the plugin server as Kong would, listening on ./.run/kcauth.socket
 #   make spec-http     run spec/*.yaml over HTTP against a running gateway (GATEWAY=..., ADMIN=...)
 #   make bench         the benchmark (BENCH_ARGS=--quick for a short run)
+#   make soak          10 minutes at saturation with mixed traffic, watching memory (SOAK_ARGS=--minutes 1)
 #   make reference     print the config reference table that README.md carries
 
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: test lint install system-deps demo pluginserver spec-http bench reference clean
+.PHONY: test lint install system-deps demo pluginserver spec-http bench soak reference clean
 
 GATEWAY ?= http://127.0.0.1:8000
 ADMIN   ?= http://127.0.0.1:8001
@@ -53,6 +54,9 @@ spec-http: install
 
 bench: install
 	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m tests.bench $(BENCH_ARGS)
+
+soak: install
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m tests.bench.soak $(SOAK_ARGS)
 
 pluginserver: install
 	mkdir -p .run

@@ -68,13 +68,16 @@ class _TooSlow(Exception):
     pass
 
 
-class _Event(greenlet):  # type: ignore[misc]
-    """One event: its handler's greenlet and where it stands."""
+class _Event:
+    """One event and where it stands."""
+
+    __slots__ = ("core", "id", "handler", "worker", "caller", "final", "awaiting", "aborted", "resuming",
+                 "since", "connection")
 
     def __init__(self, core: Core, eid: int, handler: Callable[[Any], None]) -> None:
-        super().__init__(self._main)
         self.core, self.id, self.handler = core, eid, handler
-        self.caller: Any = None  # the connection greenlet that switched in last
+        self.worker: _Worker | None = None  # the greenlet running its handler
+        self.caller: Any = None  # the greenlet that switched in last (a connection, the janitor)
         self.final: dict[str, Any] | None = None  # kong.response.exit, once called
         self.awaiting = False  # suspended in a PDK call, waiting for Kong's Step
         self.aborted = False
@@ -82,33 +85,59 @@ class _Event(greenlet):  # type: ignore[misc]
         self.since = time.monotonic()  # of the current state, for the janitor
         self.connection: object | None = None  # the connection its last message went out on
 
-    def _main(self) -> object:
-        self.core.running += 1
-        try:
-            self.handler(KONG)
-        except BaseException:  # noqa: BLE001 - "ret" would make Kong proxy the request
-            if self.final is None:
-                self.final = FAULT
-        finally:
-            self.core.running -= 1
-        return _DONE
-
     def call(self, method: str, args: tuple[Any, ...]) -> Any:
         """A PDK call from the handler (kong_pdk/pdk/__init__.py rpc_of, Python style)."""
+        if method in TERMINAL:
+            # Kong stores the response and ends the phase; the handler just goes on to its end.
+            if self.final is None and not self.aborted:
+                self.final = {"Method": method, "Args": list(args)}
+            return None
         if self.aborted or self.final is not None:
             raise PDKError(f"{method}: the event is over")
         if method == "kong.log" or method.startswith("kong.log."):
             args = tuple(a if type(a) in (str, int, list, dict) else str(a) for a in args)
         message = {"Method": method, "Args": list(args)}
-        if method in TERMINAL:
-            self.final = message  # Kong stores the response; the handler just goes on to its end
-            return None
         self.awaiting = True
         data, error = self.caller.switch(message)
         if error is not None:
             raise PDKError(f"exception from {method}: {error}")
         return data
 
+
+class _Worker(greenlet):  # type: ignore[misc]
+    """A greenlet running handlers, one event at a time. A few idle ones are kept (IDLE_WORKERS),
+    because each new greenlet costs Python a frame stack (an mmap and a munmap per event)."""
+
+    def __init__(self, core: Core) -> None:
+        super().__init__(self._loop)
+        self.core = core
+        self.event: _Event | None = None
+
+    def _loop(self, event: _Event | None) -> None:
+        core = self.core
+        while event is not None:
+            self.event = event
+            core.running += 1
+            try:
+                event.handler(KONG)
+            except BaseException:  # noqa: BLE001 - "ret" would make Kong proxy the request
+                if event.final is None:
+                    event.final = FAULT
+            finally:
+                core.running -= 1
+            self.event = None
+            if event.caller is None:
+                # Nobody waits for it (detached while in I/O): idle until reused, in the hub.
+                if len(core.idle) >= IDLE_WORKERS:
+                    self.parent = gevent.get_hub()
+                    return
+                core.idle.append(self)
+                event = gevent.get_hub().switch()
+            else:
+                event = event.caller.switch(_DONE)  # the next event, or None: end
+
+
+IDLE_WORKERS = 8
 
 class _Path:
     """`kong.request.get_headers` and the like: a dotted PDK name, callable in an event."""
@@ -126,8 +155,9 @@ class _Path:
         return child
 
     def __call__(self, *args: Any) -> Any:
-        event = getcurrent()
-        if not isinstance(event, _Event):
+        worker = getcurrent()
+        event = worker.event if isinstance(worker, _Worker) else None
+        if event is None:
             raise PDKError(f"{self._name} called outside an event")
         return event.call(self._name, args)
 
@@ -149,6 +179,7 @@ class Core:
         self.name, self.plugin, self.info = name, plugin, info
         self.instances: dict[int, _Instance] = {}
         self.events: dict[int, _Event] = {}
+        self.idle: list[_Worker] = []
         self.running = 0
         self.loaded_at = time.time()
         # Random-based ids: a restarted server never answers for an id the previous one gave.
@@ -185,7 +216,7 @@ class Core:
                 "Instances": [{"Name": i.name, "Id": iid, "Config": i.config, "StartTime": i.start_time}
                               for iid, i in self.instances.items()],
                 "LastStartInstance": 0, "LastCloseInstance": 0}},
-            "Events": len(self.events), "Running": self.running, "Threads": 1,
+            "Events": len(self.events), "Running": self.running, "Threads": 1, "Idle": len(self.idle),
             "Greenlets": sum(1 for g in gc.get_objects() if isinstance(g, greenlet) and not g.dead),
         }
 
@@ -217,13 +248,17 @@ class Core:
         """Switch into the event's handler until its next PDK call or its end."""
         me = getcurrent()
         event.caller = me
-        event.parent = me  # its end comes back here
+        worker = event.worker
+        if worker is None:  # a new event: an idle worker, or a new one, takes it
+            worker = event.worker = self.idle.pop() if self.idle else _Worker(self)
+            value = event
+        worker.parent = me  # should it end, it comes back here
         event.awaiting = False
         event.since = time.monotonic()
         self.events[event.id] = event  # the janitor sees it while it runs
         event.resuming = True
         try:
-            message = event.switch(value) if event else event.switch()  # a new one starts
+            message = worker.switch(value)
         except _TooSlow:
             self._detach(event)
             return {"Data": TOO_SLOW, "EventId": event.id}
@@ -232,8 +267,9 @@ class Core:
             raise
         finally:
             event.resuming = False
-        if message is _DONE or event.dead:
+        if message is _DONE:
             self.events.pop(event.id, None)
+            self._recycle(event)
             return {"Data": event.final or RET, "EventId": event.id}
         event.since = time.monotonic()
         return {"Data": message, "EventId": event.id}
@@ -245,23 +281,39 @@ class Core:
         if event is not None:
             event.connection = connection
 
+    def _recycle(self, event: _Event) -> None:
+        """The event's worker, done with it, idles for the next event or ends."""
+        worker, event.worker = event.worker, None
+        if worker is None or worker.dead:
+            return
+        if len(self.idle) < IDLE_WORKERS:
+            self.idle.append(worker)
+        else:
+            worker.parent = getcurrent()
+            worker.switch(None)  # its loop ends, and the greenlet with it
+
     def abort(self, eid: Any, reason: str = "aborted") -> None:
         """End an event Kong will hear no more of: its pending PDK call fails, the handler runs
-        to its end (and its greenlet dies), here and now."""
+        to its end (its worker is idle again, or ends), here and now."""
         event = self.events.pop(eid, None)
-        if event is None or event.dead:
+        if event is None or event.worker is None:
             return
         event.aborted = True
         if event.awaiting:
-            event.parent = getcurrent()
+            me = getcurrent()
+            event.caller = me
             event.awaiting = False
-            event.throw(PDKError(f"the event was {reason}"))
+            event.worker.parent = me
+            if event.worker.throw(PDKError(f"the event was {reason}")) is _DONE:
+                self._recycle(event)
         else:
-            event.parent = gevent.get_hub()  # still in I/O: it ends on its own, into the hub
+            self._detach(event)  # still in I/O: it ends on its own, into the hub
 
     def _detach(self, event: _Event) -> None:
         event.aborted = True
-        event.parent = gevent.get_hub()
+        event.caller = None
+        if event.worker is not None and not event.worker.dead:
+            event.worker.parent = gevent.get_hub()
         self.events.pop(event.id, None)
 
     def janitor(self) -> None:
@@ -280,7 +332,7 @@ class Core:
 
 
 def _too_slow(event: _Event) -> None:
-    if event.resuming and not event.dead and event.caller is not None and not event.caller.dead:
+    if event.resuming and event.caller is not None and not event.caller.dead:
         event.caller.throw(_TooSlow())
 
 

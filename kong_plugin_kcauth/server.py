@@ -67,7 +67,7 @@ def options(argv: list[str], name: str, priority: int) -> argparse.Namespace:
     parser.add_argument("--socket-name", dest="socket_name", default=f"{name}.socket",
                         help="socket file name, Kong's default for this server (default: %(default)s)")
     parser.add_argument("--dump", "-dump", action="store_true", help="print the plugin's info for Kong and exit")
-    parser.add_argument("--server", choices=("core", "kong-pdk"), default="kong-pdk",
+    parser.add_argument("--server", choices=("core", "kong-pdk"), default="core",
                         help="core (default): kcauth's own single-threaded core on gevent; kong-pdk: "
                              "kong-pdk's server, in threads or, with -g, gevent mode")
     parser.add_argument("-g", "--gevent", action="store_true", help="kong-pdk's gevent mode (the core always is)")

@@ -26,7 +26,9 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = str(Path(sys.executable).parent)
 
 # kong-pdk's two usable modes: threads (its default) and gevent (`-g`, the recommended one).
-SERVER_MODES = {"threads": "", "gevent": "-g"}
+# The plugin server's modes: kcauth's own core (the default), and kong-pdk's server in its
+# threads and gevent modes (`--server kong-pdk [-g]`, the reference and the fallback).
+SERVER_MODES = {"core": "--server core", "threads": "--server kong-pdk", "gevent": "--server kong-pdk -g"}
 
 
 # --- route configs ----------------------------------------------------------------------------
@@ -83,7 +85,7 @@ def start_script_server(prefix: Path, cmd: str, socket_name: str, extra_args: st
 
 
 @contextmanager
-def own_gateway(mode: str = "threads", extra_args: str = "", env: dict[str, str] | None = None,
+def own_gateway(mode: str = "core", extra_args: str = "", env: dict[str, str] | None = None,
                 **kong_options: Any) -> Iterator[Kong]:
     """A plugin server process of its own (another Kong node, nothing in its memory) in `mode`,
     and Kong on it (`kong_options`: Kong's arguments); all stopped and removed on exit."""

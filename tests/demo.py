@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         echo = EchoUpstream()
         started.append(echo)
         prefix = Path(tempfile.mkdtemp(prefix="kcdemo", dir="/tmp"))
-        plugin_server = start_plugin_server(prefix, "-g")  # the recommended mode
+        plugin_server = start_plugin_server(prefix)  # the default: kcauth's own core
         started.append(plugin_server)
         issuer_origin = keycloak.base_url.rstrip("/")
         decl = load(args.kong_yml, rewrite={

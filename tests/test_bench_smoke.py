@@ -40,8 +40,10 @@ def test_smoke_run_reports_every_row_and_target(tmp_path: Path) -> None:
         assert any(word in line for word in ("met", "MISSED", "not measured at full size")), line
     for key in MODE_SCENARIOS:
         label = next(s.label for s in SCENARIOS if s.key == key)
-        for mode in ("threads", "gevent"):
-            assert any(r.startswith(f"| {label} | {mode} |") for r in rows), f"no {mode} row for {key}"
-    for section in ("## Machine", "## Single-flight burst", "## Memory", "Recommendation from these numbers"):
+        for server in ("kcauth core", "kong-pdk threads", "kong-pdk gevent"):
+            for conns in LEVELS:
+                assert any(r.startswith(f"| {label} | {server} | {conns} |") for r in rows), \
+                    f"no {server} row for {key} at {conns}"
+    for section in ("## Machine", "## Single-flight burst", "## Memory", "kcauth's core is the default"):
         assert section in report
     assert "introspection call(s)** reached the endpoint" in report

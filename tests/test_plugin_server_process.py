@@ -30,7 +30,8 @@ from tests.harness.kong import Kong
 
 FAULTS = Path(__file__).resolve().parent / "faults"
 COMMAND_ENV = {**plugin_server_env(), "HOME": "/tmp"}
-STARTED = {"threads": "server started at path", "gevent": "server (gevent) started at path"}
+# What each server says when it listens: kcauth's core, kong-pdk's threads and gevent modes.
+STARTED = {"core": ": core server listening at", "threads": "INFO - ", "gevent": "server (gevent) started at path"}
 
 
 # --- the modes: `each_mode_kong` really runs each ----------------------------------------------
@@ -40,6 +41,7 @@ def test_each_mode_kong_runs_the_server_in_its_mode(each_mode_kong: Kong, server
     log = each_mode_kong.server.log()
     assert STARTED[server_mode] in log, log
     assert ("(gevent)" in log) == (server_mode == "gevent")
+    assert ("kong-pdk server" in log) == (server_mode != "core")
 
 
 # --- the protocol: round trips, instances, concurrency -----------------------------------------

@@ -46,6 +46,10 @@ def request_headers(token: str) -> list[Header]:
 
 # --- plugin servers ----------------------------------------------------------------------------
 
+# The plugin server's modes: kcauth's own core (the default), kong-pdk's threads and gevent modes.
+SERVER_FLAGS = {"core": "--server core", "threads": "--server kong-pdk", "gevent": "--server kong-pdk -g"}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -55,7 +59,7 @@ def free_port() -> int:
 def server_commands(kind: str, prefix: Path, mode: str) -> tuple[str, str, Path]:
     """The start and query commands Kong would be configured with, as in tests/conftest.py:
     kcauth through its console script, the floor and naive plugins through their modules."""
-    extra = "-g" if mode == "gevent" else ""
+    extra = SERVER_FLAGS[mode]
     if kind == "kcauth":
         return kcauth_commands(prefix, extra)
     if kind == "kcauth-metrics":  # kcauth with Prometheus metrics on (an ephemeral port)
@@ -69,7 +73,7 @@ def server_commands(kind: str, prefix: Path, mode: str) -> tuple[str, str, Path]
 class Server:
     """One plugin server process and the Kong emulator talking to it."""
 
-    def __init__(self, kind: str, mode: str = "threads") -> None:
+    def __init__(self, kind: str, mode: str = "core") -> None:
         self.kind = kind
         self.mode = mode
         # Unix socket paths are limited to 107 bytes: keep the Kong prefix short.

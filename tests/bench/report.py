@@ -69,6 +69,7 @@ TARGETS = (
     Target("T5", "sensitive path throughput >= 10 x naive", True),
     Target("T6", "introspection calls for 64 concurrent same-token requests = 1", False),
     Target("T7", "RSS growth after the 200,000-token flood <= 64 MB", False),
+    Target("T8", "kcauth cache hit on the core: server CPU/request <= 0.5 x kong-pdk gevent floor's", True),
 )
 
 
@@ -85,6 +86,14 @@ def _fmt(x: float, digits: int = 0) -> str:
 def _level_value(key: str, r: Results, conns: int) -> tuple[str, bool | None, str]:
     """(measured, met, explanation) of a per-level target at `conns` connections."""
     c = r.cells
+    if key == "T8":
+        core, floor = r.modes.get(("core", "local-hit", conns)), r.modes.get(("gevent", "floor", conns))
+        if core is None or floor is None or not core.count or not floor.count:
+            return "not measured", None, ""
+        if not floor.server_cpu_us:  # a smoke run: too few requests for a clock tick of CPU
+            return "no CPU measured", False, ""
+        ratio = core.server_cpu_us / floor.server_cpu_us
+        return f"{ratio:.2f}x ({_fmt(core.server_cpu_us)} / {_fmt(floor.server_cpu_us)} us)", ratio <= 0.5, ""
     need = {"T1": ("local-hit", "floor"), "T2": ("local-first", "floor"), "T3": ("sens-hit", "floor"),
             "T4": ("local-hit", "naive-local"), "T5": ("sens-hit", "naive-sens")}[key]
     runs = [c.get((k, conns)) for k in need]
@@ -110,6 +119,12 @@ def _limits(key: str, r: Results, missed: list[int]) -> list[str]:
     out = []
     c = r.cells
     for conns in missed:
+        if key == "T8":
+            core, floor = r.modes[("core", "local-hit", conns)], r.modes[("gevent", "floor", conns)]
+            out.append(f"{_conns(conns)}: the core's cache hit costs {_fmt(core.server_cpu_us)} us of plugin-server "
+                       f"CPU per request, kong-pdk gevent's do-nothing floor {_fmt(floor.server_cpu_us)} us; the "
+                       f"core's own floor costs {_fmt(r.modes[('core', 'floor', conns)].server_cpu_us)} us in the same rounds.")
+            continue
         if key in ("T1", "T2", "T3"):
             k = {"T1": "local-hit", "T2": "local-first", "T3": "sens-hit"}[key]
             a, f = c[(k, conns)], c[("floor", conns)]  # both measured, or the target was not judged
@@ -191,15 +206,15 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 def _row(label: str, conns: int, run: Run | None, calls: int | None, missing: str) -> list[str]:
     if run is None or run.count == 0:
-        return [label, str(conns), missing, "", "", "", "", "", "", ""]
+        return [label, str(conns), missing, "", "", "", "", "", "", "", ""]
     mean = sum(run.latencies_ns) / run.count / 1000
     idp = "-" if calls is None else f"{calls:,}" + (f" ({calls / run.count:.2f}/req)" if calls else "")
     return [label, str(conns), _fmt(run.median_us), _fmt(run.p99_us), _fmt(mean), _fmt(run.rps),
-            _fmt(run.server_cpu_us), idp, f"{run.count:,}", str(run.errors)]
+            _fmt(run.server_cpu_us), _fmt(run.client_cpu_us), idp, f"{run.count:,}", str(run.errors)]
 
 
 def render(r: Results) -> str:
-    from tests.bench.suite import KEYCLOAK_KEY, KEYCLOAK_LABEL, LEVELS, MODES_CONNS, SCENARIOS
+    from tests.bench.suite import KEYCLOAK_KEY, KEYCLOAK_LABEL, LEVELS, MODE_SCENARIOS, PDK_MODES, SCENARIOS
 
     out: list[str] = ["# kcauth benchmark results", ""]
     out += [f"Run: **{r.profile.name}** (`{r.command}`), {r.duration:.0f} s"
@@ -219,9 +234,12 @@ def render(r: Results) -> str:
     out += _table(["", ""], [[k, v] for k, v in m.items()])
 
     out += ["", "## Latency and throughput", "",
-            f"Plugin servers in kong-pdk's **{r.mode}** mode (the modes section compares both).", "",
+            f"Plugin servers on **{_SERVERS.get(r.mode, r.mode)}** (the modes section gives kong-pdk's "
+            "server beside it).", "",
             f"Per request through the Kong emulator, `conns` client threads issuing requests back to back. "
-            f"server CPU: the plugin server process's CPU time per request. IdP calls: requests that reached "
+            f"server CPU: the plugin server process's CPU time per request, the headline figure; emulator CPU: "
+            f"the benchmark process's (the Kong emulator, its client threads and LocalIdP), so a reader can tell "
+            f"which side limits a row. IdP calls: requests that reached "
             f"the identity provider (introspection, key set, discovery) during the row's measured requests. "
             f"Introspection at "
             f"LocalIdP waits a fixed 5 ms. Each row pools {r.profile.rounds} interleaved round(s) of at most "
@@ -236,7 +254,7 @@ def render(r: Results) -> str:
             if (KEYCLOAK_KEY, conns) not in r.cells else ""
         rows.append(_row(KEYCLOAK_LABEL, conns, r.cells.get((KEYCLOAK_KEY, conns)), None, missing))
     out += _table(["scenario", "conns", "median us", "p99 us", "mean us", "req/s", "server CPU us/req",
-                   "IdP calls", "requests", "errors"], rows)
+                   "emulator CPU us/req", "IdP calls", "requests", "errors"], rows)
     if r.keycloak.get("skipped"):
         out += ["", f"Keycloak row skipped: {r.keycloak['skipped']}."]
     elif r.keycloak:
@@ -287,16 +305,23 @@ def render(r: Results) -> str:
     else:
         out += ["not run (--only)"]
 
-    out += ["", f"## Plugin server modes (kong-pdk), {MODES_CONNS} connections", ""]
+    out += ["", "## Servers: kcauth's core and kong-pdk's", ""]
     if r.modes:
+        out += ["The floor and kcauth on kcauth's core and on kong-pdk's server (`--server kong-pdk`, threads; "
+                "`-g`, gevent), measured in the same interleaved rounds (T8 is judged on these rows):", ""]
         rows = []
-        for (mode, key), run in sorted(r.modes.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        for key in MODE_SCENARIOS:
             label = next(s.label for s in SCENARIOS if s.key == key)
-            rows.append([label, mode, _fmt(run.median_us), _fmt(run.p99_us),
-                         _fmt(sum(run.latencies_ns) / max(run.count, 1) / 1000), _fmt(run.rps),
-                         _fmt(run.server_cpu_us), f"{run.count:,}", str(run.errors)])
-        out += _table(["scenario", "mode", "median us", "p99 us", "mean us", "req/s", "server CPU us/req",
-                       "requests", "errors"], rows)
+            for conns in LEVELS:
+                for mode in ("core", *PDK_MODES):
+                    run = r.modes.get((mode, key, conns))
+                    if run is None or not run.count:
+                        continue
+                    rows.append([label, _SERVERS[mode], str(conns), _fmt(run.median_us), _fmt(run.p99_us),
+                                 _fmt(run.rps), _fmt(run.server_cpu_us), _fmt(run.client_cpu_us), f"{run.count:,}",
+                                 str(run.errors)])
+        out += _table(["scenario", "server", "conns", "median us", "p99 us", "req/s", "server CPU us/req",
+                       "emulator CPU us/req", "requests", "errors"], rows)
         out += ["", recommendation(r)]
     else:
         out += ["not run (--only)"]
@@ -330,8 +355,9 @@ def render(r: Results) -> str:
 
     out += ["", "## Method", "",
             "- Every plugin runs in its own real plugin server process, started with the command Kong would be "
-            "configured with (`kcauth-pluginserver --kong-prefix ... --socket-name kcauth.socket [-g]`; the floor "
-            "and naive plugins through `kong_plugin_kcauth.server.run`, the same listener, socket naming and "
+            "configured with (`kcauth-pluginserver --kong-prefix ... --socket-name kcauth.socket "
+            "[--server ...]`; the floor and naive plugins through `kong_plugin_kcauth.server.run`, the same "
+            "servers, socket naming and "
             "gevent patching), reached by the Kong emulator of tests/harness/kong.py, which pools connections "
             "like Kong's cosockets and speaks the full access phase (HandleEvent, one Step per PDK call).",
             "- The client threads, the Kong emulator and LocalIdP share one Python process (one GIL), the plugin "
@@ -350,39 +376,30 @@ def render(r: Results) -> str:
     return "\n".join(out) + "\n"
 
 
-def recommendation(r: Results) -> str:
-    modes = r.modes
+_SERVERS = {"core": "kcauth core", "threads": "kong-pdk threads", "gevent": "kong-pdk gevent"}
 
-    def get(mode: str, key: str) -> Run | None:
-        run = modes.get((mode, key))
+
+def recommendation(r: Results) -> str:
+    """Which server to run, from the 8-connection cells of this run."""
+    from tests.bench.suite import MODES_CONNS
+
+    def cell(mode: str, key: str) -> Run | None:
+        run = r.modes.get((mode, key, MODES_CONNS))
         return run if run is not None and run.count else None
 
     lines = []
-    score = 0
     for key, name in (("floor", "floor"), ("local-hit", "kcauth cache hit"), ("local-first", "kcauth first-seen"),
-                      ("sens-miss", "kcauth sensitive miss")):
-        t, g = get("threads", key), get("gevent", key)
-        if t is None or g is None:
+                      ("sens-hit", "kcauth sensitive cache hit")):
+        runs = {mode: cell(mode, key) for mode in ("core", "gevent", "threads")}
+        if any(run is None for run in runs.values()):
             continue
-        lines.append(f"{name}: gevent {g.rps / t.rps:.2f}x the throughput of threads, median "
-                     f"{_fmt(g.median_us)} vs {_fmt(t.median_us)} us, p99 {_fmt(g.p99_us)} vs {_fmt(t.p99_us)} us, "
-                     f"server CPU {_fmt(g.server_cpu_us)} vs {_fmt(t.server_cpu_us)} us/request")
-        if key in ("floor", "local-hit"):
-            score += 1 if g.rps > 1.1 * t.rps else -1 if g.rps < 0.9 * t.rps else 0
-        if g.errors:
-            score -= 10
+        core, gevent, threads = (runs[m] for m in ("core", "gevent", "threads"))
+        assert core is not None and gevent is not None and threads is not None
+        lines.append(f"{name}: server CPU {_fmt(core.server_cpu_us)} / {_fmt(gevent.server_cpu_us)} / "
+                     f"{_fmt(threads.server_cpu_us)} us per request and {_fmt(core.rps)} / {_fmt(gevent.rps)} / "
+                     f"{_fmt(threads.rps)} req/s (core / kong-pdk gevent / kong-pdk threads)")
     if not lines:
-        return "No recommendation: a mode was not measured."
-    choice = ("gevent (`-g`)" if score > 0 else "threads (the default)" if score < 0
-              else "either (no clear difference; keep the default threads)")
-    caveat = ""
-    worse_tail = [key for key in ("floor", "local-hit") if get("threads", key) and get("gevent", key)
-                  and get("gevent", key).p99_us > get("threads", key).p99_us]  # type: ignore[union-attr]
-    if score > 0 and worse_tail:
-        caveat = (" Caveat: gevent's p99 is worse here for " + ", ".join(worse_tail) + ": one OS thread "
-                  "serves every connection, and a saturated hub serves some connections late.")
-    elif score > 0:
-        caveat = (" gevent serves every connection from one OS thread: CPU-bound work (a signature check) "
-                  "blocks the others for its duration, which is why kcauth keeps that work short and does "
-                  "its network I/O through patched sockets.")
-    return ("Recommendation from these numbers: **" + choice + "**. " + "; ".join(lines) + "." + caveat)
+        return "No recommendation: a server was not measured."
+    errors = sum(run.errors for run in r.modes.values()) + sum(run.errors for run in r.cells.values())
+    return (f"At {MODES_CONNS} connections: " + "; ".join(lines) + f". {errors} wrong answers in all. kcauth's core "
+            "is the default; `--server kong-pdk -g` is the fallback.")

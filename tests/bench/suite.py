@@ -5,7 +5,8 @@ Phases, in order (each can be picked with --only):
    scenarios interleaved round by round so that a noisy neighbour hits them all alike;
 2. `burst`: 64 concurrent requests with one fresh token on a sensitive route, counting the
    introspection calls that reach the endpoint;
-3. `modes`: kong-pdk's threads (default) and gevent (-g) modes at 8 connections;
+3. `modes`: the same scenarios on kong-pdk's server, threads and gevent (`--server kong-pdk [-g]`),
+   at every concurrency, beside the matrix's numbers on kcauth's own core;
 4. `memory`: RSS of a fresh kcauth plugin server, in each mode, before and after 100,000
    distinct valid and 100,000 distinct refused tokens;
 5. `keycloak`: the sensitive-route miss path against a real Keycloak (KCAUTH_BENCH_KEYCLOAK=1).
@@ -129,7 +130,8 @@ SCENARIOS: tuple[Scenario, ...] = (
 KEYCLOAK_KEY = "sens-keycloak"
 KEYCLOAK_LABEL = "kcauth sensitive: miss, real Keycloak"
 PHASES = ("burst", "modes", "memory", "keycloak")
-MODE_SCENARIOS = ("floor", "local-hit", "local-first", "sens-miss")  # the first two are the ones asked for
+MODE_SCENARIOS = ("floor", "local-hit", "local-first", "sens-hit")  # the floor and kcauth are the ones asked for
+PDK_MODES = ("threads", "gevent")
 
 
 # --- results ---------------------------------------------------------------------------------
@@ -139,12 +141,12 @@ class Results:
     profile: Profile
     command: str
     only: list[str]
-    mode: str = "threads"  # kong-pdk mode of the plugin servers outside the modes comparison
+    mode: str = "core"  # server of the plugin servers outside the modes comparison
     machine: dict[str, str] = field(default_factory=dict)
     cells: dict[tuple[str, int], Run] = field(default_factory=dict)
     idp_calls: dict[tuple[str, int], int] = field(default_factory=dict)
     burst: dict[str, Any] = field(default_factory=dict)
-    modes: dict[tuple[str, str], Run] = field(default_factory=dict)
+    modes: dict[tuple[str, str, int], Run] = field(default_factory=dict)  # (mode, scenario, conns)
     memory: dict[str, dict[str, Any]] = field(default_factory=dict)  # by server mode
     keycloak: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
@@ -284,30 +286,34 @@ class Bench:
         log(f"burst: {self.r.burst}")
 
     def modes(self) -> None:
+        """The floor and kcauth on the core and on kong-pdk's server (both modes), every
+        concurrency, interleaved: the servers compared are measured in the same rounds."""
         wanted = [s for s in SCENARIOS if s.key in MODE_SCENARIOS]
         prepared = {}
-        for mode in ("threads", "gevent"):
+        for mode in ("core", *PDK_MODES):
             for s in wanted:
                 server = self.server(s.server, mode)
-                prepared[(mode, s.key)] = (server, *self._prepare(s, server, (MODES_CONNS,)), s.check)
-        for item in prepared.values():
-            server, entity, tokens, check = item
-            self._measure(server, entity, tokens, MODES_CONNS, max(self.p.warmup, MODES_CONNS), 30, check)
+                prepared[(mode, s.key)] = (server, *self._prepare(s, server, LEVELS), s.check)
         keys = list(prepared)
-        for rnd in range(self.p.rounds):
-            for k in keys[rnd % len(keys):] + keys[:rnd % len(keys)]:
-                server, entity, tokens, check = prepared[k]
-                run, _ = self._measure(server, entity, tokens, MODES_CONNS, self.p.requests // self.p.rounds,
-                                       self.p.seconds / self.p.rounds, check)
-                self.r.modes.setdefault(k, Run()).add(run)
-        for k, run in self.r.modes.items():
-            log(f"mode {k[0]:<8} {k[1]:<10} median {run.median_us:7.0f} us  p99 {run.p99_us:8.0f} us  "
-                f"{run.rps:6.0f} req/s  server CPU {run.server_cpu_us:4.0f} us/req")
-        other = "gevent" if self.r.mode == "threads" else "threads"
-        for kind in ("floor", "kcauth"):
-            s = self.servers.pop((kind, other), None)
-            if s is not None:
-                s.stop()
+        for conns in LEVELS:
+            for item in prepared.values():
+                server, entity, tokens, check = item
+                self._measure(server, entity, tokens, conns, max(self.p.warmup, conns), 30, check)
+            for rnd in range(self.p.rounds):
+                for k in keys[rnd % len(keys):] + keys[:rnd % len(keys)]:
+                    server, entity, tokens, check = prepared[k]
+                    run, _ = self._measure(server, entity, tokens, conns, self.p.requests // self.p.rounds,
+                                           self.p.seconds / self.p.rounds, check)
+                    self.r.modes.setdefault((k[0], k[1], conns), Run()).add(run)
+            for (mode, key), _ in prepared.items():
+                run = self.r.modes[(mode, key, conns)]
+                log(f"mode {mode:<8} {key:<10} {conns:>2} conns median {run.median_us:7.0f} us  "
+                    f"{run.rps:6.0f} req/s  server CPU {run.server_cpu_us:4.0f} us/req")
+        for mode in PDK_MODES:
+            for kind in ("floor", "kcauth"):
+                s = self.servers.pop((kind, mode), None)
+                if s is not None:
+                    s.stop()
 
     def memory(self) -> None:
         """Both modes: refusals leaked ~10 KB each under kong-pdk's own gevent event handling."""
@@ -322,7 +328,7 @@ class Bench:
         invalid += garbage(flood - len(invalid))
         warm_invalid = self.mint.forged(len(warm_valid), kid=self.flood_key.kid, alg="ES256", signature_bytes=64) \
             + self.mint.forged(len(warm_valid), kid=None, alg="ES256", signature_bytes=64) + garbage(len(warm_valid))
-        for mode in ("threads", "gevent"):
+        for mode in ("core", *PDK_MODES):
             server = Server("kcauth", mode).start()  # fresh: nothing measured before shares it
             try:
                 entity = server.entity(self.ctx.local("bench-memory"))
@@ -450,9 +456,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="run only these scenarios or phases (repeatable or comma-separated; a prefix "
                              "matches: 'sens', 'reject'): " + ", ".join(
                                  [s.key for s in SCENARIOS] + [KEYCLOAK_KEY, *PHASES]))
-    parser.add_argument("--mode", choices=("threads", "gevent"), default="threads",
-                        help="kong-pdk mode of every plugin server except in the modes comparison "
-                             "(default: %(default)s, kong-pdk's default and the README's deployment)")
+    parser.add_argument("--mode", choices=("core", *PDK_MODES), default="core",
+                        help="server of every plugin server except in the modes comparison "
+                             "(default: %(default)s, kcauth's own core, the README's deployment)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="Markdown results file (default: %(default)s)")
     args = parser.parse_args(argv)
     only = [o.strip() for item in args.only for o in item.split(",") if o.strip()]
