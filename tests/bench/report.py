@@ -121,9 +121,10 @@ def _limits(key: str, r: Results, missed: list[int]) -> list[str]:
     for conns in missed:
         if key == "T8":
             core, floor = r.modes[("core", "local-hit", conns)], r.modes[("gevent", "floor", conns)]
+            own_floor = r.modes[("core", "floor", conns)]
             out.append(f"{_conns(conns)}: the core's cache hit costs {_fmt(core.server_cpu_us)} us of plugin-server "
                        f"CPU per request, kong-pdk gevent's do-nothing floor {_fmt(floor.server_cpu_us)} us; the "
-                       f"core's own floor costs {_fmt(r.modes[('core', 'floor', conns)].server_cpu_us)} us in the same rounds.")
+                       f"core's own floor costs {_fmt(own_floor.server_cpu_us)} us in the same rounds.")
             continue
         if key in ("T1", "T2", "T3"):
             k = {"T1": "local-hit", "T2": "local-first", "T3": "sens-hit"}[key]

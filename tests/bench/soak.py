@@ -66,27 +66,30 @@ def main(argv: list[str] | None = None) -> int:
     stop_at = time.monotonic() + args.minutes * 60
     lock = threading.Lock()
 
+    def instance_id() -> int:
+        """The local route's instance, started once as Kong does (plugin.lua get_instance_id
+        reuses it for every event of the entity until its config changes)."""
+        conf = kong_schema.kong_config_for_instance(kong.config_field, local.config, plugin_id=local.id,
+                                                    seq=local.seq, route_id=local.route_id)
+        return int(kong.rpc.call("plugin.StartInstance", {"Name": "kcauth", "Config": json.dumps(conf)})["Id"])
+
+    dropped_iid = instance_id()
+
     def dropped() -> str | None:
-        """An event whose connection Kong closes before its first Step."""
-        entity = local
-        conf = kong_schema.kong_config_for_instance(kong.config_field, entity.config, plugin_id=entity.id,
-                                                    seq=entity.seq, route_id=entity.route_id)
+        """An event whose connection Kong closes before its first Step (Kong gave up on it)."""
         with socket.socket(socket.AF_UNIX) as conn:
             conn.connect(str(server.process.socket_path))
-            start = {"Name": "kcauth", "Config": json.dumps(conf)}
-            conn.sendall(msgpack.packb([0, 1, "plugin.StartInstance", [start]]))
+            event = {"InstanceId": dropped_iid, "EventName": "access"}
+            conn.sendall(msgpack.packb([0, 2, "plugin.HandleEvent", [event]]))
             unpacker = msgpack.Unpacker(raw=False)
-            answer = None
-            while answer is None:
-                unpacker.feed(conn.recv(65536))
-                answer = next((m for m in unpacker if m[0] == 1), None)
-            iid = answer[3]["Id"]
-            conn.sendall(msgpack.packb([0, 2, "plugin.HandleEvent", [{"InstanceId": iid, "EventName": "access"}]]))
             while True:
-                unpacker.feed(conn.recv(65536))
-                if any(m[0] == 1 for m in unpacker):
-                    break
-        return None
+                data = conn.recv(65536)
+                if not data:
+                    return "the server closed the connection"
+                unpacker.feed(data)
+                answer = next((m for m in unpacker if m[0] == 1), None)
+                if answer is not None:
+                    return None if answer[2] is None else f"RPC error: {answer[2]}"
 
     def one() -> tuple[str, str | None]:
         kind = random.choices(["hit", "first", "garbage", "kid", "expired", "role", "sensitive", "dropped"],
