@@ -102,6 +102,9 @@ def _kong_type(hint: Any) -> dict[str, Any]:
     if base in scalar:
         return {"type": scalar[base]}
     if origin is tuple:
+        element = typing.get_args(base)[0]
+        if dataclasses.is_dataclass(element):
+            return {"type": "array", "elements": kong_record(cast(type, element))}
         return {"type": "array", "elements": {"type": "string"}}
     if origin is dict:
         return {"type": "map", "keys": {"type": "string"}, "values": {"type": "string"}}
@@ -135,6 +138,9 @@ def load(cls: type[T], raw: Any, path: str = "config") -> T:
         if spec["type"] == "record":
             values[f.name] = load(_strip_optional(hints[f.name]), value, name)
             continue
+        if spec["type"] == "array" and spec["elements"]["type"] == "record":
+            values[f.name] = _load_records(typing.get_args(_strip_optional(hints[f.name]))[0], value, name)
+            continue
         problem = field_problem(spec, value)
         if problem is not None:
             where, message = problem
@@ -146,6 +152,19 @@ def load(cls: type[T], raw: Any, path: str = "config") -> T:
         if problems:
             raise ConfigError("; ".join(f"{path}.{where}: {message}" for where, message in problems))
     return config
+
+
+def _load_records(cls: type[T], raw: Any, path: str) -> tuple[T, ...]:
+    """An array of records, each element required and loaded as a record of its own (Kong's
+    validate_elements: errors under the element's 1-based index)."""
+    if not isinstance(raw, list):
+        raise ConfigError(f"{path}: expected an array")
+    out = []
+    for i, element in enumerate(raw, 1):
+        if element is None:
+            raise ConfigError(f"{path}.{i}: required field missing")
+        out.append(load(cls, element, f"{path}.{i}"))
+    return tuple(out)
 
 
 _COERCE: dict[str, Callable[[Any], Any]] = {"array": tuple, "number": float, "integer": int, "map": dict}
@@ -338,6 +357,9 @@ def reference_markdown(fields: list[dict[str, Any]]) -> str:
     lines = ["| field | type | default | description |", "| --- | --- | --- | --- |"]
     for name, spec in _flat_fields(fields):
         kind = spec["type"]
+        if kind == "array" and spec["elements"]["type"] == "record":
+            lines.append(f"| `{name}` | array of records | none | {spec['description']} |")
+            continue
         if kind == "array":
             kind = f"array of {spec['elements']['type']}"
             if "one_of" in spec["elements"]:
@@ -366,4 +388,6 @@ def _flat_fields(fields: list[dict[str, Any]], prefix: str = "") -> list[tuple[s
         out.append((prefix + name, spec))
         if spec["type"] == "record":
             out.extend(_flat_fields(spec["fields"], prefix + name + "."))
+        elif spec["type"] == "array" and spec["elements"]["type"] == "record":
+            out.extend(_flat_fields(spec["elements"]["fields"], prefix + name + "[]."))
     return out

@@ -1193,6 +1193,11 @@ def _survey(schema: dict[str, Any]) -> tuple[list[str], list[str]]:
     def field(fdef: Any, path: str, part: bool) -> None:
         if not isinstance(fdef, dict):
             return
+        if part and path.endswith(".elements") and fdef.get("type") == "record":
+            # An array of records: metaschema.lua (line 309) gives `elements` the whole field
+            # schema, and the engine runs a record element like any record (validate_elements,
+            # adjust_field_for_context), so it is covered as a record field.
+            part = False
         allowed = _PART_ATTRIBUTES if part else _ATTRIBUTES
         for k, v in fdef.items():
             if k in _KONG_ATTRIBUTES and k not in allowed:
