@@ -8,7 +8,7 @@ reference is schema.py.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -28,7 +28,7 @@ from .schema import (
 
 SYSTEM_CA_STORE = "system"
 
-__all__ = ["Config", "RedisConfig", "ConfigError", "kong_schema"]
+__all__ = ["Config", "IssuerEntry", "RedisConfig", "ConfigError", "kong_schema"]
 
 
 
@@ -81,13 +81,87 @@ class RedisConfig:
     )
 
 
+# A realm name in `issuer_template`: Keycloak's realm-name characters, bounded, no dot segments.
+REALM_NAME_MAX = 64
+
+
+@dataclass(frozen=True)
+class IssuerEntry:
+    """One more accepted issuer, with what differs from the plugin-level settings."""
+
+    issuer: str = setting(
+        "The issuer, matched exactly against the `iss` claim.",
+        required=True, match="^https?://",
+    )
+    provider_url: str | None = setting(
+        "Origin Kong reaches this issuer's provider at. Empty: the plugin-level `provider_url`.",
+        None, match="^https?://[^/]+$",
+    )
+    jwks_uri: str | None = setting(
+        "This issuer's key set URL. Empty: discovery on this issuer (never the plugin-level "
+        "`jwks_uri`, which belongs to `issuer`).",
+        None, match="^https?://",
+    )
+    introspection_endpoint: str | None = setting(
+        "This issuer's introspection URL. Empty: from discovery on this issuer.",
+        None, match="^https?://",
+    )
+    client_id: str | None = setting(
+        "Client id for this issuer's introspection. Empty: the plugin-level `client_id`.",
+        None,
+    )
+    client_secret: str | None = setting(
+        "Secret of this issuer's `client_id`. Empty: the plugin-level `client_secret`. "
+        "Referenceable; never logged.",
+        None, referenceable=True, encrypted=True,
+    )
+    audiences: tuple[str, ...] | None = setting(
+        "Accepted audiences of this issuer's tokens (receiver: clients). Empty: the plugin-level "
+        "`audiences`.",
+        None, len_min=1,
+    )
+    authorized_parties: tuple[str, ...] | None = setting(
+        "Accepted `azp` of this issuer's tokens. Empty: the plugin-level `authorized_parties`.",
+        None, len_min=1,
+    )
+
+
 @dataclass(frozen=True)
 class Config:
-    issuer: str = setting(
+    issuer: str | None = setting(
         "The token issuer, matched exactly against the `iss` claim, e.g. "
         "`https://sso.example.com/realms/acme`. Key discovery uses "
-        "`<issuer>/.well-known/openid-configuration` unless `jwks_uri` is set.",
-        required=True, match="^https?://",
+        "`<issuer>/.well-known/openid-configuration` unless `jwks_uri` is set. At least one of "
+        "`issuer`, `issuers` and `issuer_template` is needed.",
+        None, match="^https?://",
+    )
+    issuers: tuple[IssuerEntry, ...] | None = setting(
+        "More accepted issuers (several realms, or one realm under a second hostname), each "
+        "with its own keys, introspection, caches and revocations. The token's `iss` selects "
+        "the entry by exact match; a token of no listed issuer is refused before any key is "
+        "fetched. An issuer listed twice (or equal to `issuer`) takes its first settings.",
+        None,
+    )
+    issuer_template: str | None = setting(
+        "Multi-tenant realms: an issuer with `{realm}` in its path, e.g. "
+        "`https://sso.example.com/realms/{realm}`. A realm name is 1 to 64 of `A-Z a-z 0-9 _ . -` "
+        "(not starting with a dot, no `..`); its discovery and keys are fetched on first use, "
+        "only from the template's origin (or `provider_url`). See `max_realms` and "
+        "`unknown_realms_per_minute`.",
+        None, match="^https?://[^/{}?#]+/[^{}?#]*{realm}[^{}?#]*$",
+        err="expected an http(s) URL with one {realm} in its path",
+    )
+    max_realms: int = setting(
+        "Template realms held at once (keys, introspection, revocations each); the least "
+        "recently used one is released beyond it.",
+        1000, between=[1, 100000],
+    )
+    unknown_realms_per_minute: int = setting(
+        "Template realm names the provider turns out not to know, looked up per minute at most "
+        "(one discovery request each, and at most this many lookups at once). Once spent, tokens "
+        "of template realms not held yet get 503 until the minute ends; held realms are not "
+        "affected. A name found missing is remembered as such for a minute.",
+        10, between=[1, 1000],
     )
     provider_url: str | None = setting(
         "Origin (scheme://host:port) at which Kong reaches the identity provider when it is not "
@@ -168,6 +242,7 @@ class Config:
             "x-auth-client": "azp",
             "x-auth-scope": "scope",
             "x-auth-realm-roles": "realm_access.roles",
+            "x-auth-issuer": "iss",
         },
         keys={"match": "^[%l%d!#$%%&'*+.^_`|~-]+$", "match_none": _RESERVED_NAME_RULES},
         values={"match_none": _CLAIM_PATH_RULES},
@@ -197,6 +272,12 @@ class Config:
         "group membership mapper: `/staff/admins` with full paths, `admins` without), handed to "
         "Kong's ACL plugin as groups named `group:<value>`, e.g. `groups`. Empty: none.",
         None, match_none=_CLAIM_PATH_RULES,
+    )
+    issuer_groups: bool = setting(
+        "Also hand Kong's ACL plugin the group `issuer:<realm>` of the accepted issuer (the "
+        "realm name: the template's `{realm}`, else the last path segment of the issuer), so "
+        "ACL can allow a route to some realms only.",
+        False,
     )
     realm: str = setting(
         "The `realm` parameter of the WWW-Authenticate challenge sent with 401 and 403.",
@@ -370,6 +451,11 @@ class Config:
                     "accept_opaque_tokens needs introspect: only introspection can judge opaque tokens"),
         conditional("consumer_required", {"eq": True}, "consumer_claim", {"required": True}),
         conditional("redis.host", {"required": True}, "redis.secret", {"required": True}),
+        conditional_at_least_one_of(
+            "mode", {"one_of": ["guard", "revocation_receiver"]}, ["issuer", "issuers", "issuer_template"],
+            "at least one issuer is needed: one of %s"),
+        conditional("accept_opaque_tokens", {"eq": True}, "issuer", {"required": True},
+                    "opaque tokens name no issuer: accept_opaque_tokens introspects them at `issuer`"),
     ]
 
     @classmethod
@@ -403,18 +489,53 @@ class Config:
         return hashlib.sha256(canonical(self).encode()).hexdigest()
 
     @property
+    def the_issuer(self) -> str:
+        """The issuer of a config that has one: every per-issuer config (`for_issuer`)."""
+        if self.issuer is None:
+            raise ValueError("this configuration names no single issuer")
+        return self.issuer
+
+    def for_issuer(self, issuer: str, entry: IssuerEntry | None = None, *, discovered: bool = False) -> Config:
+        """This config as seen by one of its issuers: the entry's own settings over the
+        plugin-level ones. `jwks_uri` and `introspection_endpoint` are never inherited by another
+        issuer (they name one realm's endpoints); `discovered` (template realms) drops them."""
+        if entry is None and issuer == self.issuer and not discovered:
+            return replace(self, issuers=None, issuer_template=None)
+        own = entry or IssuerEntry(issuer=issuer)
+        return replace(
+            self, issuer=issuer, issuers=None, issuer_template=self.issuer_template if discovered else None,
+            provider_url=own.provider_url or self.provider_url, jwks_uri=own.jwks_uri,
+            introspection_endpoint=own.introspection_endpoint, client_id=own.client_id or self.client_id,
+            client_secret=own.client_secret or self.client_secret,
+            audiences=self.audiences if own.audiences is None else own.audiences,
+            authorized_parties=self.authorized_parties if own.authorized_parties is None else own.authorized_parties,
+        )
+
+    @property
+    def confined_origin(self) -> str | None:
+        """A template realm's config (it keeps `issuer_template`): the one origin its discovered
+        endpoints may be at, the template's or `provider_url`."""
+        if not self.issuer_template:
+            return None
+        rewrite = self.provider_rewrite
+        if rewrite:
+            return rewrite[1]
+        parts = urlsplit(self.the_issuer)
+        return f"{parts.scheme}://{parts.netloc}"
+
+    @property
     def provider_rewrite(self) -> tuple[str, str] | None:
         """(issuer origin, provider origin) when `provider_url` is set."""
         if not self.provider_url:
             return None
-        parts = urlsplit(self.issuer)
+        parts = urlsplit(self.the_issuer)
         return f"{parts.scheme}://{parts.netloc}", self.provider_url.rstrip("/")
 
     @property
     def discovery_url(self) -> str:
         from .http import rewrite_origin
 
-        return rewrite_origin(self.issuer.rstrip("/") + "/.well-known/openid-configuration",
+        return rewrite_origin(self.the_issuer.rstrip("/") + "/.well-known/openid-configuration",
                               self.provider_rewrite)
 
 

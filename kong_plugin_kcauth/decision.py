@@ -5,10 +5,13 @@ shared by every plugin instance with the same settings. `Guard.decide` is the wh
 
 1. a remembered outcome for this token (by SHA-256), or one evaluation shared by every
    concurrent request carrying it (`evaluate`):
-   local validation (tokens.py over jws.py), then on sensitive routes introspection
-   (introspection.py), then the scope/role policy (policy.py) and the upstream headers
-   (headers.py); the `Outcome` says how long it may be remembered;
-2. on every request, remembered or not, the revocations Keycloak pushed (revocation.py).
+   the token's issuer (issuers.py: its `Realm`, chosen by the exact `iss` before any key is
+   fetched), local validation under that issuer's rules and keys (tokens.py over jws.py), then
+   on sensitive routes the issuer's introspection (introspection.py), then the scope/role policy
+   (policy.py) and the upstream headers (headers.py); the `Outcome` says how long it may be
+   remembered;
+2. on every request, remembered or not, the revocations Keycloak pushed to the token's issuer
+   (revocation.py).
 
 It returns a `Grant` or raises the `Refusal` (errors.py); Kong is never touched here.
 """
@@ -18,16 +21,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from . import errors, logs, metrics, process
+from . import errors, jws, logs, metrics, process
 from .cache import ExpiringCache, SingleFlight, token_key
 from .claims import Claims, parse_claim_path
 from .config import Config
 from .consumers import ConsumerMap, credential_for
 from .headers import HeaderPlan, HeaderValue, dropped_headers, groups_for, upstream_headers
 from .introspection import Introspector
+from .issuers import Issuers, refuse_unlisted
 from .policy import Policy, authorize
-from .revocation import RevocationStore, Subject
-from .tokens import Rules, deadline_of, validate
+from .revocation import RealmRevocations, RevocationStore, Subject
+from .tokens import Rules, deadline_of, parse, validate_signed
 
 NEVER = 0.0  # an Outcome remembered until then is not remembered at all
 
@@ -39,6 +43,7 @@ class Grant:
     headers: dict[str, HeaderValue]  # the claim headers, each set or removed
     groups: list[str]  # for Kong's ACL plugin
     subject: Subject  # what revocations are checked against, on every request
+    realm: Realm  # the issuer that accepted it: its revocations, its metrics label
     consumer: str | None = None  # the consumer_claim value, when consumer mapping is on
     credential: dict[str, str] | None = None
 
@@ -79,20 +84,34 @@ def bearer_token(request_headers: dict[str, object]) -> str:
     return token
 
 
+class Realm:
+    """One issuer of a guard: its claim rules, keys, introspection and revocations, built from
+    the guard's config as that issuer sees it (Config.for_issuer)."""
+
+    def __init__(self, config: Config, label: str, name: str) -> None:
+        self.issuer = config.the_issuer
+        self.label = label  # metrics: the issuer, or a template realm's template
+        self.group = f"issuer:{name}"
+        self.rules = Rules.from_config(config)
+        self.keys = process.key_set(config)
+        self.revocations: RevocationStore | RealmRevocations = process.revocation_store(config)
+        self.introspector = Introspector.from_config(
+            config, replace(self.rules, defer_missing_audience=False),
+            process.shared_store(config.redis, config.tls_ca_bundle), label) if config.introspect else None
+
+
 class Guard:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.rules = Rules.from_config(config)
         self.policy = Policy.from_config(config)
         self.plan = HeaderPlan.from_config(config)
         self.managed_headers = self.plan.managed
         self.groups_path = parse_claim_path(config.groups_claim) if config.groups_claim else None
         self.consumers = ConsumerMap.from_config(config)
-        self.keys = process.key_set(config)
-        self.revocations: RevocationStore = process.revocation_store(config)
-        self.introspector = Introspector.from_config(
-            config, replace(self.rules, defer_missing_audience=False),
-            process.shared_store(config.redis, config.tls_ca_bundle)) if config.introspect else None
+        self.realms: Issuers[Realm] = Issuers(config, Realm, process.realm_directory(config))
+        # The metrics label of refusals made before an issuer was chosen.
+        self.label = config.issuer or config.issuer_template or next(iter(self.realms.listed), "")
+        self._algorithms = frozenset(config.algorithms)
         self.cache: ExpiringCache[Grant | Denial] = ExpiringCache(config.token_cache_size)
         self._flights: SingleFlight[Grant | Denial] = SingleFlight()
         # Long enough for the slowest evaluation: key set (2 requests) then introspection
@@ -102,7 +121,7 @@ class Guard:
     def decide(self, token: str, now: float) -> Grant:
         key = token_key(token)
         verdict = self.cache.get(key)
-        metrics.METRICS.cache(self.config.issuer, verdict is not None)
+        metrics.METRICS.cache(verdict.realm.label if isinstance(verdict, Grant) else self.label, verdict is not None)
         if verdict is None:
             # Concurrent requests with the same unremembered token share one evaluation (one
             # key download, one introspection call), remembered before the others are released.
@@ -112,7 +131,7 @@ class Guard:
                 raise errors.ProviderUnavailable() from None
         if isinstance(verdict, Denial):
             raise verdict.exception()
-        if self.revocations.revoked(verdict.subject, self.config.not_before):
+        if verdict.realm.revocations.revoked(verdict.subject, self.config.not_before):
             raise errors.TokenRevoked()
         return verdict
 
@@ -127,24 +146,42 @@ class Guard:
         routes, introspection, whose answer then drives the policy and the headers."""
         claims: Claims | None = None
         until = math.inf
-        if not (self.config.accept_opaque_tokens and token.count(".") != 2):
-            claims = validate(token, self.rules, self.keys.key_for, now)
-            until = deadline_of(claims, self.rules)
-        if self.introspector is None:
+        if self.config.accept_opaque_tokens and token.count(".") != 2:
+            realm = self.realms.default  # the entity checks make `issuer` present
+            assert realm is not None
+        else:
+            signed = parse(token, self.config.max_token_size, self._algorithms)
+            realm = self._realm_of(signed)
+            claims = validate_signed(signed, realm.rules, realm.keys.key_for, now)
+            until = deadline_of(claims, realm.rules)
+        introspector = realm.introspector
+        if introspector is None:
             assert claims is not None
-            return Outcome(self._verdict(claims, claims), until)
+            return Outcome(self._verdict(realm, claims, claims), until)
         try:
-            verdict = self.introspector.verdict(token, key, claims, now)
+            verdict = introspector.verdict(token, key, claims, now)
         except errors.IntrospectionUnavailable:
             if claims is None or self.config.introspection_failure != "local":
                 raise
-            self.introspector.note_fallback()
-            return Outcome(self._verdict(claims, claims), NEVER)
+            introspector.note_fallback()
+            return Outcome(self._verdict(realm, claims, claims), NEVER)
         if verdict.refusal is not None:
             return Outcome(Denial(verdict.refusal), verdict.deadline)
-        return Outcome(self._verdict(verdict.claims, claims or verdict.claims), min(until, verdict.deadline))
+        return Outcome(self._verdict(realm, verdict.claims, claims or verdict.claims), min(until, verdict.deadline))
 
-    def _verdict(self, claims: Claims, token_claims: Claims) -> Grant | Denial:
+    def _realm_of(self, signed: jws.Signed) -> Realm:
+        """The issuer the token names, chosen before any key is fetched for it (issuers.py). A
+        token of no issuer of this route (a template realm the provider does not know included)
+        is refused with `WrongIssuer` when a listed issuer's held key signed it, else
+        `InvalidToken`."""
+        iss = signed.claims.get("iss")
+        realm = self.realms.select(iss)
+        if realm is None:
+            refuse_unlisted(signed, (r.keys for r in self.realms.listed.values()))
+        assert realm is not None
+        return realm
+
+    def _verdict(self, realm: Realm, claims: Claims, token_claims: Claims) -> Grant | Denial:
         """The policy and the identity of accepted `claims` (the introspection answer's on
         sensitive routes); revocations watch the token's own identifiers as well as those."""
         try:
@@ -154,14 +191,16 @@ class Guard:
         consumer = credential = None
         if self.consumers is not None:
             consumer = self.consumers.name_in(claims)
-            credential = credential_for(self.config.issuer, claims)
+            credential = credential_for(realm.issuer, claims)
         headers = upstream_headers(self.plan, claims)
         for name in dropped_headers(self.plan, claims, headers):
             logs.once(f"{name} not forwarded for some tokens: the value is over header_value_max_length "
-                      f"({self.plan.max_length}) for issuer {self.config.issuer}; raise it to forward it")
+                      f"({self.plan.max_length}) for issuer {realm.label}; raise it to forward it")
+        groups = groups_for(claims, self.config.authenticated_group, self.config.roles_as_groups, self.groups_path)
+        if self.config.issuer_groups:
+            groups.append(realm.group)
         return Grant(
-            headers=headers,
-            groups=groups_for(claims, self.config.authenticated_group, self.config.roles_as_groups, self.groups_path),
-            subject=self.revocations.subject(token_claims, claims),
+            headers=headers, groups=groups, subject=realm.revocations.subject(token_claims, claims), realm=realm,
             consumer=consumer, credential=credential,
         )
+

@@ -95,11 +95,14 @@ def authenticate(kong: Any, guard: Guard) -> None:
 def observe(kong: Any, guard: Guard, grant: Grant | None, outcome: str, status: int = 200) -> None:
     """The decision, counted (--metrics) and, with `log_decision`, handed to Kong's log plugins."""
     allowed = status < 400
-    metrics.METRICS.decision(guard.config.issuer, allowed, outcome)
+    # The issuer that accepted the token; a refusal counts under the route's first issuer (a
+    # refused token's own `iss` is the client's word, and metric labels must stay bounded).
+    issuer = grant.realm.issuer if grant is not None else guard.label
+    metrics.METRICS.decision(grant.realm.label if grant is not None else guard.label, allowed, outcome)
     if guard.config.log_decision:
         kong.log.set_serialize_value("kcauth", {
             "decision": outcome if outcome in ("allowed", "anonymous", "skipped") else "refused",
-            "reason": None if allowed else outcome, "status": status, "issuer": guard.config.issuer,
+            "reason": None if allowed else outcome, "status": status, "issuer": issuer,
             "client": grant.subject.azp if grant is not None else None,
         })
 

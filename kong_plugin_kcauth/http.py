@@ -37,7 +37,12 @@ _NO_PROXY = urllib.request.getproxies().get("no")
 
 
 class FetchError(Exception):
-    """The document could not be had; the message is for logs, never for clients."""
+    """The document could not be had; the message is for logs, never for clients. `status`: the
+    HTTP status when the provider answered one (404: it does not know the realm)."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def load_ca_bundle(path: str) -> str:
@@ -126,7 +131,7 @@ def post_form(url: str, form: dict[str, str], headers: dict[str, str], timeout: 
 
 def _json_object(resp: requests.Response, what: str) -> dict[str, Any]:
     if resp.status_code != 200:
-        raise FetchError(f"{what} answered HTTP {resp.status_code}")
+        raise FetchError(f"{what} answered HTTP {resp.status_code}", resp.status_code)
     if len(resp.content) > MAX_BODY:
         raise FetchError(f"{what} answered more than {MAX_BODY} bytes")
     doc = json_object(resp.content)  # strict: no NaN/Infinity, no lone surrogates
@@ -144,8 +149,11 @@ def rewrite_origin(url: str, rewrite: tuple[str, str] | None) -> str:
 
 def discover(discovery_url: str, issuer: str, name: str, timeout: float,
              rewrite: tuple[str, str] | None = None,
-             fetch_json: Callable[..., dict[str, Any]] = get_json, ca: str | None = None) -> str:
-    """An endpoint of the issuer's OpenID Connect discovery document (cached for an hour)."""
+             fetch_json: Callable[..., dict[str, Any]] = get_json, ca: str | None = None,
+             confine: str | None = None) -> str:
+    """An endpoint of the issuer's OpenID Connect discovery document (cached for an hour).
+    `confine`: the origin the endpoint must be at (template realms: a realm's own settings can
+    name any host, and keys must come from the template's origin only)."""
     doc = fetch_json(discovery_url, timeout, revalidate=False, ca=ca)
     # OpenID Connect Discovery 1.0 section 4.3: the document must name the same issuer.
     if doc.get("issuer") != issuer:
@@ -153,4 +161,7 @@ def discover(discovery_url: str, issuer: str, name: str, timeout: float,
     endpoint = doc.get(name)
     if not isinstance(endpoint, str) or not endpoint.startswith(("https://", "http://")):
         raise FetchError(f"discovery document has no usable {name}")
-    return rewrite_origin(endpoint, rewrite)
+    endpoint = rewrite_origin(endpoint, rewrite)
+    if confine is not None and not endpoint.startswith(confine + "/"):
+        raise FetchError(f"discovery document names a {name} outside {confine}")
+    return endpoint

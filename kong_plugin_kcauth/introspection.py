@@ -92,10 +92,13 @@ class Introspector:
                  rewrite: tuple[str, str] | None, client_auth_method: str, client_id: str,
                  client_secret: str | None, client_private_key: str | None, ttl: float,
                  negative_ttl: float, breaker_seconds: float, timeout: float, salt: str,
-                 shared: SharedStore | None, fallback: bool = False, ca: str | None = None) -> None:
+                 shared: SharedStore | None, fallback: bool = False, ca: str | None = None,
+                 confine: str | None = None, label: str | None = None) -> None:
         self.rules = rules
         self.shared = shared
         self._issuer = issuer
+        self._label = label or issuer  # the metrics' issuer label (a template realm's: the template)
+        self._confine = confine
         self._endpoint = endpoint
         self._discovery_url = discovery_url
         self._rewrite = rewrite
@@ -113,16 +116,17 @@ class Introspector:
         self._ca = ca
 
     @classmethod
-    def from_config(cls, config: Config, rules: Rules, shared: SharedStore | None) -> Introspector:
+    def from_config(cls, config: Config, rules: Rules, shared: SharedStore | None,
+                    label: str | None = None) -> Introspector:
         return cls(
-            rules=rules, issuer=config.issuer, endpoint=config.introspection_endpoint,
+            rules=rules, issuer=config.the_issuer, endpoint=config.introspection_endpoint,
             discovery_url=config.discovery_url, rewrite=config.provider_rewrite,
             client_auth_method=config.client_auth_method, client_id=config.client_id or "",
             client_secret=config.client_secret, client_private_key=config.client_private_key,
             ttl=config.introspection_cache_ttl, negative_ttl=config.introspection_negative_ttl,
             breaker_seconds=config.introspection_breaker_seconds, timeout=config.http_timeout,
             salt=config.fingerprint(), shared=shared, fallback=config.introspection_failure == "local",
-            ca=config.tls_ca_bundle,
+            ca=config.tls_ca_bundle, confine=config.confined_origin, label=label,
         )
 
     def verdict(self, token: str, key: bytes, claims: Claims | None, now: float) -> Verdict:
@@ -138,10 +142,10 @@ class Introspector:
         try:
             verdict = judge(self._call(token, now), claims, self.rules, now, self._ttl, self._negative_ttl)
         except http.FetchError as exc:
-            metrics.METRICS.introspection(self._issuer, type(exc).__name__, time.monotonic() - started)
+            metrics.METRICS.introspection(self._label, type(exc).__name__, time.monotonic() - started)
             self._failed(exc)
             raise errors.IntrospectionUnavailable() from None
-        metrics.METRICS.introspection(self._issuer, verdict.refusal.__name__ if verdict.refusal else "active",
+        metrics.METRICS.introspection(self._label, verdict.refusal.__name__ if verdict.refusal else "active",
                                       time.monotonic() - started)
         with self._lock:
             self._failures = 0
@@ -165,7 +169,7 @@ class Introspector:
 
     def _discover(self) -> str:
         self._endpoint = http.discover(self._discovery_url, self._issuer, "introspection_endpoint",
-                                       self._timeout, self._rewrite, ca=self._ca)
+                                       self._timeout, self._rewrite, ca=self._ca, confine=self._confine)
         return self._endpoint
 
     def _failed(self, exc: http.FetchError) -> None:

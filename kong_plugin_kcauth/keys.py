@@ -49,13 +49,15 @@ class KeySource:
     timeout: float
     rewrite: tuple[str, str] | None = None  # (issuer origin, provider origin): see provider_url
     ca: str | None = None  # tls_ca_bundle
+    confine: str | None = None  # template realms: the origin discovered endpoints must be at
 
     @classmethod
     def from_config(cls, config: Config) -> KeySource:
-        return cls(jwks_uri=config.jwks_uri, discovery_url=config.discovery_url, issuer=config.issuer,
+        return cls(jwks_uri=config.jwks_uri, discovery_url=config.discovery_url, issuer=config.the_issuer,
                    refresh_interval=config.jwks_refresh_interval,
                    min_refresh_interval=config.jwks_min_refresh_interval, max_stale=config.jwks_max_stale,
-                   timeout=config.http_timeout, rewrite=config.provider_rewrite, ca=config.tls_ca_bundle)
+                   timeout=config.http_timeout, rewrite=config.provider_rewrite, ca=config.tls_ca_bundle,
+                   confine=config.confined_origin)
 
 
 @dataclass(frozen=True)
@@ -139,6 +141,9 @@ class KeySet:
         self._inflight: threading.Event | None = None
         self._lock = threading.Lock()
         self._component = f"key set of {source.issuer}"
+        # The last download failed because the provider answered 404 (no such realm); cleared by
+        # a successful one.
+        self.not_found = False
 
     def key_for(self, kid: str | None, alg: str, *, download: bool = True) -> Any:
         """The verification key for a token header, or a `Refusal`. `download=False` uses only
@@ -174,6 +179,16 @@ class KeySet:
     def fetched_at(self) -> float | None:
         """When the held keys were downloaded (monotonic clock), None before the first time."""
         return self._fetched_at
+
+    def exists(self) -> bool | None:
+        """Whether the provider knows this key set's realm: True once keys are held (the first
+        key set is downloaded when none is), False when it answered 404, None when it could not
+        be asked."""
+        if self._fetched_at is None:
+            self.refresh(wait=True)
+        if self._fetched_at is not None:
+            return True
+        return False if self.not_found else None
 
     def prefetch(self) -> None:
         """Warm the key set without blocking the caller (instance start)."""
@@ -223,8 +238,12 @@ class KeySet:
             if not keys:
                 raise http.FetchError(f"key set at {uri} holds no usable signing key")
             self._keys, self._fetched_at = keys, self._clock()
+            self.not_found = False
             health.report(self._component, True)
         except http.FetchError as exc:
+            self.not_found = exc.status == 404
+            if self.not_found and self.source.confine is not None:
+                return  # a template realm the provider does not know: not a failure to report
             health.report(self._component, False, f"key set download failed ({exc}); held keys serve "
                           f"until {self.source.max_stale:.0f} s after the last success, then 503")
         except Exception:  # never let a background thread die silently
@@ -236,4 +255,5 @@ class KeySet:
 
     def _discover(self) -> str:
         return http.discover(self.source.discovery_url, self.source.issuer, "jwks_uri",
-                             self.source.timeout, self.source.rewrite, self._fetch_json, self.source.ca)
+                             self.source.timeout, self.source.rewrite, self._fetch_json, self.source.ca,
+                             self.source.confine)

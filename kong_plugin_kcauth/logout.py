@@ -120,8 +120,13 @@ def _not_before_claims(claims: Claims, audiences: frozenset[str], rules: Rules, 
 
 
 def _parse(token: str, rules: Rules) -> jws.Signed:
+    return parse_push(token, rules.max_token_size, rules.algorithms)
+
+
+def parse_push(token: str, max_size: int, algorithms: frozenset[str]) -> jws.Signed:
+    """A pushed JWS, not yet verified; its refusals are the receiver's reason categories."""
     try:
-        return jws.parse(token, rules.max_token_size, rules.algorithms)
+        return jws.parse(token, max_size, algorithms)
     except errors.TokenTooLarge:
         raise errors.PushRejected("token too large") from None
     except errors.UnacceptedAlgorithm:

@@ -13,14 +13,16 @@ from typing import Any
 
 from .cache import Registry
 from .config import Config, RedisConfig
+from .issuers import RealmDirectory
 from .keys import KeySet, KeySource
-from .revocation import RevocationStore
+from .revocation import RealmRevocations, RevocationStore
 from .shared import SharedStore
 
 _KEYSETS: Registry[KeySet] = Registry()
 _SHARED: Registry[SharedStore] = Registry()
 _REVOCATIONS: Registry[RevocationStore] = Registry()
 _BY_CONFIG: Registry[Any] = Registry()
+_DIRECTORIES: Registry[RealmDirectory] = Registry()
 
 
 def key_set(config: Config) -> KeySet:
@@ -40,11 +42,23 @@ def shared_store(redis: RedisConfig, ca: str | None) -> SharedStore | None:
     return _SHARED.get((redis, ca), lambda: SharedStore(redis, ca)) if redis.host else None
 
 
-def revocation_store(config: Config) -> RevocationStore:
-    store = _REVOCATIONS.get((config.issuer, config.redis, config.tls_ca_bundle),
-                             lambda: RevocationStore(config.issuer, shared_store(config.redis, config.tls_ca_bundle)))
+def realm_directory(config: Config) -> RealmDirectory | None:
+    """The discovery budget and missing realms of `issuer_template`, one per template and
+    provider in the process."""
+    if not config.issuer_template:
+        return None
+    return _DIRECTORIES.get((config.issuer_template, config.provider_url, config.unknown_realms_per_minute),
+                            lambda: RealmDirectory(config.unknown_realms_per_minute))
+
+
+def revocation_store(config: Config) -> RevocationStore | RealmRevocations:
+    """The issuer's revocations: its own store, or for a template realm its view of the
+    template's store (one Redis subscription for every realm)."""
+    issuer = config.issuer_template or config.the_issuer
+    store = _REVOCATIONS.get((issuer, config.redis, config.tls_ca_bundle),
+                             lambda: RevocationStore(issuer, shared_store(config.redis, config.tls_ca_bundle)))
     store.start()
-    return store
+    return RealmRevocations(store, config.the_issuer) if config.issuer_template else store
 
 
 def for_config(config: Config, build: Any) -> Any:

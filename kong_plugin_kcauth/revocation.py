@@ -1,7 +1,8 @@
 """Revocations Keycloak pushed: ended sessions, logged-out subjects, not-before times.
 
 One store per issuer (and Redis settings) in the process, consulted by every guard of that issuer
-on every request, cached tokens included: a few dictionary lookups, no call to anything.
+on every request, cached tokens included: a few dictionary lookups, no call to anything. The
+realms of an `issuer_template` share one store, each through its own `RealmRevocations`.
 
 With Redis, every plugin server process and Kong node learns a revocation at once: the receiver
 writes it as a sealed key with a TTL (the durable record, read in full when a process starts or
@@ -59,6 +60,7 @@ class Subject:
     subs: tuple[str, ...]
     azp: str | None
     iat: float | None
+    clients: tuple[str, ...] = ("",)  # the not-before keys that concern it: all clients, its azp
 
 
 class RevocationStore:
@@ -103,23 +105,24 @@ class RevocationStore:
                 subscription.close()
             return None
 
-    def digest(self, value: object) -> str | None:
+    def digest(self, value: object, namespace: str = "") -> str | None:
         if not isinstance(value, str) or not value:
             return None
         if self.shared is not None:
-            return self.shared.pseudonym(value)
-        return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+            return self.shared.pseudonym(namespace + value)
+        return hashlib.sha256((namespace + value).encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
-    def subject(self, *claim_sets: Claims) -> Subject:
+    def subject(self, *claim_sets: Claims, namespace: str = "") -> Subject:
         """The Subject of a token accepted on `claim_sets` (the token's, then the answer's)."""
         def each(name: str) -> tuple[str, ...]:
-            found = (self.digest(claims.get(name)) for claims in claim_sets)
+            found = (self.digest(claims.get(name), namespace) for claims in claim_sets)
             return tuple(dict.fromkeys(d for d in found if d is not None))
 
         first = claim_sets[0]
         azp = first.get("azp")
         iat = next((t for t in (time_of(c.get("iat")) for c in claim_sets) if t is not None), None)
-        return Subject(each("sid"), each("sub"), azp if isinstance(azp, str) else None, iat)
+        azp = azp if isinstance(azp, str) else None
+        return Subject(each("sid"), each("sub"), azp, iat, (namespace, namespace + (azp or "")))
 
     # -- the request path --
 
@@ -136,7 +139,7 @@ class RevocationStore:
             if entry is not None and entry.until > now and (iat is None or iat <= entry.at):
                 return True
         limit = not_before or 0.0
-        for client in ("", subject.azp or ""):
+        for client in subject.clients:
             entry = limits.get(client)
             if entry is not None and entry.until > now:
                 limit = max(limit, entry.at)
@@ -146,9 +149,9 @@ class RevocationStore:
 
     # -- the receiver --
 
-    def first_sighting(self, jti: str, ttl: float) -> bool:
+    def first_sighting(self, jti: str, ttl: float, namespace: str = "") -> bool:
         """Record a logout token id; False if it was seen before (a replay)."""
-        key = self.digest(jti) or ""
+        key = self.digest(jti, namespace) or ""
         now = self._clock()
         with self._lock:
             if self._jtis.get(key, 0) > now:
@@ -160,11 +163,11 @@ class RevocationStore:
             return False
         return True
 
-    def record(self, kind: Kind, ident: str, at: float, ttl: float) -> None:
+    def record(self, kind: Kind, ident: str, at: float, ttl: float, namespace: str = "") -> None:
         """Record a revocation here and, with Redis, for every process (raises SharedUnavailable
         when Redis cannot take it; it is applied here anyway). `ident` is a raw sid or sub, or a
         client id ("" for all) for NOT_BEFORE."""
-        key = ident if kind is Kind.NOT_BEFORE else (self.digest(ident) or "")
+        key = namespace + ident if kind is Kind.NOT_BEFORE else (self.digest(ident, namespace) or "")
         entry = Entry(at, self._clock() + ttl)
         self._apply(kind, key, entry)
         if self.shared is not None:
@@ -237,6 +240,28 @@ class RevocationStore:
         restored = self.shared.restore(self._scope, held)
         if restored:
             log.warning("wrote %d revocations back to Redis, which had lost them", restored)
+
+
+class RealmRevocations:
+    """One template realm's revocations inside the template's store (one store, one Redis
+    channel for every realm): each identifier is scoped by the realm's issuer, so a push of one
+    realm never revokes another realm's tokens, whatever ids its administrators choose."""
+
+    def __init__(self, store: RevocationStore, issuer: str) -> None:
+        self.store = store
+        self._namespace = issuer + "\n"
+
+    def subject(self, *claim_sets: Claims) -> Subject:
+        return self.store.subject(*claim_sets, namespace=self._namespace)
+
+    def revoked(self, subject: Subject, not_before: float | None) -> bool:
+        return self.store.revoked(subject, not_before)
+
+    def first_sighting(self, jti: str, ttl: float) -> bool:
+        return self.store.first_sighting(jti, ttl, self._namespace)
+
+    def record(self, kind: Kind, ident: str, at: float, ttl: float) -> None:
+        self.store.record(kind, ident, at, ttl, self._namespace)
 
 
 def _message(kind: Kind, key: str, entry: Entry) -> dict[str, object]:

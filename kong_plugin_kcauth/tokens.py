@@ -37,7 +37,7 @@ class Rules:
 
     @classmethod
     def from_config(cls, config: Config) -> Rules:
-        return cls(issuer=config.issuer, audiences=frozenset(config.audiences),
+        return cls(issuer=config.the_issuer, audiences=frozenset(config.audiences),
                    verify_audience=config.verify_audience,
                    authorized_parties=frozenset(config.authorized_parties),
                    algorithms=frozenset(config.algorithms), leeway=config.leeway,
@@ -47,9 +47,20 @@ class Rules:
 
 def validate(token: str, rules: Rules, key_for: jws.KeyLookup, now: float) -> Claims:
     """The token's claims if it passes every rule, else the matching `Refusal`."""
-    signed = jws.parse(token, rules.max_token_size, rules.algorithms)
+    return validate_signed(parse(token, rules.max_token_size, rules.algorithms), rules, key_for, now)
+
+
+def parse(token: str, max_size: int, algorithms: frozenset[str]) -> jws.Signed:
+    """The JWS of what claims to be an access token, not yet verified (its `iss` tells which
+    issuer's rules and keys apply)."""
+    signed = jws.parse(token, max_size, algorithms)
     if signed.typ not in _ACCESS_HEADER_TYPES:
         raise errors.NotAnAccessToken()
+    return signed
+
+
+def validate_signed(signed: jws.Signed, rules: Rules, key_for: jws.KeyLookup, now: float) -> Claims:
+    """`parse`d token's claims if it passes every rule under `rules`, else the `Refusal`."""
     jws.verify_after(signed, lambda: check_claims(signed.claims, rules, now), key_for)
     return signed.claims
 

@@ -37,6 +37,7 @@ BURST = 64
 INTROSPECTION_DELAY = 0.005  # LocalIdP's fixed think time per introspection call
 BURST_DELAY = 0.2  # long enough that all 64 requests are in flight during the one call
 SECRET = "orders-api-secret"
+EXTRA_REALMS = tuple(f"extra-{i}" for i in range(9))  # the other issuers of the 10-issuer route
 DEFAULT_OUT = Path(__file__).resolve().parent / "RESULTS.md"
 
 
@@ -106,6 +107,10 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("local-hit-logged", "kcauth local: cache hit, log_decision on", "kcauth",
              lambda c: c.local("bench-local-hit-logged", log_decision=True), lambda c, n: Tokens.same(c.hit_token),
              expect_allowed),
+    Scenario("local-hit-10-issuers", "kcauth local: cache hit, 10 issuers on the route", "kcauth",
+             lambda c: c.local("bench-local-hit-10", issuers=[{"issuer": f"{c.idp.origin}/realms/{name}"}
+                                                              for name in EXTRA_REALMS]),
+             lambda c, n: Tokens.same(c.hit_token), expect_allowed),
     Scenario("local-first", "kcauth local: first-seen tokens", "kcauth",
              lambda c: c.local("bench-local-first"),
              lambda c, n: Tokens(c.mint.valid(c.key, n), cycle=False), expect_allowed),
@@ -170,6 +175,7 @@ class Bench:
         self.p = results.profile
         self.servers: dict[tuple[str, str], Server] = {}
         self.idp = LocalIdP()
+        self.idp.realms = set(EXTRA_REALMS)
         _like_keycloak(self.idp)
         self.key = SigningKey("RS256")
         self.flood_key = SigningKey("ES256")

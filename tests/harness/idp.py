@@ -9,6 +9,7 @@ made to misbehave on demand.
 from __future__ import annotations
 
 import base64
+import collections
 import json
 import ssl
 import threading
@@ -134,6 +135,12 @@ class LocalIdP:
         self.keys: list[dict[str, Any]] = []
         self.jwks_requests = 0
         self.discovery_requests = 0
+        # More realms, for issuer templates: each served under /realms/<name> with the same keys;
+        # any other name is answered 404. None: every path is the one realm's.
+        self.realms: set[str] | None = None
+        self.unknown_realm_requests = 0
+        self.paths: collections.Counter[str] = collections.Counter()  # every GET, by path
+        self.discovery_jwks_uri: str | None = None  # a discovery document naming another key set URL
         self.fail_with: int | None = None  # answer this HTTP status instead
         self.delay = 0.0
         self.introspection_delay = 0.0  # seconds, applied to introspection POSTs only
@@ -159,11 +166,23 @@ class LocalIdP:
             def do_GET(self) -> None:
                 if idp.delay:
                     time.sleep(idp.delay)
+                with idp._lock:
+                    idp.paths[self.path] += 1
+                realm = self.path.split("/")[2] if self.path.startswith("/realms/") else None
+                issuer, jwks_uri = idp.issuer, idp.jwks_uri
+                if idp.realms is not None and realm != idp.realm:
+                    if realm not in idp.realms:  # a realm this provider does not know, as Keycloak answers
+                        with idp._lock:
+                            idp.unknown_realm_requests += 1
+                        self.send_error(404)
+                        return
+                    issuer = f"{idp.public_origin or idp.origin}/realms/{realm}"
+                    jwks_uri = f"{issuer}/protocol/openid-connect/certs"
                 if self.path.endswith("/.well-known/openid-configuration"):
                     with idp._lock:
                         idp.discovery_requests += 1
-                    body = {"issuer": idp.issuer, "jwks_uri": idp.jwks_uri,
-                            "introspection_endpoint": idp.issuer + "/protocol/openid-connect/token/introspect"}
+                    body = {"issuer": issuer, "jwks_uri": idp.discovery_jwks_uri or jwks_uri,
+                            "introspection_endpoint": issuer + "/protocol/openid-connect/token/introspect"}
                 elif self.path.endswith("/certs"):
                     with idp._lock:
                         idp.jwks_requests += 1
