@@ -161,7 +161,7 @@ def _load_records(cls: type[T], raw: Any, path: str) -> tuple[T, ...]:
         raise ConfigError(f"{path}: expected an array")
     out = []
     for i, element in enumerate(raw, 1):
-        if element is None:
+        if element is None or element is False:  # adjust_field_for_context: `value or ...`, false too
             raise ConfigError(f"{path}.{i}: required field missing")
         out.append(load(cls, element, f"{path}.{i}"))
     return tuple(out)
