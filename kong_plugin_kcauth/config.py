@@ -405,6 +405,31 @@ class Config:
         "default. Off: they pass unchecked (pair with Kong's cors plugin).",
         True,
     )
+    dpop: str = setting(
+        "DPoP-bound access tokens (RFC 9449; Keycloak's \"Require DPoP bound tokens\"): `allowed` "
+        "takes them as `Authorization: DPoP` with a valid `DPoP` proof on every request, and "
+        "unbound tokens as Bearer; `required` takes DPoP-bound tokens only; `off` takes Bearer "
+        "tokens only. A DPoP-bound token presented as Bearer is always refused.",
+        "allowed", one_of=["off", "allowed", "required"],
+    )
+    dpop_proof_max_age: int = setting(
+        "Seconds a DPoP proof is accepted after its `iat` (plus `leeway`); each proof is accepted "
+        "once in that window, across every Kong node when `redis` is set.",
+        60, between=[1, 300],
+    )
+    dpop_nonce: bool = setting(
+        "Require server-provided nonces in DPoP proofs (RFC 9449 section 9): a proof without a "
+        "current one gets 401 `use_dpop_nonce` with a `DPoP-Nonce` header to retry with. Nonces "
+        "change every `dpop_proof_max_age` seconds and are valid on every node that shares "
+        "`redis.secret` (without Redis, on the plugin server that issued them).",
+        False,
+    )
+    public_base_url: str | None = setting(
+        "The origin clients address this API at (`https://api.example.com`), for the DPoP proof's "
+        "`htu`. Empty: the scheme, host and port Kong sees, where `X-Forwarded-Proto`, "
+        "`X-Forwarded-Host` and `X-Forwarded-Port` count only from Kong's `trusted_ips`.",
+        None, match="^https?://[^/]+$",
+    )
     mode: str = setting(
         "`guard` protects the route. `revocation_receiver` makes the route the endpoint "
         "Keycloak sends back-channel logout tokens and not-before pushes to; every guard of "

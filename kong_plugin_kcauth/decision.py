@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from . import errors, jws, logs, metrics, process
+from . import dpop, errors, jws, logs, metrics, process
 from .cache import ExpiringCache, SingleFlight, token_key
 from .claims import Claims, parse_claim_path
 from .config import Config
@@ -44,6 +44,7 @@ class Grant:
     groups: list[str]  # for Kong's ACL plugin
     subject: Subject  # what revocations are checked against, on every request
     realm: Realm  # the issuer that accepted it: its revocations, its metrics label
+    jkt: str | None = None  # DPoP: the thumbprint of the key the token is bound to (dpop.py)
     consumer: str | None = None  # the consumer_claim value, when consumer mapping is on
     credential: dict[str, str] | None = None
 
@@ -68,20 +69,22 @@ class Outcome:
     remember_until: float  # a deadline (time.time()); NEVER: ask again next time
 
 
-def bearer_token(request_headers: dict[str, object]) -> str:
-    """The token of the one `Authorization: Bearer` header (RFC 6750 2.1; never the query)."""
+def presented_token(request_headers: dict[str, object]) -> tuple[str, str]:
+    """(scheme, token) of the one Authorization header: `bearer` (RFC 6750 2.1; never the
+    query) or `dpop` (RFC 9449 7.1), the scheme in lower case."""
     values = request_headers.get("authorization")
     if not values:
         raise errors.MissingToken()
     if not isinstance(values, list) or len(values) != 1 or not isinstance(values[0], str):
         raise errors.InvalidRequest()
     scheme, _, token = values[0].strip(" \t").partition(" ")
-    if scheme.lower() != "bearer":
-        raise errors.MissingToken()  # another scheme: no bearer credentials were presented
+    scheme = scheme.lower()
+    if scheme not in ("bearer", "dpop"):
+        raise errors.MissingToken()  # another scheme: no credentials kcauth takes were presented
     token = token.strip(" \t")
     if not token or " " in token or "\t" in token:
         raise errors.InvalidRequest()
-    return token
+    return scheme, token
 
 
 class Realm:
@@ -112,6 +115,14 @@ class Guard:
         # The metrics label of refusals made before an issuer was chosen.
         self.label = config.issuer or config.issuer_template or next(iter(self.realms.listed), "")
         self._algorithms = frozenset(config.algorithms)
+        # DPoP (dpop.py): the proofs' state, and the challenges refusals are answered with.
+        self.dpop_algorithms = self._algorithms
+        self.proofs = dpop.Proofs(
+            max_age=config.dpop_proof_max_age, leeway=config.leeway, nonces=config.dpop_nonce,
+            shared=process.shared_store(config.redis, config.tls_ca_bundle), secret=config.redis.secret,
+        ) if config.dpop != "off" else None
+        self.schemes = errors.Schemes(bearer=config.dpop != "required",
+                                      dpop_algs=tuple(sorted(self._algorithms)) if config.dpop != "off" else ())
         self.cache: ExpiringCache[Grant | Denial] = ExpiringCache(config.token_cache_size)
         self._flights: SingleFlight[Grant | Denial] = SingleFlight()
         # Long enough for the slowest evaluation: key set (2 requests) then introspection
@@ -184,6 +195,9 @@ class Guard:
     def _verdict(self, realm: Realm, claims: Claims, token_claims: Claims) -> Grant | Denial:
         """The policy and the identity of accepted `claims` (the introspection answer's on
         sensitive routes); revocations watch the token's own identifiers as well as those."""
+        jkt = key_binding(claims, token_claims)
+        if isinstance(jkt, Denial):
+            return jkt
         try:
             authorize(self.policy, claims)
         except errors.InsufficientScope as refusal:
@@ -201,6 +215,24 @@ class Guard:
             groups.append(realm.group)
         return Grant(
             headers=headers, groups=groups, subject=realm.revocations.subject(token_claims, claims), realm=realm,
-            consumer=consumer, credential=credential,
+            jkt=jkt, consumer=consumer, credential=credential,
         )
+
+
+def key_binding(claims: Claims, token_claims: Claims) -> str | None | Denial:
+    """The key an accepted token is bound to (DPoP `cnf.jkt`), from the token and, on sensitive
+    routes, the introspection answer, which must agree with it; a Denial when they do not, or when
+    a token says DPoP without naming its key."""
+    jkt = dpop.bound_key(token_claims)
+    if token_claims.get("typ") == "DPoP" and jkt is None and claims is token_claims:
+        return Denial(errors.MalformedToken)
+    if claims is token_claims:
+        return jkt
+    answered = dpop.bound_key(claims)
+    if jkt is not None and answered is not None and answered != jkt:
+        return Denial(errors.BindingMismatch)
+    jkt = jkt or answered
+    if jkt is None and (claims.get("token_type") == "DPoP" or token_claims.get("typ") == "DPoP"):
+        return Denial(errors.BindingMismatch)
+    return jkt
 

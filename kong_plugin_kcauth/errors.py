@@ -160,6 +160,53 @@ class MethodNotAllowed(Refusal):
     message = "Method not allowed"
 
 
+# --- DPoP (RFC 9449 section 7.1; dpop.py) ------------------------------------------------------
+
+class DPoPRefusal(Refusal):
+    """A refusal answered with the DPoP challenge (on the DPoP scheme)."""
+
+
+class InvalidDPoPProof(DPoPRefusal):
+    error = "invalid_dpop_proof"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+    @property
+    def description(self) -> str:  # type: ignore[override]
+        return self.reason
+
+
+class UseDPoPNonce(DPoPRefusal):
+    error = "use_dpop_nonce"
+    description = "A DPoP nonce is required: retry with the one in the DPoP-Nonce header"
+
+    def __init__(self, nonce: str) -> None:
+        super().__init__(nonce)
+        self.nonce = nonce
+
+
+class DPoPRequired(DPoPRefusal):
+    """A Bearer token where the route takes DPoP-bound tokens only: a bare DPoP challenge."""
+
+    error = None
+    description = ""
+
+
+class BoundTokenAsBearer(Refusal):
+    description = "The access token is bound to a key (DPoP): present it with a DPoP proof"
+
+
+class UnboundTokenAsDPoP(DPoPRefusal):
+    error = "invalid_token"
+    description = "The access token is not bound to a key: present it as a Bearer token"
+
+
+class BindingMismatch(Refusal):
+    description = "The access token's key binding does not match the identity provider's"
+
+
 # --- our own fault -----------------------------------------------------------------------------
 
 class InternalFault(Refusal):
@@ -184,7 +231,20 @@ class Answer:
     headers: dict[str, str]
 
 
-def answer(refusal: Refusal, realm: str) -> Answer:
+@dataclass(frozen=True)
+class Schemes:
+    """The challenges a refusal is answered with: Bearer, DPoP (with its algorithms), or both;
+    the error goes on the scheme the client used (`dpop_used`)."""
+
+    bearer: bool = True
+    dpop_algs: tuple[str, ...] = ()
+    dpop_used: bool = False
+
+
+BEARER_ONLY = Schemes()
+
+
+def answer(refusal: Refusal, realm: str, schemes: Schemes = BEARER_ONLY) -> Answer:
     if isinstance(refusal, PushRejected):
         return Answer(400, {"error": refusal.error or "", "error_description": refusal.reason},
                       {"Cache-Control": "no-store"})
@@ -192,17 +252,33 @@ def answer(refusal: Refusal, realm: str) -> Answer:
         return Answer(405, {"message": refusal.message}, {"Allow": "POST"})
     headers: dict[str, str] = {}
     if refusal.status in (401, 403):
-        headers["WWW-Authenticate"] = challenge(refusal, realm)
+        headers["WWW-Authenticate"] = challenges(refusal, realm, schemes)
+    if isinstance(refusal, UseDPoPNonce):
+        headers["DPoP-Nonce"] = refusal.nonce
     if isinstance(refusal, ProviderUnavailable):
         headers["Retry-After"] = str(refusal.retry_after)
     return Answer(refusal.status, {"message": refusal.message}, headers)
 
 
-def challenge(refusal: Refusal, realm: str) -> str:
+def challenges(refusal: Refusal, realm: str, schemes: Schemes) -> str:
+    """RFC 6750 section 3 and RFC 9449 section 7.1, in one header. A Bearer request is answered
+    with the Bearer challenge alone, as without DPoP (plus a bare DPoP one when its token needs
+    DPoP); a DPoP request or refusal puts the error on the DPoP challenge, beside a bare Bearer
+    one where Bearer is accepted too."""
+    on_dpop = schemes.dpop_used or isinstance(refusal, DPoPRefusal)
+    offer_dpop = bool(schemes.dpop_algs) and (on_dpop or not schemes.bearer or isinstance(refusal, BoundTokenAsBearer))
+    if not offer_dpop:
+        return challenge(refusal, realm)
+    out = [challenge(None if on_dpop else refusal, realm)] if schemes.bearer else []
+    out.append(challenge(refusal if on_dpop else None, realm, "DPoP") + f', algs="{" ".join(schemes.dpop_algs)}"')
+    return ", ".join(out)
+
+
+def challenge(refusal: Refusal | None, realm: str, scheme: str = "Bearer") -> str:
     parts = [f'realm="{realm}"']
-    if refusal.error:
+    if refusal is not None and refusal.error:
         parts.append(f'error="{refusal.error}"')
         parts.append(f'error_description="{refusal.description}"')
     if isinstance(refusal, InsufficientScope) and refusal.required_scopes:
         parts.append(f'scope="{" ".join(refusal.required_scopes)}"')
-    return "Bearer " + ", ".join(parts)
+    return f"{scheme} " + ", ".join(parts)

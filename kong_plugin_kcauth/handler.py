@@ -13,8 +13,9 @@ Two properties of Kong's plugin-server bridge shape it (see README, "Security mo
 
 PDK round trips: 2 on the reject path (read headers, exit), 3 on the allow path (read headers,
 set upstream headers, hand groups to Kong's ACL plugin), plus `kong.client.authenticate` (and a
-`load_consumer` per minute per consumer) when consumers are mapped, and `kong.client.get_credential`
-when a client sends one of Kong's identity headers. Nothing follows `kong.response.exit`.
+`load_consumer` per minute per consumer) when consumers are mapped, `kong.client.get_credential`
+when a client sends one of Kong's identity headers, and the request's method and URL (5, or 2 with
+`public_base_url`) when a DPoP token comes. Nothing follows `kong.response.exit`.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ import logging
 import sys
 import time
 import traceback
+from dataclasses import replace
 from typing import Any
 
-from . import errors, logs, metrics, process
+from . import dpop, errors, logs, metrics, process
 from .config import Config
-from .decision import Grant, Guard, bearer_token
+from .decision import Grant, Guard, presented_token
 from .errors import Refusal
 from .headers import KONG_IDENTITY_HEADERS, cleared_headers, kong_identity_headers, spelling_variants
 from .receiver import Receiver
@@ -56,6 +58,7 @@ class Plugin:
 
 def authenticate(kong: Any, guard: Guard) -> None:
     config = guard.config
+    used_dpop = False
     try:
         request_headers = kong.request.get_headers()
         tell_kong(kong)
@@ -67,7 +70,16 @@ def authenticate(kong: Any, guard: Guard) -> None:
             observe(kong, guard, None, "skipped")
             return set_identity(kong, guard, request_headers, None, None)
         try:
-            grant = guard.decide(bearer_token(request_headers), time.time())
+            scheme, token = presented_token(request_headers)
+            used_dpop = scheme == "dpop"
+            if used_dpop and config.dpop == "off":
+                raise errors.MissingToken()  # a scheme this route does not take
+            if not used_dpop and config.dpop == "required":
+                raise errors.DPoPRequired()
+            now = time.time()
+            grant = guard.decide(token, now)
+            if grant.jkt is not None or used_dpop:
+                prove(kong, guard, request_headers, used_dpop, token, grant, now)
         except Refusal as refusal:
             if refusal.status == 401 and guard.consumers and guard.consumers.anonymous:
                 anonymous = guard.consumers.find_anonymous(kong)
@@ -85,11 +97,44 @@ def authenticate(kong: Any, guard: Guard) -> None:
         return set_identity(kong, guard, request_headers, grant, consumer)
     except Refusal as refusal:
         observe(kong, guard, None, type(refusal).__name__, refusal.status)
-        reply = errors.answer(refusal, config.realm)
+        reply = errors.answer(refusal, config.realm, replace(guard.schemes, dpop_used=used_dpop))
     except Exception as exc:  # noqa: BLE001 - an escaping exception would fail open or wedge
         reply = errors.answer(errors.InternalFault(), config.realm)
         _report_fault(kong, exc)
     _send(kong, reply)
+
+
+def prove(kong: Any, guard: Guard, request_headers: dict[str, Any], used_dpop: bool, token: str, grant: Grant,
+          now: float) -> None:
+    """RFC 9449 section 4.3 on every request with a DPoP-bound token, remembered or not: the one
+    `DPoP` header, for this method and URL (asked of Kong only here), this token and its key,
+    used once."""
+    if not used_dpop:
+        raise errors.BoundTokenAsBearer()  # a bound token without its proof: a replayed theft
+    if grant.jkt is None or guard.proofs is None:
+        raise errors.UnboundTokenAsDPoP()
+    proofs = request_headers.get("dpop")
+    if not isinstance(proofs, list) or len(proofs) != 1 or not isinstance(proofs[0], str):
+        raise errors.InvalidDPoPProof("The request must carry exactly one DPoP header")
+    config = guard.config
+    method = kong.request.get_method()
+    proof = dpop.check_proof(proofs[0], method=method if isinstance(method, str) else "", url=request_url(kong, config),
+                             token=token, jkt=grant.jkt, algorithms=guard.dpop_algorithms,
+                             max_age=config.dpop_proof_max_age, leeway=config.leeway, now=now)
+    guard.proofs.admit(proof, now)
+
+
+def request_url(kong: Any, config: Config) -> str:
+    """The URL the client addressed, without the query: `public_base_url`, else the scheme, host
+    and port Kong sees (X-Forwarded-* from Kong's trusted_ips only, kong/pdk/request.lua), and
+    the path (X-Forwarded-Path likewise)."""
+    path = kong.request.get_forwarded_path()
+    path = path if isinstance(path, str) else "/"
+    if config.public_base_url:
+        return config.public_base_url.rstrip("/") + path
+    scheme, host, port = (kong.request.get_forwarded_scheme(), kong.request.get_forwarded_host(),
+                          kong.request.get_forwarded_port())
+    return f"{scheme}://{host}:{port}{path}"
 
 
 def observe(kong: Any, guard: Guard, grant: Grant | None, outcome: str, status: int = 200) -> None:

@@ -7,7 +7,8 @@ joserfc keep a JWS layer under their JWT claim checks.
 - Parsing is strict: three base64url segments, a JSON object header and payload (claims.json_object:
   no NaN/Infinity, no lone surrogates), only asymmetric algorithms the config accepts, no `crit`.
 - Nothing in the header but `alg`, `kid` and `typ` is ever read; keys come from the realm's key set
-  by `kid`, never from `jku`, `x5u`, `jwk` or `x5c`.
+  by `kid`, never from `jku`, `x5u`, `jwk` or `x5c` (a DPoP proof's own `jwk` aside, `parse_proof`,
+  which proves possession of the key a realm-signed token is bound to).
 - The signature itself is checked by PyJWT's algorithm implementations.
 """
 
@@ -56,6 +57,21 @@ class Signed:
 
 def parse(token: str, max_size: int, algorithms: frozenset[str]) -> Signed:
     """Split and decode a compact JWS and apply the header policy (raises a `Refusal`)."""
+    return _parse(token, max_size, algorithms)[0]
+
+
+def parse_proof(token: str, max_size: int, algorithms: frozenset[str]) -> tuple[Signed, dict[str, Any]]:
+    """A DPoP proof (dpop.py): the one JWS whose key is its own header's `jwk`, by design (RFC
+    9449: the proof shows possession of the key the access token is bound to, which the token
+    names by thumbprint). Never used for anything the realm signs."""
+    signed, header = _parse(token, max_size, algorithms)
+    jwk = header.get("jwk")
+    if not isinstance(jwk, dict):
+        raise errors.MalformedToken()
+    return signed, jwk
+
+
+def _parse(token: str, max_size: int, algorithms: frozenset[str]) -> tuple[Signed, dict[str, Any]]:
     if len(token) > max_size:
         raise errors.TokenTooLarge()
     parts = token.split(".")
@@ -75,7 +91,7 @@ def parse(token: str, max_size: int, algorithms: frozenset[str]) -> Signed:
     if not isinstance(kid, (str, type(None))) or not isinstance(typ, (str, type(None))):
         raise errors.MalformedToken()
     return Signed(claims, alg, kid, typ.lower() if typ is not None else None,
-                  f"{parts[0]}.{parts[1]}".encode("ascii"), signature)
+                  f"{parts[0]}.{parts[1]}".encode("ascii"), signature), header
 
 
 def verify(signed: Signed, key_for: KeyLookup, *, download: bool = True) -> None:

@@ -15,8 +15,9 @@ from .config import Config
 
 # Header `typ` values of an access token (RFC 9068 uses at+jwt; Keycloak sends JWT by default).
 _ACCESS_HEADER_TYPES = frozenset({None, "jwt", "at+jwt", "application/at+jwt"})
-# Keycloak's `typ` claim of an access token; ID, Refresh, Offline and Logout tokens differ.
-ACCESS_TOKEN_TYPE = "Bearer"
+# Keycloak's `typ` claim of an access token (DPoP: bound to a key, dpop.py); ID, Refresh,
+# Offline and Logout tokens differ.
+ACCESS_TOKEN_TYPES = frozenset({"Bearer", "DPoP"})
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,8 @@ def check_claims(claims: Claims, rules: Rules, now: float) -> None:
             raise errors.TooOld()
     if claims.get("iss") != rules.issuer:  # exact: no prefix, suffix or case folding
         raise errors.WrongIssuer()
-    if claims.get("typ") != ACCESS_TOKEN_TYPE:
+    typ = claims.get("typ")
+    if not isinstance(typ, str) or typ not in ACCESS_TOKEN_TYPES:  # (a list is no set member)
         raise errors.NotAnAccessToken()
     if rules.verify_audience and not (audiences_of(claims) & rules.audiences):
         if not (rules.defer_missing_audience and "aud" not in claims):

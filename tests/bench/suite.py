@@ -21,13 +21,17 @@ import sys
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jwt
+
+from kong_plugin_kcauth.dpop import thumbprint, token_hash
 from tests.bench import report
-from tests.bench.load import Run, Server, Tokens, drive, expect_allowed, expect_status, request_headers
+from tests.bench.load import BASE_HEADERS, Run, Server, Tokens, drive, expect_allowed, expect_status, request_headers
 from tests.bench.mint import Mint, garbage
 from tests.harness.idp import LocalIdP, SigningKey
 
@@ -61,6 +65,29 @@ PROFILES = {
 
 # --- scenarios ---------------------------------------------------------------------------------
 
+DPOP_BASE = "https://api.example.com"
+
+
+def public_jwk(key: SigningKey) -> dict[str, Any]:
+    return {k: v for k, v in key.jwk().items() if k not in ("kid", "use", "alg")}
+
+
+class DPoPProofs:
+    """A DPoP-bound token with a fresh proof for every request, signed by the client thread
+    (so its cost lands on the emulator's CPU, not the plugin server's)."""
+
+    def __init__(self, token: str, key: SigningKey | None, url: str) -> None:
+        assert key is not None
+        self._token, self._key, self._url = token, key, url
+        self._jwk, self._ath = public_jwk(key), token_hash(token)
+
+    def __call__(self) -> list[tuple[str, str]]:
+        proof = jwt.encode({"jti": uuid.uuid4().hex, "htm": "GET", "htu": self._url, "iat": int(time.time()),
+                            "ath": self._ath}, self._key.private, algorithm=self._key.alg,
+                           headers={"typ": "dpop+jwt", "jwk": self._jwk})
+        return [*BASE_HEADERS, ("Authorization", f"DPoP {self._token}"), ("DPoP", proof)]
+
+
 @dataclass
 class Context:
     idp: LocalIdP
@@ -69,6 +96,8 @@ class Context:
     mint: Mint
     profile: Profile
     hit_token: str = ""
+    dpop_token: str = ""  # the hit token's claims, bound to `dpop_key` (typ DPoP, cnf.jkt)
+    dpop_key: SigningKey | None = None
 
     def local(self, realm: str, **extra: Any) -> dict[str, Any]:
         # `realm` only names the challenge; here it also gives each scenario its own cache.
@@ -111,6 +140,9 @@ SCENARIOS: tuple[Scenario, ...] = (
              lambda c: c.local("bench-local-hit-10", issuers=[{"issuer": f"{c.idp.origin}/realms/{name}"}
                                                               for name in EXTRA_REALMS]),
              lambda c, n: Tokens.same(c.hit_token), expect_allowed),
+    Scenario("dpop-hit", "kcauth local: DPoP-bound token, cache hit, a fresh proof each", "kcauth",
+             lambda c: c.local("bench-dpop", public_base_url=DPOP_BASE),
+             lambda c, n: DPoPProofs(c.dpop_token, c.dpop_key, DPOP_BASE + "/"), expect_allowed),
     Scenario("local-first", "kcauth local: first-seen tokens", "kcauth",
              lambda c: c.local("bench-local-first"),
              lambda c, n: Tokens(c.mint.valid(c.key, n), cycle=False), expect_allowed),
@@ -205,6 +237,10 @@ class Bench:
     def run(self) -> None:
         self.idp.start()
         self.ctx.hit_token = self.mint.valid(self.key, 1)[0]
+        self.ctx.dpop_key = SigningKey("ES256")
+        jkt = thumbprint(public_jwk(self.ctx.dpop_key))
+        self.ctx.dpop_token = jwt.encode(self.mint.claims(typ="DPoP", cnf={"jkt": jkt, "kc-jkt-type": "DPoP"}),
+                                         self.key.private, algorithm=self.key.alg, headers={"kid": self.key.kid})
         scenarios = [s for s in SCENARIOS if self.r.wanted(s.key)]
         phases: list[tuple[str, Callable[[], None]]] = []
         if scenarios:

@@ -214,6 +214,48 @@ class Request:
     consumer: dict[str, Any] | None = None  # ngx.ctx.authenticated_consumer
     credential: dict[str, Any] | None = None  # ngx.ctx.authenticated_credential
     serialized: dict[str, Any] = field(default_factory=dict)
+    scheme: str = "http"  # ngx.var.scheme
+    server_port: int = 8000  # ngx.var.server_port: the proxy listener
+    trusted: bool = False  # the client address is in Kong's trusted_ips (kong.ip.is_trusted)
+
+    def header(self, name: str) -> str | None:
+        """_REQUEST.get_header: the first value."""
+        values = self.multimap().get(name.lower())
+        return values[0] if values else None
+
+    def host(self) -> str:
+        """ngx.var.host: the Host header's host in lower case, without its port; else the
+        server_name (Kong's is `kong`)."""
+        raw = (self.header("host") or "").lower()
+        if raw.startswith("["):
+            return raw[:raw.find("]") + 1] or "kong"
+        return raw.partition(":")[0] or "kong"
+
+    def forwarded(self, what: str) -> Any:
+        """kong/pdk/request.lua get_forwarded_scheme/host/port/path: X-Forwarded-* count only
+        from a trusted address."""
+        if what == "scheme":
+            proto = self.header("x-forwarded-proto") if self.trusted else None
+            return proto.lower() if proto else self.scheme
+        if what == "path":
+            forwarded = self.header("x-forwarded-path") if self.trusted else None
+            return forwarded or self.path
+        host = self.header("x-forwarded-host") if self.trusted else None
+        if what == "host":
+            if host is None:
+                return self.host()
+            host = host.rpartition("@")[2] if "@" in host else host
+            return host.partition(":")[0].lower()
+        if self.trusted:  # port
+            port = _lua_tonumber(self.header("x-forwarded-port"))
+            if port is not None and 1 <= port <= 65535:
+                return port
+            if host is not None:
+                host = host.rpartition("@")[2] if "@" in host else host
+                port = _lua_tonumber(host.partition(":")[2]) if ":" in host else None
+                if port is not None and 1 <= port <= 65535:
+                    return port
+        return self.server_port
 
     def multimap(self, max_headers: int = 100) -> dict[str, list[Any]]:
         """ngx.req.get_headers(): lower-cased names, first 100 headers, then must_fix."""
@@ -334,11 +376,12 @@ class Kong:
                 path: str = "/", query: str = "", body: bytes = b"",
                 acl_always_use_authenticated_groups: bool = False,
                 authenticated_by: tuple[dict[str, Any], dict[str, Any]] | None = None,
-                nginx: bool = True) -> Response:
+                nginx: bool = True, scheme: str = "http", trusted: bool = False) -> Response:
         """One request through Kong. First what nginx refuses while reading the request header
         (tests/harness/nginx.py): then Kong's answer, no plugin running. `nginx=False` skips that,
         for tests of the plugin's own handling of what nginx refuses first (defense in depth)."""
-        req = Request(headers=list(headers), method=method, path=path, query=query, body=body)
+        req = Request(headers=list(headers), method=method, path=path, query=query, body=body, scheme=scheme,
+                      trusted=trusted)
         refused = _nginx_front(req, self.large_client_header_buffers) if nginx else None
         if refused is not None:
             return Response(refused.status, refused.body, refused.headers, False, [], req.ctx_shared,
@@ -440,6 +483,14 @@ class Kong:
             return req.method, None
         if method == "kong.request.get_path":
             return req.path, None
+        if method == "kong.request.get_scheme":
+            return req.scheme, None
+        if method == "kong.request.get_host":
+            return req.host(), None
+        if method == "kong.request.get_port":
+            return req.server_port, None
+        if method.startswith("kong.request.get_forwarded_") and method[27:] in ("scheme", "host", "port", "path"):
+            return req.forwarded(method[27:]), None
         if method == "kong.request.get_raw_query":
             return req.query, None
         if method == "kong.request.get_raw_body":
@@ -545,6 +596,13 @@ _STEP_METHODS = {
     "kong.response.get_headers": "plugin.StepMultiMap",
     "kong.service.response.get_headers": "plugin.StepMultiMap",
 }
+
+
+def _lua_tonumber(value: Any) -> int | None:
+    """tonumber(v, 10) of a header value: decimal digits only, else nil."""
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value.strip())
+    return None
 
 
 def _is_uuid(value: str) -> bool:
