@@ -278,3 +278,31 @@ class KeycloakAdmin:
 
     def delete_session(self, realm: str, session_id: str) -> None:
         self._admin("DELETE", realm, f"/sessions/{session_id}", expect=(204,))
+
+    # ------------------------------------------------------------------ users and realm-wide actions
+    def create_user(self, realm: str, username: str, password: str) -> str:
+        """A fresh enabled user with a permanent password and a complete profile; its id."""
+        rep = {"username": username, "enabled": True, "email": f"{username}@example.com", "emailVerified": True,
+               "firstName": username, "lastName": "Test",
+               "credentials": [{"type": "password", "value": password, "temporary": False}]}
+        self._admin("POST", realm, "/users", expect=(201,), json=rep)
+        return self.user_id(realm, username)
+
+    def delete_user(self, realm: str, user_id: str) -> None:
+        self._admin("DELETE", realm, f"/users/{user_id}", expect=(204,))
+
+    def reset_password(self, realm: str, user_id: str, password: str) -> None:
+        self._admin("PUT", realm, f"/users/{user_id}/reset-password", expect=(204,),
+                    json={"type": "password", "value": password, "temporary": False})
+
+    def logout_all(self, realm: str) -> dict[str, Any]:
+        """The admin console's "Sign out all active sessions" (Sessions, realm action)."""
+        return _obj(self._admin("POST", realm, "/logout-all"))
+
+    def remove_realm_role(self, realm: str, user_id: str, role: str) -> None:
+        rep = _obj(self._admin("GET", realm, f"/roles/{quote(role, safe='')}"))
+        self._admin("DELETE", realm, f"/users/{user_id}/role-mappings/realm", expect=(204,), json=[rep])
+
+    def add_realm_role(self, realm: str, user_id: str, role: str) -> None:
+        rep = _obj(self._admin("GET", realm, f"/roles/{quote(role, safe='')}"))
+        self._admin("POST", realm, f"/users/{user_id}/role-mappings/realm", expect=(204,), json=[rep])
