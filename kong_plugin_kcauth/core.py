@@ -53,6 +53,7 @@ HANDLER_WAIT = 50.0  # below Kong's 60 s socket timeout (lua_socket_read_timeout
 STEP_WAIT = 65.0  # Kong gave up on the event by then
 CONNECTION_GRACE = 2.0  # an event whose connection closed gets this long for a Step on another one
 JANITOR_EVERY = 1.0
+IDLE_WORKERS = 8  # finished handler greenlets kept for the next events
 _DONE = object()  # what a handler's greenlet returns when it ends
 
 
@@ -136,8 +137,6 @@ class _Worker(greenlet):  # type: ignore[misc]
             else:
                 event = event.caller.switch(_DONE)  # the next event, or None: end
 
-
-IDLE_WORKERS = 8
 
 class _Path:
     """`kong.request.get_headers` and the like: a dotted PDK name, callable in an event."""

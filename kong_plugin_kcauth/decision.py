@@ -114,15 +114,14 @@ class Guard:
         self.realms: Issuers[Realm] = Issuers(config, Realm, process.realm_directory(config))
         # The metrics label of refusals made before an issuer was chosen.
         self.label = config.issuer or config.issuer_template or next(iter(self.realms.listed), "")
-        self._algorithms = frozenset(config.algorithms)
+        self.algorithms = frozenset(config.algorithms)  # of access tokens and DPoP proofs alike
         # DPoP (dpop.py): the proofs' state, and the challenges refusals are answered with.
-        self.dpop_algorithms = self._algorithms
         self.proofs = dpop.Proofs(
             max_age=config.dpop_proof_max_age, leeway=config.leeway, nonces=config.dpop_nonce,
             shared=process.shared_store(config.redis, config.tls_ca_bundle), secret=config.redis.secret,
         ) if config.dpop != "off" else None
         self.schemes = errors.Schemes(bearer=config.dpop != "required",
-                                      dpop_algs=tuple(sorted(self._algorithms)) if config.dpop != "off" else ())
+                                      dpop_algs=tuple(sorted(self.algorithms)) if config.dpop != "off" else ())
         self.cache: ExpiringCache[Grant | Denial] = ExpiringCache(config.token_cache_size)
         self._flights: SingleFlight[Grant | Denial] = SingleFlight()
         # Long enough for the slowest evaluation: key set (2 requests) then introspection
@@ -161,7 +160,7 @@ class Guard:
             realm = self.realms.default  # the entity checks make `issuer` present
             assert realm is not None
         else:
-            signed = parse(token, self.config.max_token_size, self._algorithms)
+            signed = parse(token, self.config.max_token_size, self.algorithms)
             realm = self._realm_of(signed)
             claims = validate_signed(signed, realm.rules, realm.keys.key_for, now)
             until = deadline_of(claims, realm.rules)
@@ -224,10 +223,8 @@ def key_binding(claims: Claims, token_claims: Claims) -> str | None | Denial:
     routes, the introspection answer, which must agree with it; a Denial when they do not, or when
     a token says DPoP without naming its key."""
     jkt = dpop.bound_key(token_claims)
-    if token_claims.get("typ") == "DPoP" and jkt is None and claims is token_claims:
-        return Denial(errors.MalformedToken)
-    if claims is token_claims:
-        return jkt
+    if claims is token_claims:  # no introspection answer
+        return Denial(errors.MalformedToken) if jkt is None and token_claims.get("typ") == "DPoP" else jkt
     answered = dpop.bound_key(claims)
     if jkt is not None and answered is not None and answered != jkt:
         return Denial(errors.BindingMismatch)

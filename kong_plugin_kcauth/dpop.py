@@ -141,7 +141,8 @@ def check_proof(proof: str, *, method: str, url: str, token: str, jkt: str, algo
     if claims.get("htm") != method:
         raise errors.InvalidDPoPProof("The DPoP proof is for another method")
     htu = claims.get("htu")
-    if not isinstance(htu, str) or normalized_url(htu) is None or normalized_url(htu) != normalized_url(url):
+    addressed = normalized_url(htu) if isinstance(htu, str) else None
+    if addressed is None or addressed != normalized_url(url):
         raise errors.InvalidDPoPProof("The DPoP proof is for another URL")
     iat = time_of(claims.get("iat"))
     if iat is None or iat > now + leeway or iat < now - max_age - leeway:

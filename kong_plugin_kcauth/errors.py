@@ -233,18 +233,18 @@ class Answer:
 
 @dataclass(frozen=True)
 class Schemes:
-    """The challenges a refusal is answered with: Bearer, DPoP (with its algorithms), or both;
-    the error goes on the scheme the client used (`dpop_used`)."""
+    """The schemes a route takes, for the challenges its refusals are answered with: Bearer,
+    DPoP (with its algorithms), or both."""
 
     bearer: bool = True
     dpop_algs: tuple[str, ...] = ()
-    dpop_used: bool = False
 
 
 BEARER_ONLY = Schemes()
 
 
-def answer(refusal: Refusal, realm: str, schemes: Schemes = BEARER_ONLY) -> Answer:
+def answer(refusal: Refusal, realm: str, schemes: Schemes = BEARER_ONLY, dpop_used: bool = False) -> Answer:
+    """`dpop_used`: the request came with the DPoP scheme, whose challenge then carries the error."""
     if isinstance(refusal, PushRejected):
         return Answer(400, {"error": refusal.error or "", "error_description": refusal.reason},
                       {"Cache-Control": "no-store"})
@@ -252,7 +252,7 @@ def answer(refusal: Refusal, realm: str, schemes: Schemes = BEARER_ONLY) -> Answ
         return Answer(405, {"message": refusal.message}, {"Allow": "POST"})
     headers: dict[str, str] = {}
     if refusal.status in (401, 403):
-        headers["WWW-Authenticate"] = challenges(refusal, realm, schemes)
+        headers["WWW-Authenticate"] = challenges(refusal, realm, schemes, dpop_used)
     if isinstance(refusal, UseDPoPNonce):
         headers["DPoP-Nonce"] = refusal.nonce
     if isinstance(refusal, ProviderUnavailable):
@@ -260,12 +260,12 @@ def answer(refusal: Refusal, realm: str, schemes: Schemes = BEARER_ONLY) -> Answ
     return Answer(refusal.status, {"message": refusal.message}, headers)
 
 
-def challenges(refusal: Refusal, realm: str, schemes: Schemes) -> str:
+def challenges(refusal: Refusal, realm: str, schemes: Schemes, dpop_used: bool) -> str:
     """RFC 6750 section 3 and RFC 9449 section 7.1, in one header. A Bearer request is answered
     with the Bearer challenge alone, as without DPoP (plus a bare DPoP one when its token needs
     DPoP); a DPoP request or refusal puts the error on the DPoP challenge, beside a bare Bearer
     one where Bearer is accepted too."""
-    on_dpop = schemes.dpop_used or isinstance(refusal, DPoPRefusal)
+    on_dpop = dpop_used or isinstance(refusal, DPoPRefusal)
     offer_dpop = bool(schemes.dpop_algs) and (on_dpop or not schemes.bearer or isinstance(refusal, BoundTokenAsBearer))
     if not offer_dpop:
         return challenge(refusal, realm)

@@ -24,7 +24,6 @@ import logging
 import sys
 import time
 import traceback
-from dataclasses import replace
 from typing import Any
 
 from . import dpop, errors, logs, metrics, process
@@ -97,7 +96,7 @@ def authenticate(kong: Any, guard: Guard) -> None:
         return set_identity(kong, guard, request_headers, grant, consumer)
     except Refusal as refusal:
         observe(kong, guard, None, type(refusal).__name__, refusal.status)
-        reply = errors.answer(refusal, config.realm, replace(guard.schemes, dpop_used=used_dpop))
+        reply = errors.answer(refusal, config.realm, guard.schemes, dpop_used=used_dpop)
     except Exception as exc:  # noqa: BLE001 - an escaping exception would fail open or wedge
         reply = errors.answer(errors.InternalFault(), config.realm)
         _report_fault(kong, exc)
@@ -119,7 +118,7 @@ def prove(kong: Any, guard: Guard, request_headers: dict[str, Any], used_dpop: b
     config = guard.config
     method = kong.request.get_method()
     proof = dpop.check_proof(proofs[0], method=method if isinstance(method, str) else "", url=request_url(kong, config),
-                             token=token, jkt=grant.jkt, algorithms=guard.dpop_algorithms,
+                             token=token, jkt=grant.jkt, algorithms=guard.algorithms,
                              max_age=config.dpop_proof_max_age, leeway=config.leeway, now=now)
     guard.proofs.admit(proof, now)
 

@@ -54,10 +54,10 @@ def logout_token_of(body: bytes) -> str:
     return tokens[0]
 
 
-def check_logout_token(token: str, rules: Rules, key_for: jws.KeyLookup, audiences: frozenset[str],
+def check_logout_token(signed: jws.Signed, rules: Rules, key_for: jws.KeyLookup, audiences: frozenset[str],
                        now: float) -> Logout:
-    """OIDC Back-Channel Logout 1.0 section 2.6 validation (raises KeysUnavailable, too)."""
-    signed = _parse(token, rules)
+    """OIDC Back-Channel Logout 1.0 section 2.6 validation of a `parse_push`ed logout token
+    (raises KeysUnavailable, too)."""
     if signed.typ not in ("logout+jwt", "application/logout+jwt"):
         raise errors.PushRejected("not a logout token")
     claims = signed.claims
@@ -94,11 +94,11 @@ def _logout_claims(claims: Claims, rules: Rules, audiences: frozenset[str], now:
         raise errors.PushRejected("neither sid nor sub")
 
 
-def check_push_not_before(token: str, rules: Rules, key_for: jws.KeyLookup, audiences: frozenset[str],
+def check_push_not_before(signed: jws.Signed, rules: Rules, key_for: jws.KeyLookup, audiences: frozenset[str],
                           now: float) -> NotBefore:
-    """Keycloak's PUSH_NOT_BEFORE admin action, sent to `<admin URL>/k_push_not_before`.
-    Keycloak's admin actions carry no `iss`: the realm's signature is what binds them to it."""
-    signed = _parse(token, rules)
+    """Keycloak's PUSH_NOT_BEFORE admin action, sent to `<admin URL>/k_push_not_before`, as
+    `parse_push` read it. Keycloak's admin actions carry no `iss`: the realm's signature is what
+    binds them to it."""
     claims = signed.claims
     _verify(signed, lambda: _not_before_claims(claims, audiences, rules, now), key_for)
     return NotBefore(client=claims["resource"], not_before=time_of(claims["notBefore"]) or 0.0)
@@ -117,10 +117,6 @@ def _not_before_claims(claims: Claims, audiences: frozenset[str], rules: Rules, 
         raise errors.PushRejected("stale not-before push")
     if time_of(claims.get("notBefore")) is None:
         raise errors.PushRejected("missing notBefore")
-
-
-def _parse(token: str, rules: Rules) -> jws.Signed:
-    return parse_push(token, rules.max_token_size, rules.algorithms)
 
 
 def parse_push(token: str, max_size: int, algorithms: frozenset[str]) -> jws.Signed:

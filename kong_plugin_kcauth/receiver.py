@@ -47,14 +47,14 @@ class Receiver:
         """Check and record one POSTed push; raises a Refusal (PushRejected, ProviderUnavailable)
         or shared.SharedUnavailable when Redis cannot take the record."""
         if path.rstrip("/").endswith("/" + PUSH_NOT_BEFORE_PATH):
-            token = body.decode("utf-8", "replace").strip()
-            source = self._signer(parse_push(token, self._max_size, self._algorithms))
-            push = check_push_not_before(token, source.rules, source.keys.key_for, source.audiences, now)
+            signed = parse_push(body.decode("utf-8", "replace").strip(), self._max_size, self._algorithms)
+            source = self._signer(signed)
+            push = check_push_not_before(signed, source.rules, source.keys.key_for, source.audiences, now)
             source.revocations.record(Kind.NOT_BEFORE, push.client, push.not_before, self.ttl)
             return
-        token = logout_token_of(body)
-        source = self._issuer(parse_push(token, self._max_size, self._algorithms))
-        logout = check_logout_token(token, source.rules, source.keys.key_for, source.audiences, now)
+        signed = parse_push(logout_token_of(body), self._max_size, self._algorithms)
+        source = self._issuer(signed)
+        logout = check_logout_token(signed, source.rules, source.keys.key_for, source.audiences, now)
         if not source.revocations.first_sighting(logout.jti, self.ttl):
             raise errors.PushRejected("replayed logout token")
         if logout.sid is not None:
