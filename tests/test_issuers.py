@@ -12,10 +12,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import requests
 
-from tests.conftest import API, at_once, bearer, guard_config, receiver_config, rss_mb, started_idp
+from tests.conftest import API, at_once, bearer, guard_config, own_gateway, receiver_config, rss_mb, started_idp
 from tests.harness.idp import LocalIdP, Minter, SigningKey
 from tests.harness.kong import Kong
+from tests.test_operations import free_port
 from tests.test_revocation import RECEIVER_PATH, logout_token, post_logout, push_not_before
 
 BILLING = "billing-api"
@@ -246,3 +248,21 @@ def test_a_not_before_push_applies_to_the_issuer_whose_key_signed_it(kong: Kong,
     stranger = push_not_before(other, "test-cli", int(time.time()), key=SigningKey("RS256"))
     res = kong.request(receiver, [], method="POST", path=RECEIVER_PATH + "/k_push_not_before", body=stranger.encode())
     assert res.status == 400 and res.body["error_description"] == "invalid signature"
+
+
+def test_metrics_and_decisions_name_the_issuer(idp: LocalIdP, other: LocalIdP, tenants: LocalIdP) -> None:
+    """Listed issuers by their own name; a template's realms under the template (bounded labels)."""
+    port = free_port()
+    with own_gateway(extra_args=f"--metrics 127.0.0.1:{port}") as gateway:
+        entity = gateway.plugin(listed(idp, other, log_decision=True))
+        res = gateway.request(entity, bearer(Minter(other.issuer, other.primary, audience=BILLING).token()))  # type: ignore[attr-defined]
+        assert res.status == 200 and res.serialized["kcauth"]["issuer"] == other.issuer
+        template = gateway.plugin({"issuer_template": template_of(tenants), "audiences": [API]})
+        for realm in ("tenant-1", "tenant-2"):
+            assert gateway.request(template, bearer(tenant_token(tenants, realm))).status == 200
+        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    assert f'kcauth_requests_total{{decision="allowed",issuer="{other.issuer}",reason="allowed"}} 1.0' in text
+    assert f'kcauth_requests_total{{decision="allowed",issuer="{template_of(tenants)}",reason="allowed"}} 2.0' in text
+    realm_label = f'issuer="{tenants.origin}/realms/tenant-1"'
+    assert not [line for line in text.splitlines() if realm_label in line and
+                not line.startswith("kcauth_jwks_age_seconds")], "a template realm labels only its key set's age"
