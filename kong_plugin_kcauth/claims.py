@@ -38,8 +38,8 @@ def _finite_float(text: str) -> float:
 _decoder = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float)
 
 
-def json_object(data: bytes | str) -> dict[str, Any] | None:
-    """A JSON object from UTF-8 text, or None when it is not one (or holds NaN, Infinity, a
+def json_value(data: bytes | str) -> Any:
+    """A JSON value from UTF-8 text, or None when it is not one (or holds NaN, Infinity, a
     number no double holds, or a string that cannot be encoded as UTF-8)."""
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
@@ -50,6 +50,12 @@ def json_object(data: bytes | str) -> dict[str, Any] | None:
             json.dumps(value, ensure_ascii=False).encode("utf-8")
     except (ValueError, RecursionError, UnicodeError):
         return None
+    return value
+
+
+def json_object(data: bytes | str) -> dict[str, Any] | None:
+    """A JSON object from UTF-8 text (json_value), or None."""
+    value = json_value(data)
     return value if isinstance(value, dict) else None
 
 

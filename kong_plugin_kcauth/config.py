@@ -28,7 +28,7 @@ from .schema import (
 
 SYSTEM_CA_STORE = "system"
 
-__all__ = ["Config", "IssuerEntry", "RedisConfig", "ConfigError", "kong_schema"]
+__all__ = ["Config", "FeedConfig", "IssuerEntry", "RedisConfig", "ConfigError", "kong_schema"]
 
 
 
@@ -80,6 +80,40 @@ class RedisConfig:
         0.25, between=[0.01, 5],
     )
 
+
+@dataclass(frozen=True)
+class FeedConfig:
+    client_id: str | None = setting(
+        "Turns the revocation feed on for the realm of `issuer` (a Keycloak realm issuer, "
+        "`.../realms/<name>`): the client id of a confidential client of that realm whose service "
+        "account holds one role, `realm-management` `view-events`. The feed reads the realm's "
+        "login and admin events and turns those that end a user's access (disabled, deleted, "
+        "password changed, sessions signed out) into revocations every guard of the issuer "
+        "enforces with no call to Keycloak. Empty: no feed.",
+        None,
+    )
+    client_secret: str | None = setting(
+        "Secret of the feed's `client_id` (client_secret_basic at the realm's token endpoint). "
+        "Referenceable: use a Kong vault reference; never logged.",
+        None, referenceable=True, encrypted=True,
+    )
+    interval: int = setting(
+        "Seconds between two reads of the realm's events, for the whole cluster when `redis` is "
+        "set (one process reads, chosen through Redis; every process learns the revocations at "
+        "once), per plugin server process otherwise. What Keycloak does not push is enforced "
+        "within this plus about a second.",
+        10, between=[1, 3600],
+    )
+    role_changes: bool = setting(
+        "Also revoke a user's earlier tokens when an administrator removes a realm role, a client "
+        "role or a group from that user (the tokens still carry it). Off: such tokens keep their "
+        "roles until they expire.",
+        False,
+    )
+
+
+# The issuers the feed can derive the realm's admin REST address from (Lua pattern).
+FEED_ISSUER_PATTERN = "^https?://[^/]+.*/realms/[^/]+$"
 
 # A realm name in `issuer_template`: Keycloak's realm-name characters, bounded, no dot segments.
 REALM_NAME_MAX = 64
@@ -430,6 +464,11 @@ class Config:
         "`X-Forwarded-Host` and `X-Forwarded-Port` count only from Kong's `trusted_ips`.",
         None, match="^https?://[^/]+$",
     )
+    revocation_feed: FeedConfig = setting(
+        "The revocation feed: Keycloak's own record of what it does not push (README \"Which "
+        "revocations are seen, and how fast\").",
+        FeedConfig(),
+    )
     mode: str = setting(
         "`guard` protects the route. `revocation_receiver` makes the route the endpoint "
         "Keycloak sends back-channel logout tokens and not-before pushes to; every guard of "
@@ -481,6 +520,12 @@ class Config:
             "at least one issuer is needed: one of %s"),
         conditional("accept_opaque_tokens", {"eq": True}, "issuer", {"required": True},
                     "opaque tokens name no issuer: accept_opaque_tokens introspects them at `issuer`"),
+        conditional("revocation_feed.client_id", {"required": True}, "revocation_feed.client_secret",
+                    {"required": True}),
+        conditional("revocation_feed.client_id", {"required": True}, "issuer",
+                    {"required": True, "match": FEED_ISSUER_PATTERN},
+                    "the revocation feed reads the realm of `issuer`, a Keycloak realm issuer "
+                    "(.../realms/<name>)"),
     ]
 
     @classmethod
@@ -529,6 +574,7 @@ class Config:
         own = entry or IssuerEntry(issuer=issuer)
         return replace(
             self, issuer=issuer, issuers=None, issuer_template=self.issuer_template if discovered else None,
+            revocation_feed=FeedConfig(),  # the feed reads the realm of the plugin-level `issuer` only
             provider_url=own.provider_url or self.provider_url, jwks_uri=own.jwks_uri,
             introspection_endpoint=own.introspection_endpoint, client_id=own.client_id or self.client_id,
             client_secret=own.client_secret or self.client_secret,
@@ -555,6 +601,14 @@ class Config:
             return None
         parts = urlsplit(self.the_issuer)
         return f"{parts.scheme}://{parts.netloc}", self.provider_url.rstrip("/")
+
+    @property
+    def admin_url(self) -> str:
+        """The realm's admin REST base (`<origin>[/<context>]/admin/realms/<name>`), at `provider_url`."""
+        from .http import rewrite_origin
+
+        head, _, name = self.the_issuer.rstrip("/").rpartition("/realms/")
+        return rewrite_origin(f"{head}/admin/realms/{name}", self.provider_rewrite)
 
     @property
     def discovery_url(self) -> str:

@@ -98,6 +98,7 @@ class Realm:
         self.rules = Rules.from_config(config)
         self.keys = process.key_set(config)
         self.revocations: RevocationStore | RealmRevocations = process.revocation_store(config)
+        self.feed = process.revocation_feed(config)  # held: it reads while a guard needs it
         self.introspector = Introspector.from_config(
             config, replace(self.rules, defer_missing_audience=False),
             process.shared_store(config.redis, config.tls_ca_bundle), label) if config.introspect else None

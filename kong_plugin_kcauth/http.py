@@ -24,7 +24,7 @@ import requests.adapters
 import requests.utils
 import requests_cache
 
-from .claims import json_object
+from .claims import json_object, json_value
 
 MAX_BODY = 1 << 20  # a key set or discovery document is a few KB; refuse to hold megabytes
 DISCOVERY_MAX_AGE = 3600
@@ -70,7 +70,7 @@ def _session(kind: str, ca: str | None) -> requests.Session:
     """One session per kind and trust: documents that may be served stale while the provider is
     down (`discovery`), documents that are always asked for again (`keys`), where a failure must
     surface so `KeySet` can bound how long it keeps serving the keys it holds, and uncached
-    POSTs (`post`, introspection), each over pooled keep-alive connections."""
+    requests (`post`: introspection, the feed's token and event pages), each over pooled keep-alive connections."""
     s = _sessions.get((kind, ca))
     if s is None:
         with _sessions_lock:
@@ -127,6 +127,24 @@ def post_form(url: str, form: dict[str, str], headers: dict[str, str], timeout: 
     except requests.RequestException as exc:
         raise FetchError(f"POST {url} failed: {type(exc).__name__}") from None
     return _json_object(resp, f"POST {url}")
+
+
+def get_json_list(url: str, params: dict[str, Any], headers: dict[str, str], timeout: float,
+                  ca: str | None = None, max_body: int = MAX_BODY) -> list[Any]:
+    """GET a JSON array (a page of the admin REST API), never cached."""
+    try:
+        resp = _session("post", ca).get(url, params=params, headers=headers, timeout=(timeout, timeout),
+                                        allow_redirects=False, proxies=_proxies(url))
+    except requests.RequestException as exc:
+        raise FetchError(f"GET {url} failed: {type(exc).__name__}") from None
+    if resp.status_code != 200:
+        raise FetchError(f"GET {url} answered HTTP {resp.status_code}", resp.status_code)
+    if len(resp.content) > max_body:
+        raise FetchError(f"GET {url} answered more than {max_body} bytes")
+    doc = json_value(resp.content)
+    if not isinstance(doc, list):
+        raise FetchError(f"GET {url} did not answer a JSON array")
+    return doc
 
 
 def _json_object(resp: requests.Response, what: str) -> dict[str, Any]:

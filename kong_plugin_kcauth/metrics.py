@@ -4,9 +4,10 @@ Off unless the plugin server runs with `--metrics HOST:PORT`: then `/metrics` is
 (keep it on loopback or a private network). Off, every hook below is a method that does nothing
 (`METRICS` is the no-op `Metrics`), so nothing is counted or allocated on the request path.
 
-Per request: one counter by decision and reason, and token cache hits. Per introspection call:
-a latency histogram by outcome. Read at scrape time only (no request cost): the age of every
-key set, dependency health (logs.health), live events of the server core.
+Per request: one counter by decision and reason, and token cache hits. Per introspection call,
+and per read of the revocation feed: a latency histogram by outcome; the feed's revocations by
+cause. Read at scrape time only (no request cost): the age of every key set, dependency health
+(logs.health), live events of the server core.
 """
 
 from __future__ import annotations
@@ -28,6 +29,12 @@ class Metrics:
     def introspection(self, issuer: str, outcome: str, seconds: float) -> None:
         pass
 
+    def feed_read(self, issuer: str, outcome: str, seconds: float) -> None:
+        pass
+
+    def feed_revocation(self, issuer: str, cause: str) -> None:
+        pass
+
 
 METRICS: Metrics = Metrics()
 
@@ -45,6 +52,12 @@ class _Prometheus(Metrics):
             "kcauth_introspection_seconds", "Introspection calls to the identity provider, by outcome.",
             ["issuer", "outcome"], registry=registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+        self._feed_reads = Histogram(
+            "kcauth_feed_read_seconds", "Reads of Keycloak's events by the revocation feed, by outcome.",
+            ["issuer", "outcome"], registry=registry, buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 30))
+        self._feed_revocations = Counter(
+            "kcauth_feed_revocations", "Revocations the revocation feed recorded, by what happened.",
+            ["issuer", "cause"], registry=registry)
 
         class Scraped:
             def collect(self) -> Iterator[Any]:
@@ -75,6 +88,12 @@ class _Prometheus(Metrics):
 
     def introspection(self, issuer: str, outcome: str, seconds: float) -> None:
         self._introspection.labels(issuer, outcome).observe(seconds)
+
+    def feed_read(self, issuer: str, outcome: str, seconds: float) -> None:
+        self._feed_reads.labels(issuer, outcome).observe(seconds)
+
+    def feed_revocation(self, issuer: str, cause: str) -> None:
+        self._feed_revocations.labels(issuer, cause).inc()
 
 
 def serve(address: str, events: Callable[[], int]) -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from .cache import Registry
 from .config import Config, RedisConfig
+from .feed import Feed
 from .issuers import RealmDirectory
 from .keys import KeySet, KeySource
 from .revocation import RealmRevocations, RevocationStore
@@ -23,6 +24,7 @@ _SHARED: Registry[SharedStore] = Registry()
 _REVOCATIONS: Registry[RevocationStore] = Registry()
 _BY_CONFIG: Registry[Any] = Registry()
 _DIRECTORIES: Registry[RealmDirectory] = Registry()
+_FEEDS: Registry[Feed] = Registry()
 
 
 def key_set(config: Config) -> KeySet:
@@ -59,6 +61,20 @@ def revocation_store(config: Config) -> RevocationStore | RealmRevocations:
                              lambda: RevocationStore(issuer, shared_store(config.redis, config.tls_ca_bundle)))
     store.start()
     return RealmRevocations(store, config.the_issuer) if config.issuer_template else store
+
+
+def revocation_feed(config: Config) -> Feed | None:
+    """The realm's revocation feed when the config asks for one (reading as long as an instance
+    holds it), feeding the issuer's revocation store."""
+    if not config.revocation_feed.client_id:
+        return None
+    store = revocation_store(config)
+    assert isinstance(store, RevocationStore)  # only the plugin-level issuer is fed, never a template realm
+    key = (config.the_issuer, config.revocation_feed, config.provider_url, config.redis, config.tls_ca_bundle,
+           config.revocation_ttl, config.http_timeout)
+    feed = _FEEDS.get(key, lambda: Feed(config, store, shared_store(config.redis, config.tls_ca_bundle)))
+    feed.start()
+    return feed
 
 
 def for_config(config: Config, build: Any) -> Any:

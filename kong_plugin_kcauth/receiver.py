@@ -34,6 +34,7 @@ class Source:
         self.rules = Rules.from_config(config)
         self.keys = process.key_set(config)
         self.revocations = process.revocation_store(config)
+        self.feed = process.revocation_feed(config)  # held: it reads while the receiver exists
         self.audiences = frozenset(config.audiences)  # the clients whose pushes are accepted
 
 

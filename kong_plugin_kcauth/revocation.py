@@ -167,11 +167,17 @@ class RevocationStore:
         """Record a revocation here and, with Redis, for every process (raises SharedUnavailable
         when Redis cannot take it; it is applied here anyway). `ident` is a raw sid or sub, or a
         client id ("" for all) for NOT_BEFORE."""
+        self.record_until(kind, ident, at, self._clock() + ttl, namespace)
+
+    def record_until(self, kind: Kind, ident: str, at: float, until: float, namespace: str = "") -> None:
+        """`record`, remembered until the time `until` (the feed: a time fixed by the event, so
+        an event read twice makes the same record)."""
         key = namespace + ident if kind is Kind.NOT_BEFORE else (self.digest(ident, namespace) or "")
-        entry = Entry(at, self._clock() + ttl)
+        entry = Entry(at, until)
         self._apply(kind, key, entry)
         if self.shared is not None:
-            self.shared.publish_record(self._scope, self._channel, _message(kind, key, entry), ttl)
+            self.shared.publish_record(self._scope, self._channel, _message(kind, key, entry),
+                                       until - self._clock())
 
     # -- internals --
 

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import redis
+import redis.lock
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -204,6 +205,19 @@ class SharedStore:
     def _tag(self, scope: str, body: str) -> str:
         return _b64(hmac.new(self._record_key, f"{scope}:{body}".encode(), hashlib.sha256).digest()[:16])
 
+    # -- leases: one holder at a time across every process --
+
+    def lease(self, key: str, seconds: float) -> Lease | None:
+        """Take `key` for `seconds` unless another holds it: the Lease, or None when held.
+        It is not given back: it lapses, so the next taker comes `seconds` after this one
+        (raises SharedUnavailable when Redis fails)."""
+        lock = self._client.lock(self.config.prefix + key, timeout=seconds, blocking=False, thread_local=False)
+        try:
+            return Lease(lock, seconds) if lock.acquire() else None
+        except (redis.RedisError, OSError) as exc:
+            self._failed("lease", exc)
+            raise SharedUnavailable() from None
+
     def subscribe(self, channel: str) -> Subscription:
         return Subscription(self, self.config.prefix + channel)
 
@@ -223,6 +237,20 @@ class SharedStore:
 
     def _ok(self) -> None:
         health.report(self._component, True)
+
+
+class Lease:
+    """A held key (redis-py's Lock), renewed while its work runs longer than planned."""
+
+    def __init__(self, lock: redis.lock.Lock, seconds: float) -> None:
+        self._lock, self._seconds = lock, seconds
+
+    def renew(self) -> bool:
+        """Hold it `seconds` more; False when it lapsed and another took it (or Redis failed)."""
+        try:
+            return bool(self._lock.extend(self._seconds, replace_ttl=True))
+        except (redis.RedisError, OSError):
+            return False
 
 
 class Subscription:

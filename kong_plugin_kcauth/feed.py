@@ -1,0 +1,228 @@
+"""The revocation feed (`revocation_feed`): what Keycloak does not push, read from its events.
+
+Keycloak pushes a back-channel logout for some actions only, and never retries one it could not
+deliver; but it records every action as a login or admin event (keycloak_events.py). The feed
+reads the realm's two event lists through the admin REST API every `interval` seconds, as a
+service account that can only view events (client-credentials token), from where it stopped, and
+records each revoking event in the issuer's revocation store: the same store, TTL and Redis
+records as the receiver's, so every guard of the issuer, in every process, refuses those tokens
+with no Keycloak call on the request path.
+
+One read per interval per cluster: with Redis, the process that takes the realm's lease (a Redis
+key lapsing after `interval`) reads, resumes from the position kept in Redis (sealed like every
+entry) and publishes what it found; every process tries for the lease every half second (a Redis SET), so
+a stopped reader is replaced as soon as its lease lapses. Without Redis (or while it fails),
+each process reads on its own and keeps its position in memory. A process with no position
+starts `revocation_ttl` back: older events concern only tokens that have expired.
+
+Failures are reported once per change (Kong's log, `kcauth_dependency_down`), and change nothing
+the guards know: Keycloak down or the service account refused means no new revocation, never a
+refused valid token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+import weakref
+from typing import Any
+
+from . import http, metrics
+from .client_auth import client_authentication
+from .config import Config
+from .keycloak_events import ADMIN_EVENTS, LOGIN_EVENTS, Position, query, revocation_of
+from .logs import Throttled, health
+from .revocation import RevocationStore
+from .shared import SharedStore, SharedUnavailable
+
+log = logging.getLogger("kcauth.feed")
+
+PAGE = 100  # events per request
+MAX_PAGES = 10  # per list and read: a backlog is taken over several reads
+MAX_PAGE_BODY = 8 << 20  # admin events carry representations (a realm's is tens of KB)
+TOKEN_MARGIN = 30.0  # seconds before its expiry a service-account token is replaced
+MAX_PAUSE = 0.5  # seconds between two tries for the lease: a lapsed reader is replaced at once
+
+# Without Redis, per process: realm -> when its next read may start, and the positions.
+_local_leases: dict[str, float] = {}
+_local_positions: dict[tuple[str, str], Position] = {}
+_local_lock = threading.Lock()
+
+
+class Refused(http.FetchError):
+    """Keycloak refused the service account (its credentials, or its role)."""
+
+
+class Feed:
+    def __init__(self, config: Config, store: RevocationStore, shared: SharedStore | None) -> None:
+        feed = config.revocation_feed
+        self.issuer = config.the_issuer
+        self.store, self.shared = store, shared
+        self.interval = float(feed.interval)
+        self.role_changes = feed.role_changes
+        self._client_id, self._secret = feed.client_id or "", feed.client_secret or ""
+        self._admin = config.admin_url
+        self._discovery_url, self._rewrite = config.discovery_url, config.provider_rewrite
+        self._timeout, self._ca = config.http_timeout, config.tls_ca_bundle
+        self._ttl = float(config.revocation_ttl)
+        realm = hashlib.sha256(self.issuer.encode()).hexdigest()[:32]
+        self._realm_key = f"feed:{realm}"
+        self._token: tuple[str, float] | None = None
+        self._component = f"revocation feed of {self.issuer}"
+        self._notes = Throttled(log, 300)
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=_run, args=(weakref.ref(self),), daemon=True,
+                                            name="kcauth-feed")
+            self._thread.start()
+
+    # -- one try: take the lease, read both lists --
+
+    def step(self) -> None:
+        lease = self._take_lease()
+        if lease is False:
+            return
+        started = time.monotonic()
+        outcome = "ok"
+        try:
+            for kind in (LOGIN_EVENTS, ADMIN_EVENTS):
+                self._read(kind, lease)
+            health.report(self._component, True)
+        except http.FetchError as exc:
+            outcome = type(exc).__name__
+            health.report(self._component, False, _failure(exc) + ": no new revocations until it "
+                          "recovers; what the guards know stays")
+        metrics.METRICS.feed_read(self.issuer, outcome, time.monotonic() - started)
+
+    def _take_lease(self) -> Any:
+        """The lease (shared.Lease), True (local), or False when another holds it."""
+        if self.shared is not None:
+            try:
+                return self.shared.lease(self._realm_key + ":lease", self.interval) or False
+            except SharedUnavailable:
+                pass  # Redis down: read alone, like a process without Redis
+        now = time.monotonic()
+        with _local_lock:
+            if _local_leases.get(self._realm_key, 0.0) > now:
+                return False
+            _local_leases[self._realm_key] = now + self.interval
+        return True
+
+    def _read(self, kind: str, lease: Any) -> None:
+        position = self._position(kind)
+        first = 0
+        for _ in range(MAX_PAGES):
+            if lease is not True and not lease.renew():
+                return  # the read took longer than the lease, and another process took over
+            page = self._page(kind, position.read_from, first)
+            taken = []
+            try:
+                for event in page:
+                    if isinstance(event, dict) and position.is_new(event):
+                        self._apply(kind, event)
+                        taken.append(event)
+            finally:
+                position = position.advance(taken)
+                self._save(kind, position)
+            if len(page) < PAGE:
+                return
+            first += PAGE
+        self._notes.warning("the revocation feed of %s is behind: more than %d events since its last read",
+                            self.issuer, PAGE * MAX_PAGES)
+
+    def _apply(self, kind: str, event: dict[str, Any]) -> None:
+        """Record an event's revocation; raises http.FetchError when Redis cannot take it (the
+        position stays before it, so it is read again)."""
+        revocation = revocation_of(kind, event, self.role_changes)
+        if revocation is None:
+            return
+        until = int(event["time"]) / 1000 + self._ttl
+        if until <= time.time():
+            return
+        try:
+            self.store.record_until(revocation.kind, revocation.ident, revocation.at, until)
+        except SharedUnavailable:
+            raise http.FetchError("Redis cannot take a revocation") from None
+        metrics.METRICS.feed_revocation(self.issuer, revocation.cause)
+
+    # -- the position: Redis when shared, else memory --
+
+    def _position(self, kind: str) -> Position:
+        if self.shared is not None:
+            stored = Position.from_json(self.shared.get(self._position_key(kind)))
+            if stored is not None:
+                return stored
+        held = _local_positions.get((self._realm_key, kind))
+        return held if held is not None else Position.starting(int((time.time() - self._ttl) * 1000))
+
+    def _save(self, kind: str, position: Position) -> None:
+        _local_positions[(self._realm_key, kind)] = position
+        if self.shared is not None:
+            self.shared.put(self._position_key(kind), position.to_json(), self._ttl)
+
+    def _position_key(self, kind: str) -> str:
+        return f"{self._realm_key}:position:{kind}"
+
+    # -- Keycloak --
+
+    def _page(self, kind: str, since_ms: int, first: int) -> list[Any]:
+        params: dict[str, Any] = {**query(kind, self.role_changes), "dateFrom": str(since_ms),
+                                  "direction": "asc", "first": str(first), "max": str(PAGE)}
+        headers = {"Authorization": "Bearer " + self._bearer()}
+        try:
+            return http.get_json_list(f"{self._admin}/{kind}", params, headers, self._timeout, self._ca,
+                                      MAX_PAGE_BODY)
+        except http.FetchError as exc:
+            if exc.status in (401, 403):
+                self._token = None  # expired early, or the role was taken away: a new one next time
+                raise Refused(f"{self._admin}/{kind} answered HTTP {exc.status}: the service account needs "
+                              "the realm-management role view-events", exc.status) from None
+            raise
+
+    def _bearer(self) -> str:
+        now = time.monotonic()
+        if self._token is not None and self._token[1] > now:
+            return self._token[0]
+        endpoint = http.discover(self._discovery_url, self.issuer, "token_endpoint", self._timeout,
+                                 self._rewrite, ca=self._ca)
+        form, headers = client_authentication("client_secret_basic", self._client_id, self._secret, None,
+                                              self.issuer, time.time())
+        form["grant_type"] = "client_credentials"
+        try:
+            answer = http.post_form(endpoint, form, headers, self._timeout, self._ca)
+        except http.FetchError as exc:
+            if exc.status in (400, 401):
+                raise Refused(f"the token endpoint refused the service account (HTTP {exc.status}): check "
+                              "revocation_feed.client_id, its secret, and that its service account is "
+                              "enabled", exc.status) from None
+            raise
+        token, lifetime = answer.get("access_token"), answer.get("expires_in")
+        if not isinstance(token, str) or not token:
+            raise http.FetchError("the token endpoint answered no access_token")
+        seconds = float(lifetime) if isinstance(lifetime, (int, float)) and not isinstance(lifetime, bool) else 60.0
+        self._token = (token, now + max(seconds - TOKEN_MARGIN, 1.0))
+        return token
+
+
+def _failure(exc: http.FetchError) -> str:
+    return str(exc) if isinstance(exc, Refused) else f"cannot read Keycloak's events ({exc})"
+
+
+def _run(ref: weakref.ref[Feed]) -> None:
+    """The feed's thread: tries for the lease a few times an interval, until the feed is gone
+    (Kong removed every plugin instance that used it)."""
+    while True:
+        feed = ref()
+        if feed is None:
+            return
+        pause = min(feed.interval / 4, MAX_PAUSE)
+        try:
+            feed.step()
+        except Exception as exc:  # noqa: BLE001 - the feed must outlive any surprise; nothing is lost
+            log.error("revocation feed of %s: unexpected %s", feed.issuer, type(exc).__name__)
+        del feed
+        time.sleep(pause)
