@@ -101,6 +101,7 @@ def from_admin_event(event: Mapping[str, Any], role_changes: bool) -> Revocation
     """The revocation an admin event means, or None. Role and group removals count only with
     `role_changes`; removals through a group or a composite role name no user and never count."""
     ms, path = event_time(event), event.get("resourcePath")
+    path = "" if path is None else path  # a realm update names no path
     if ms is None or not isinstance(path, str) or event.get("error"):
         return None
     t = ms / 1000

@@ -32,7 +32,12 @@ FORBIDDEN = [
     {"claim_headers": {"X-User": "sub", "x-user": "azp"}},  # one name twice, in two cases
     {"verify_audience": True, "audiences": []}, {"accept_opaque_tokens": True},
     {"consumer_required": True}, {"redis": {"host": "redis.internal"}},
+    {"revocation_feed": {"client_id": "kcauth-feed"}},  # no secret
+    {"revocation_feed": {"client_id": "kcauth-feed", "client_secret": "s", "interval": 0}},
+    # the feed derives the realm's admin API from a Keycloak realm issuer:
+    {"issuer": "https://login.example.com/tenant", "revocation_feed": {"client_id": "f", "client_secret": "s"}},
 ]
+RECORDS = ("redis", "revocation_feed")
 
 
 @pytest.mark.parametrize("bad", FORBIDDEN, ids=lambda c: str(c)[:48])
@@ -44,7 +49,7 @@ def test_kong_refuses_it_and_so_does_the_plugin(kong: Kong, idp: LocalIdP, minte
     entity = kong.plugin(good)
     entity.validated = False
     for name, value in bad.items():  # as if it had reached the plugin server past Kong
-        entity.config[name] = {**entity.config[name], **value} if name == "redis" else value
+        entity.config[name] = {**entity.config[name], **value} if name in RECORDS else value
     res = kong.request(entity, bearer(minter.token()))
     assert res.status == 500 and not res.proxied, "Kong answers 500 when the instance cannot start"
     plugin_message = next(e for e in res.errors if "starting instance" in e)

@@ -17,7 +17,7 @@ import pytest
 from tests.conftest import bearer, guard_config, receiver_config
 from tests.harness.gateway import EchoUpstream, Gateway, Route
 from tests.harness.kong import Kong
-from tests.keycloak.actions import ACTIONS, PUSHED, forget, new_victim
+from tests.keycloak.actions import ACTIONS, PUSHED, forget, new_victim, undo
 from tests.keycloak.admin import KeycloakAdmin
 from tests.keycloak.fixtures import REALM
 from tests.keycloak.server import KeycloakServer
@@ -56,6 +56,7 @@ def test_what_keycloak_pushes(action: str, kong: Kong, keycloak: KeycloakServer,
     victim = new_victim(kc_admin, "push")
     try:
         assert kong.request(guard, bearer(victim.token)).status == 200
+        time.sleep(1.1)  # a not-before has one-second resolution
         ACTIONS[action](kc_admin, victim)
         deadline = time.monotonic() + WAIT
         refused = False
@@ -64,4 +65,5 @@ def test_what_keycloak_pushes(action: str, kong: Kong, keycloak: KeycloakServer,
             time.sleep(0.05)
         assert refused is PUSHED[action], f"{action}: pushed={refused}, recorded {PUSHED[action]}"
     finally:
+        undo(kc_admin, action)
         forget(kc_admin, victim)

@@ -7,6 +7,7 @@ both."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,7 +66,20 @@ ACTIONS: dict[str, Action] = {
     "user removes the client's access in the account console":
         lambda kc, v: account.revoke_access(kc.issuer(REALM), v.token, CLIENT),
     "admin removes a realm role from the user": lambda kc, v: kc.remove_realm_role(REALM, v.id, "user"),
+    "admin sets the realm's not-before and pushes it": lambda kc, v: _not_before_now(kc),
 }
+# Actions that revoke every user's tokens; `undo` puts the realm back.
+REALM_WIDE = ("admin signs out all sessions of the realm", "admin sets the realm's not-before and pushes it")
+
+
+def _not_before_now(kc: KeycloakAdmin) -> None:
+    kc.set_realm_not_before(REALM, int(time.time()))
+    kc.push_revocation(REALM)
+
+
+def undo(kc: KeycloakAdmin, action: str) -> None:
+    if action == "admin sets the realm's not-before and pushes it":
+        kc.set_realm_not_before(REALM, 0)
 
 # What Keycloak 26.7.3 pushes to the receiver (True), and what it only records (False).
 PUSHED = {
@@ -80,4 +94,5 @@ PUSHED = {
     "user ends the session in the account console": True,
     "user removes the client's access in the account console": False,
     "admin removes a realm role from the user": False,
+    "admin sets the realm's not-before and pushes it": True,
 }
