@@ -52,7 +52,11 @@ _local_lock = threading.Lock()
 
 
 class Refused(http.FetchError):
-    """Keycloak refused the service account (its credentials, or its role)."""
+    """Keycloak refused the service account: its credentials at the token endpoint."""
+
+
+class EventsRefused(Refused):
+    """The admin API refused the service account's token: its role, or its ended session."""
 
 
 class Feed:
@@ -73,12 +77,21 @@ class Feed:
         self._component = f"revocation feed of {self.issuer}"
         self._notes = Throttled(log, 300)
         self._thread: threading.Thread | None = None
+        self._starting = threading.Lock()
+        self.first_read = threading.Event()
 
     def start(self) -> None:
-        if self._thread is None:
+        """Start reading. Without Redis, wait for the first read (at instance start, at most
+        `http_timeout`), so a process that just started does not accept a token revoked before
+        it started; with Redis, the revocation store's catch-up does that."""
+        with self._starting:
+            if self._thread is not None:
+                return
             self._thread = threading.Thread(target=_run, args=(weakref.ref(self),), daemon=True,
                                             name="kcauth-feed")
             self._thread.start()
+        if self.shared is None:
+            self.first_read.wait(self._timeout)
 
     # -- one try: take the lease, read both lists --
 
@@ -170,18 +183,27 @@ class Feed:
     # -- Keycloak --
 
     def _page(self, kind: str, since_ms: int, first: int) -> list[Any]:
+        url = f"{self._admin}/{kind}"
         params: dict[str, Any] = {**query(kind, self.role_changes), "dateFrom": str(since_ms),
                                   "direction": "asc", "first": str(first), "max": str(PAGE)}
+        try:
+            return self._get(url, params)
+        except EventsRefused as exc:
+            if exc.status != 401:
+                raise
+            # The token's session ended (a realm-wide sign-out ends the service account's too).
+            return self._get(url, params)
+
+    def _get(self, url: str, params: dict[str, Any]) -> list[Any]:
         headers = {"Authorization": "Bearer " + self._bearer()}
         try:
-            return http.get_json_list(f"{self._admin}/{kind}", params, headers, self._timeout, self._ca,
-                                      MAX_PAGE_BODY)
+            return http.get_json_list(url, params, headers, self._timeout, self._ca, MAX_PAGE_BODY)
         except http.FetchError as exc:
-            if exc.status in (401, 403):
-                self._token = None  # expired early, or the role was taken away: a new one next time
-                raise Refused(f"{self._admin}/{kind} answered HTTP {exc.status}: the service account needs "
-                              "the realm-management role view-events", exc.status) from None
-            raise
+            if exc.status not in (401, 403):
+                raise
+            self._token = None
+            raise EventsRefused(f"{url} answered HTTP {exc.status}: the service account needs the "
+                                "realm-management role view-events", exc.status) from None
 
     def _bearer(self) -> str:
         now = time.monotonic()
@@ -224,5 +246,6 @@ def _run(ref: weakref.ref[Feed]) -> None:
             feed.step()
         except Exception as exc:  # noqa: BLE001 - the feed must outlive any surprise; nothing is lost
             log.error("revocation feed of %s: unexpected %s", feed.issuer, type(exc).__name__)
+        feed.first_read.set()
         del feed
         time.sleep(pause)

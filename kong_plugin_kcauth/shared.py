@@ -7,8 +7,10 @@ Redis is a trust boundary. Keys are derived from `redis.secret`, which only the 
 - revocations are records held in key names with a MAC (`publish_record`), so one cannot be
   forged, altered or hidden by overwriting; pub/sub messages are sealed like verdicts.
 What a Redis writer can still do: delete entries (extra introspection calls; deleted revocations
-are written back by every process holding them, within `revocation.RESTORE_INTERVAL`), and
-replay a genuine verdict under its own key, never past the deadline sealed inside it.
+are written back by every process holding them, within `revocation.RESTORE_INTERVAL`; a deleted
+feed position makes the feed read again from `revocation_ttl` back, which records nothing new),
+and replay a genuine verdict under its own key, never past the deadline sealed inside it. A
+lease (the feed's reader) held without expiry is not one of ours: every process then reads alone.
 
 For the request path Redis is an optimisation, never a dependency: a failure (Redis down, slow,
 refusing the password) is logged, Redis is skipped for a few seconds, and the caller carries on
@@ -83,7 +85,7 @@ class SharedStore:
             socket_timeout=config.timeout, socket_connect_timeout=config.timeout,
             # redis-py retries with backoff by default, which turns a dead Redis into seconds
             # of stall per request; one attempt, then the in-process state.
-            retry=Retry(NoBackoff(), 0), retry_on_timeout=False,
+            retry=Retry(NoBackoff(), 0),
         )
         self._skip_until = 0.0
         self._lock = threading.Lock()
@@ -208,15 +210,36 @@ class SharedStore:
     # -- leases: one holder at a time across every process --
 
     def lease(self, key: str, seconds: float) -> Lease | None:
-        """Take `key` for `seconds` unless another holds it: the Lease, or None when held.
-        It is not given back: it lapses, so the next taker comes `seconds` after this one
-        (raises SharedUnavailable when Redis fails)."""
-        lock = self._client.lock(self.config.prefix + key, timeout=seconds, blocking=False, thread_local=False)
+        """Take `key` for `seconds` unless another process holds it: the Lease, or None when
+        held. It is not given back: it lapses, so the next taker comes `seconds` after this one.
+        Raises SharedUnavailable when Redis fails, or when the holder is not a gateway (the
+        value is `<expiry ms>.<nonce>.<MAC>`: a lease forged or replayed by a Redis writer to
+        stop the work is ignored, and the caller works alone)."""
+        name = self.config.prefix + key
+        until = int((time.time() + seconds) * 1000)
+        nonce = _b64(os.urandom(9))
+        token = f"{until}.{nonce}.{self._tag(name, f'{until}.{nonce}')}"
+        lock = self._client.lock(name, timeout=seconds, blocking=False, thread_local=False)
         try:
-            return Lease(lock, seconds) if lock.acquire() else None
+            if lock.acquire(token=token):
+                return Lease(lock, seconds)
+            held = self._client.get(name)
         except (redis.RedisError, OSError) as exc:
             self._failed("lease", exc)
             raise SharedUnavailable() from None
+        if held is None or self._genuine_lease(name, held, seconds):
+            return None  # another process holds it (or it lapsed just now)
+        self._forged.warning("ignoring a lease in Redis that no gateway took: this process does the work alone")
+        raise SharedUnavailable()
+
+    def _genuine_lease(self, name: str, held: Any, seconds: float) -> bool:
+        text = held.decode("ascii", "replace") if isinstance(held, bytes) else str(held)
+        until, _, rest = text.partition(".")
+        nonce, _, tag = rest.partition(".")
+        if not until.isdigit() or not hmac.compare_digest(tag, self._tag(name, f"{until}.{nonce}")):
+            return False
+        # A genuine lease not past its expiry (renewed ones run a little longer: a few reads).
+        return int(until) >= (time.time() - 4 * seconds) * 1000
 
     def subscribe(self, channel: str) -> Subscription:
         return Subscription(self, self.config.prefix + channel)

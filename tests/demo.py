@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 KONG_YML = REPO / "kong" / "kong.yml"
 CLIENT_SECRET = "orders-api-secret"  # the demo realm's public test secret (kong/keycloak/README.md)
 REDIS_SECRET = "demo-only-redis-secret-change-me-0123456789"  # as docker-compose.yml
+FEED_SECRET = "kcauth-feed-secret"  # the demo realm's revocation feed client (kong/keycloak/README.md)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ.setdefault("KCAUTH_CLIENT_SECRET", CLIENT_SECRET)
     os.environ.setdefault("KCAUTH_REDIS_SECRET", REDIS_SECRET)
+    os.environ.setdefault("KCAUTH_FEED_SECRET", FEED_SECRET)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     started: list[Any] = []

@@ -114,8 +114,9 @@ def test_the_feed_alone_enforces_every_action_on_two_processes(
     assert max(taken.values()) < INTERVAL + 1, taken
     # One read of each list per interval for the pair (a lease lapses after an interval; each
     # process tries for it twice a second): two processes reading on their own would make twice.
-    assert elapsed / (INTERVAL + 0.5) - 2 <= reads <= elapsed / INTERVAL + 2, (reads, elapsed)
-    assert elapsed / (INTERVAL + 0.5) - 2 <= admin_reads <= elapsed / INTERVAL + 2, (admin_reads, elapsed)
+    # Each realm-wide action also ends the feed's own token: one more try of each list with a new one.
+    for count in (reads, admin_reads):
+        assert elapsed / (INTERVAL + 0.5) - 2 <= count <= elapsed / INTERVAL + 2 + len(REALM_WIDE), (count, elapsed)
     assert proxy.count(INTROSPECT) == 0, "no introspection"
     assert set(taken) == set(ACTIONS) and {a for a in ACTIONS if not PUSHED[a]} <= set(taken)
 
@@ -198,12 +199,11 @@ def test_keycloak_failing_under_the_feed_refuses_no_valid_token_and_loses_nothin
         valid = new_victim(kc_admin, "valid")
         victim = new_victim(kc_admin, "outage")
         try:
-            assert passes([(kong, guard)], valid.token)
-            time.sleep(INTERVAL)  # a good read first
+            assert passes([(kong, guard)], valid.token)  # after a first good read (no Redis: at start)
             proxy.mode = fault  # type: ignore[assignment]
             time.sleep(1.1)
             kc_admin.set_user_enabled(REALM, victim.id, False)  # happens while the feed cannot read
-            until = time.monotonic() + 3 * INTERVAL
+            until = time.monotonic() + 2 * INTERVAL
             while time.monotonic() < until:
                 assert passes([(kong, guard)], valid.token), f"{fault}: a valid token was refused"
                 time.sleep(0.2)

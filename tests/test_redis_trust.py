@@ -108,3 +108,29 @@ def test_revocation_is_checked_on_the_tokens_own_identifiers_too(kong: Kong, idp
     res = kong.request(entity, bearer(token))
     assert res.status == 401 and "revoked" in res.headers["WWW-Authenticate"]
     assert idp.introspection_requests == 1, "the answer itself was active"
+
+
+def test_the_feed_s_lease_is_one_holder_at_a_time_and_a_forged_one_stops_nothing(
+        redis_server: RedisServer, redis_client: redis.Redis) -> None:
+    from kong_plugin_kcauth.config import RedisConfig
+    from kong_plugin_kcauth.shared import SharedStore, SharedUnavailable
+
+    config = redis_server.plugin_config()
+    node, other = (SharedStore(RedisConfig(host=str(config["host"]), port=int(str(config["port"])),
+                                           secret=str(config["secret"]))) for _ in range(2))
+    held = node.lease("feed:r:lease", 1.0)
+    assert held is not None and held.renew()
+    assert other.lease("feed:r:lease", 1.0) is None, "one holder at a time"
+    time.sleep(1.2)
+    assert other.lease("feed:r:lease", 1.0) is not None, "it lapses: the next taker comes after it"
+    assert not held.renew(), "a lapsed lease cannot be renewed over another holder's"
+    redis_client.set("kcauth:feed:s:lease", b"whatever")  # made up, without expiry
+    with pytest.raises(SharedUnavailable):  # the caller works alone rather than never
+        node.lease("feed:s:lease", 1.0)
+    genuine = node.lease("feed:t:lease", 1.0)
+    assert genuine is not None
+    kept = redis_client.get("kcauth:feed:t:lease")
+    time.sleep(5 * 1.0 + 0.3)  # past its expiry and the renewals a holder may add (4 leases)
+    redis_client.set("kcauth:feed:t:lease", kept or b"")  # a genuine one, replayed and kept forever
+    with pytest.raises(SharedUnavailable):
+        node.lease("feed:t:lease", 1.0)
