@@ -127,11 +127,11 @@ class Feed:
 
     def _read(self, kind: str, lease: Any) -> None:
         position = self._position(kind)
-        first = 0
+        since, first = position.read_from, 0  # one query, paged: its start stays put
         for _ in range(MAX_PAGES):
             if lease is not True and not lease.renew():
                 return  # the read took longer than the lease, and another process took over
-            page = self._page(kind, position.read_from, first)
+            page = self._page(kind, since, first)
             taken = []
             try:
                 for event in page:
