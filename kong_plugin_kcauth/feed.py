@@ -32,10 +32,10 @@ from typing import Any
 from . import http, metrics
 from .client_auth import client_authentication
 from .config import Config
-from .keycloak_events import ADMIN_EVENTS, LOGIN_EVENTS, Position, query, revocation_of
+from .keycloak_events import ADMIN_EVENTS, LOGIN_EVENTS, Position, event_time, query, revocation_of
 from .logs import Throttled, health
 from .revocation import RevocationStore
-from .shared import SharedStore, SharedUnavailable
+from .shared import Lease, SharedStore, SharedUnavailable
 
 log = logging.getLogger("kcauth.feed")
 
@@ -57,6 +57,13 @@ class Refused(http.FetchError):
 
 class EventsRefused(Refused):
     """The admin API refused the service account's token: its role, or its ended session."""
+
+
+class LocalLease:
+    """Without Redis: the process-wide lease of `_local_leases`, held for the whole read."""
+
+    def renew(self) -> bool:
+        return True
 
 
 class Feed:
@@ -97,7 +104,7 @@ class Feed:
 
     def step(self) -> None:
         lease = self._take_lease()
-        if lease is False:
+        if lease is None:
             return
         started = time.monotonic()
         outcome = "ok"
@@ -111,25 +118,25 @@ class Feed:
                           "recovers; what the guards know stays")
         metrics.METRICS.feed_read(self.issuer, outcome, time.monotonic() - started)
 
-    def _take_lease(self) -> Any:
-        """The lease (shared.Lease), True (local), or False when another holds it."""
+    def _take_lease(self) -> Lease | LocalLease | None:
+        """The realm's lease for this read, or None when another holds it."""
         if self.shared is not None:
             try:
-                return self.shared.lease(self._realm_key + ":lease", self.interval) or False
+                return self.shared.lease(self._realm_key + ":lease", self.interval)
             except SharedUnavailable:
                 pass  # Redis down: read alone, like a process without Redis
         now = time.monotonic()
         with _local_lock:
             if _local_leases.get(self._realm_key, 0.0) > now:
-                return False
+                return None
             _local_leases[self._realm_key] = now + self.interval
-        return True
+        return LocalLease()
 
-    def _read(self, kind: str, lease: Any) -> None:
+    def _read(self, kind: str, lease: Lease | LocalLease) -> None:
         position = self._position(kind)
         since, first = position.read_from, 0  # one query, paged: its start stays put
         for _ in range(MAX_PAGES):
-            if lease is not True and not lease.renew():
+            if not lease.renew():
                 return  # the read took longer than the lease, and another process took over
             page = self._page(kind, since, first)
             taken = []
@@ -153,7 +160,7 @@ class Feed:
         revocation = revocation_of(kind, event, self.role_changes)
         if revocation is None:
             return
-        until = int(event["time"]) / 1000 + self._ttl
+        until = (event_time(event) or 0) / 1000 + self._ttl
         if until <= time.time():
             return
         try:

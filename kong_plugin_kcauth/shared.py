@@ -10,7 +10,8 @@ What a Redis writer can still do: delete entries (extra introspection calls; del
 are written back by every process holding them, within `revocation.RESTORE_INTERVAL`; a deleted
 feed position makes the feed read again from `revocation_ttl` back, which records nothing new),
 and replay a genuine verdict under its own key, never past the deadline sealed inside it. A
-lease (the feed's reader) held without expiry is not one of ours: every process then reads alone.
+lease (the feed's reader) carries a MAC and its expiry: one a writer forged, or replayed past its
+time, is ignored, and every process then reads alone.
 
 For the request path Redis is an optimisation, never a dependency: a failure (Redis down, slow,
 refusing the password) is logged, Redis is skipped for a few seconds, and the caller carries on
