@@ -118,6 +118,9 @@ def test_the_feed_alone_enforces_every_action_on_two_processes(
     for count in (reads, admin_reads):
         assert elapsed / (INTERVAL + 0.5) - 2 <= count <= elapsed / INTERVAL + 2 + len(REALM_WIDE), (count, elapsed)
     assert proxy.count(INTROSPECT) == 0, "no introspection"
+    assert [p for p in proxy.counts if p.startswith("/admin/")] and \
+        all(p.startswith(f"/admin/realms/{REALM}/") for p in proxy.counts if p.startswith("/admin/")), \
+        "the events of other realms are never read"
     assert set(taken) == set(ACTIONS) and {a for a in ACTIONS if not PUSHED[a]} <= set(taken)
 
 
