@@ -38,18 +38,31 @@ def _finite_float(text: str) -> float:
 _decoder = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite_float)
 
 
-def json_value(data: bytes | str) -> Any:
+def json_value(data: bytes | str, *, scrub: bool = False) -> Any:
     """A JSON value from UTF-8 text, or None when it is not one (or holds NaN, Infinity, a
-    number no double holds, or a string that cannot be encoded as UTF-8)."""
+    number no double holds, or a string that cannot be encoded as UTF-8). `scrub`: lone
+    surrogates become U+FFFD instead (a list of items each of which stands alone)."""
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
         value = _decoder.decode(text)
         raw = data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass")
         if _SURROGATE_ESCAPE.search(raw):
+            if scrub:
+                return _scrubbed(value)
             # Pairs decode to one character; a lone half survives and fails to encode here.
             json.dumps(value, ensure_ascii=False).encode("utf-8")
     except (ValueError, RecursionError, UnicodeError):
         return None
+    return value
+
+
+def _scrubbed(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, list):
+        return [_scrubbed(v) for v in value]
+    if isinstance(value, dict):
+        return {_scrubbed(k): _scrubbed(v) for k, v in value.items()}
     return value
 
 

@@ -31,7 +31,7 @@ from .introspection import Introspector
 from .issuers import Issuers, refuse_unlisted
 from .policy import Policy, authorize
 from .revocation import RealmRevocations, RevocationStore, Subject
-from .tokens import Rules, deadline_of, parse, validate_signed
+from .tokens import Rules, check_claims, deadline_of, parse, validate_signed
 
 NEVER = 0.0  # an Outcome remembered until then is not remembered at all
 
@@ -162,7 +162,7 @@ class Guard:
             assert realm is not None
         else:
             signed = parse(token, self.config.max_token_size, self.algorithms)
-            realm = self._realm_of(signed)
+            realm = self._realm_of(signed, now)
             claims = validate_signed(signed, realm.rules, realm.keys.key_for, now)
             until = deadline_of(claims, realm.rules)
         introspector = realm.introspector
@@ -180,13 +180,15 @@ class Guard:
             return Outcome(Denial(verdict.refusal), verdict.deadline)
         return Outcome(self._verdict(realm, verdict.claims, claims or verdict.claims), min(until, verdict.deadline))
 
-    def _realm_of(self, signed: jws.Signed) -> Realm:
-        """The issuer the token names, chosen before any key is fetched for it (issuers.py). A
-        token of no issuer of this route (a template realm the provider does not know included)
+    def _realm_of(self, signed: jws.Signed, now: float) -> Realm:
+        """The issuer the token names, chosen before any key is fetched for it (issuers.py); a
+        template realm not held yet is looked up only for a token that passes its claim rules.
+        A token of no issuer of this route (a template realm the provider does not know included)
         is refused with `WrongIssuer` when a listed issuer's held key signed it, else
         `InvalidToken`."""
-        iss = signed.claims.get("iss")
-        realm = self.realms.select(iss)
+        claims = signed.claims
+        realm = self.realms.select(claims.get("iss"), vet=lambda config: jws.claims_first(
+            lambda: check_claims(claims, Rules.from_config(config), now)))
         if realm is None:
             refuse_unlisted(signed, (r.keys for r in self.realms.listed.values()))
         assert realm is not None

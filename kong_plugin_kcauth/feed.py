@@ -32,16 +32,26 @@ from typing import Any
 from . import http, metrics
 from .client_auth import client_authentication
 from .config import Config
-from .keycloak_events import ADMIN_EVENTS, LOGIN_EVENTS, Position, event_time, query, revocation_of
+from .keycloak_events import (
+    ADMIN_EVENTS,
+    LOGIN_EVENTS,
+    Pending,
+    Position,
+    Revocation,
+    event_time,
+    new_sessions_query,
+    query,
+    revocation_of,
+    session_start_of,
+)
 from .logs import Throttled, health
-from .revocation import RevocationStore
+from .revocation import Kind, RevocationStore
 from .shared import Lease, SharedStore, SharedUnavailable
 
 log = logging.getLogger("kcauth.feed")
 
 PAGE = 100  # events per request
 MAX_PAGES = 10  # per list and read: a backlog is taken over several reads
-MAX_PAGE_BODY = 8 << 20  # admin events carry representations (a realm's is tens of KB)
 TOKEN_MARGIN = 30.0  # seconds before its expiry a service-account token is replaced
 MAX_PAUSE = 0.5  # seconds between two tries for the lease: a lapsed reader is replaced at once
 
@@ -133,41 +143,63 @@ class Feed:
         return LocalLease()
 
     def _read(self, kind: str, lease: Lease | LocalLease) -> None:
+        read_ms = int(time.time() * 1000)  # the position never passes it (keycloak_events.Position)
         position = self._position(kind)
         since, first = position.read_from, 0  # one query, paged: its start stays put
         for _ in range(MAX_PAGES):
             if not lease.renew():
                 return  # the read took longer than the lease, and another process took over
             page = self._page(kind, since, first)
-            taken = []
+            taken, signed_out = [], []
             try:
                 for event in page:
                     if isinstance(event, dict) and position.is_new(event):
-                        self._apply(kind, event)
+                        revocation = self._apply(kind, event)
                         taken.append(event)
+                        if revocation is not None and revocation.kind is Kind.SIGNED_OUT:
+                            signed_out.append(Pending(revocation.ident, event_time(event) or 0))
             finally:
-                position = position.advance(taken)
+                position = position.advance(taken, read_ms).watching([*position.pending, *signed_out], read_ms)
                 self._save(kind, position)
             if len(page) < PAGE:
-                return
+                break
             first += PAGE
-        self._notes.warning("the revocation feed of %s is behind: more than %d events since its last read",
-                            self.issuer, PAGE * MAX_PAGES)
+        else:
+            self._notes.warning("the revocation feed of %s is behind: more than %d events since its last read",
+                                self.issuer, PAGE * MAX_PAGES)
+        if position.pending:
+            self._save(kind, self._new_sessions(position, read_ms))
 
-    def _apply(self, kind: str, event: dict[str, Any]) -> None:
-        """Record an event's revocation; raises http.FetchError when Redis cannot take it (the
-        position stays before it, so it is read again)."""
+    def _new_sessions(self, position: Position, read_ms: int) -> Position:
+        """Record the sessions that started in the second of each pending sign-out, at or after
+        it (their tokens are not the sign-out's), as their LOGIN events tell; sign-outs whose
+        second has settled are then dropped."""
+        for pending in position.pending:
+            for event in self._get(f"{self._admin}/{LOGIN_EVENTS}", new_sessions_query(pending.user, pending.at_ms)):
+                start = session_start_of(event, pending.at_ms) if isinstance(event, dict) else None
+                if start is not None:
+                    self._record(start, event)
+        return position.watching(position.pending, read_ms)
+
+    def _apply(self, kind: str, event: dict[str, Any]) -> Revocation | None:
+        """Record an event's revocation (and return it); raises http.FetchError when Redis
+        cannot take it (the position stays before it, so it is read again)."""
         revocation = revocation_of(kind, event, self.role_changes)
-        if revocation is None:
-            return
+        if revocation is not None and self._record(revocation, event):
+            metrics.METRICS.feed_revocation(self.issuer, revocation.cause)
+        return revocation
+
+    def _record(self, revocation: Revocation, event: dict[str, Any]) -> bool:
+        """Record until `revocation_ttl` after the event (the same record however often it is
+        read); False when that has passed already."""
         until = (event_time(event) or 0) / 1000 + self._ttl
         if until <= time.time():
-            return
+            return False
         try:
             self.store.record_until(revocation.kind, revocation.ident, revocation.at, until)
         except SharedUnavailable:
             raise http.FetchError("Redis cannot take a revocation") from None
-        metrics.METRICS.feed_revocation(self.issuer, revocation.cause)
+        return True
 
     # -- the position: Redis when shared, else memory --
 
@@ -204,7 +236,7 @@ class Feed:
     def _get(self, url: str, params: dict[str, Any]) -> list[Any]:
         headers = {"Authorization": "Bearer " + self._bearer()}
         try:
-            return http.get_json_list(url, params, headers, self._timeout, self._ca, MAX_PAGE_BODY)
+            return http.get_json_list(url, params, headers, self._timeout, self._ca)
         except http.FetchError as exc:
             if exc.status not in (401, 403):
                 raise

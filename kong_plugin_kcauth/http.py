@@ -4,6 +4,11 @@ requests-cache keeps the discovery document (it changes rarely, and a stale copy
 none while the provider is down) and revalidates key sets with conditional requests when the
 provider sends validators. Freshness of keys is decided by `keys.KeySet`, not by HTTP headers.
 
+Every body is read here as it arrives (`_BoundedAdapter`, under requests and requests-cache):
+past its size limit (`MAX_BODY`; `EVENTS_MAX_BODY` for pages of Keycloak's events) or its read
+timeout as a whole, the connection is dropped and the request fails, so a provider (or whatever
+answers in its place) can neither make a process hold more nor keep it waiting longer.
+
 Trust: the Mozilla CA bundle (certifi, requests' default), or `tls_ca_bundle` (a PEM file, or
 `system` for the operating system's store). Proxies: `HTTPS_PROXY`, `HTTP_PROXY` and `NO_PROXY`
 of the plugin server's environment, read once (Kong's nginx clears the environment of the
@@ -15,18 +20,22 @@ from __future__ import annotations
 import os
 import ssl
 import threading
+import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import requests
 import requests.adapters
 import requests.utils
 import requests_cache
+import urllib3.exceptions
 
 from .claims import json_object, json_value
 
-MAX_BODY = 1 << 20  # a key set or discovery document is a few KB; refuse to hold megabytes
+MAX_BODY = 1 << 20  # a key set, discovery document or introspection answer is a few KB
+EVENTS_MAX_BODY = 8 << 20  # a page of 100 admin events carries representations (a realm's is tens of KB)
+_CHUNK = 16 << 10
 DISCOVERY_MAX_AGE = 3600
 SYSTEM = "system"
 
@@ -66,21 +75,69 @@ def verify_for(ca: str | None) -> str | bool:
     return ca
 
 
+class BodyTooLarge(requests.RequestException):
+    """The answer's body is over the limit: refused while reading, nothing more is read."""
+
+
+class BodyTooSlow(requests.RequestException):
+    """The answer's body took longer than the read timeout as a whole."""
+
+
+class _BoundedAdapter(requests.adapters.HTTPAdapter):
+    """requests' adapter, reading each body itself as it arrives: at most `max_body` bytes
+    (after decoding), within the read timeout overall. requests and requests-cache above it see
+    a response whose content is already read."""
+
+    def __init__(self, max_body: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.max_body = max_body
+
+    def send(self, request: requests.PreparedRequest, stream: bool = False,
+             timeout: None | float | tuple[float, float] | tuple[float, None] = None,
+             verify: bool | str = True, cert: None | bytes | str | tuple[bytes | str, bytes | str] = None,
+             proxies: Mapping[str, str] | None = None) -> requests.Response:
+        response = super().send(request, stream=True, timeout=timeout, verify=verify, cert=cert, proxies=proxies)
+        seconds = timeout[1] if isinstance(timeout, tuple) else timeout
+        try:
+            response._content = read_bounded(response, self.max_body, seconds)  # noqa: SLF001
+        except BaseException:
+            response.close()
+            raise
+        return response
+
+
+def read_bounded(response: requests.Response, limit: int, seconds: float | None) -> bytes:
+    """The body of a streamed response, refused past `limit` bytes or `seconds` as they arrive."""
+    deadline = time.monotonic() + seconds if seconds else None
+    chunks, size = [], 0
+    try:
+        for chunk in response.raw.stream(_CHUNK, decode_content=True):
+            size += len(chunk)
+            if size > limit:
+                raise BodyTooLarge(f"the answer is over {limit} bytes")
+            if deadline is not None and time.monotonic() > deadline:
+                raise BodyTooSlow("the answer took longer than the timeout")
+            chunks.append(chunk)
+    except requests.RequestException:  # (an OSError too)
+        raise
+    except (urllib3.exceptions.HTTPError, OSError) as exc:  # what requests' own read turns into these
+        raise requests.ConnectionError(type(exc).__name__) from None
+    return b"".join(chunks)
+
+
 def _session(kind: str, ca: str | None) -> requests.Session:
     """One session per kind and trust: documents that may be served stale while the provider is
     down (`discovery`), documents that are always asked for again (`keys`), where a failure must
     surface so `KeySet` can bound how long it keeps serving the keys it holds, and uncached
-    requests (`post`: introspection, the feed's token and event pages), each over pooled keep-alive connections."""
+    requests (`post`: introspection, the feed's token; `events`: the feed's pages), each over
+    pooled keep-alive connections whose bodies are read within their limits (`_BoundedAdapter`)."""
     s = _sessions.get((kind, ca))
     if s is None:
         with _sessions_lock:
             s = _sessions.get((kind, ca))
             if s is None:
-                if kind == "post":
+                if kind in ("post", "events"):
                     s = requests.Session()
-                    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=32)
-                    s.mount("http://", adapter)
-                    s.mount("https://", adapter)
                 else:
                     s = requests_cache.CachedSession(
                         backend="memory",
@@ -90,8 +147,13 @@ def _session(kind: str, ca: str | None) -> requests.Session:
                         allowable_codes=(200,),
                         stale_if_error=kind != "keys",
                     )
+                adapter = _BoundedAdapter(EVENTS_MAX_BODY if kind == "events" else MAX_BODY,
+                                          pool_connections=4, pool_maxsize=32)
+                s.mount("http://", adapter)
+                s.mount("https://", adapter)
                 s.headers["User-Agent"] = "kcauth"
                 s.headers["Accept"] = "application/json"
+                s.headers["Accept-Encoding"] = "identity"  # sizes are of what is sent: no decompression bomb
                 # The environment is read once, at import (requests' trust_env costs ~250 us a
                 # call in lookups); .netrc is never consulted.
                 s.trust_env = False
@@ -130,18 +192,18 @@ def post_form(url: str, form: dict[str, str], headers: dict[str, str], timeout: 
 
 
 def get_json_list(url: str, params: dict[str, Any], headers: dict[str, str], timeout: float,
-                  ca: str | None = None, max_body: int = MAX_BODY) -> list[Any]:
-    """GET a JSON array (a page of the admin REST API), never cached."""
+                  ca: str | None = None) -> list[Any]:
+    """GET a JSON array (a page of Keycloak's events), never cached, up to EVENTS_MAX_BODY. One
+    item Keycloak could not have meant (a lone UTF-16 surrogate in a string) does not make the
+    page unreadable: such characters become U+FFFD, in that item only."""
     try:
-        resp = _session("post", ca).get(url, params=params, headers=headers, timeout=(timeout, timeout),
-                                        allow_redirects=False, proxies=_proxies(url))
+        resp = _session("events", ca).get(url, params=params, headers=headers, timeout=(timeout, timeout),
+                                          allow_redirects=False, proxies=_proxies(url))
     except requests.RequestException as exc:
         raise FetchError(f"GET {url} failed: {type(exc).__name__}") from None
     if resp.status_code != 200:
         raise FetchError(f"GET {url} answered HTTP {resp.status_code}", resp.status_code)
-    if len(resp.content) > max_body:
-        raise FetchError(f"GET {url} answered more than {max_body} bytes")
-    doc = json_value(resp.content)
+    doc = json_value(resp.content, scrub=True)
     if not isinstance(doc, list):
         raise FetchError(f"GET {url} did not answer a JSON array")
     return doc
@@ -150,8 +212,6 @@ def get_json_list(url: str, params: dict[str, Any], headers: dict[str, str], tim
 def _json_object(resp: requests.Response, what: str) -> dict[str, Any]:
     if resp.status_code != 200:
         raise FetchError(f"{what} answered HTTP {resp.status_code}", resp.status_code)
-    if len(resp.content) > MAX_BODY:
-        raise FetchError(f"{what} answered more than {MAX_BODY} bytes")
     doc = json_object(resp.content)  # strict: no NaN/Infinity, no lone surrogates
     if doc is None:
         raise FetchError(f"{what} did not answer a JSON object")

@@ -9,28 +9,35 @@ Template realms are bounded:
 - a realm name is one path segment of Keycloak's realm-name characters (`REALM_NAME`), so the
   issuer, and with it every URL fetched, stays under the template's origin; discovered endpoints
   must be there too (http.discover `confine`);
-- a realm is made on first use and kept only if the provider knows it (its first key set);
-  at most `max_realms` are held, the least recently used one released beyond that;
-- lookups of names the provider turns out not to know are limited to
-  `unknown_realms_per_minute` (and as many at once), shared by every guard and receiver of the
-  process with the same template (`RealmDirectory`), and a name found missing is remembered for
-  a minute: a flood of random realm names costs the provider a few requests per minute, while
-  realms that exist are looked up freely (a restarted gateway finds all its tenants again).
+- the token's claims that need no key (expiry, audience, type...) are checked under the realm's
+  rules before anything is made or fetched for it (`select`'s `vet`): an expired, foreign or
+  mis-addressed token costs no lookup;
+- a name is a realm only once its provider has served its keys; at most `max_realms` are held,
+  the least recently used one released beyond that;
+- every lookup that does not find a realm spends the budget: names the provider does not know
+  (404, remembered for a minute) and lookups that failed (provider down, answering garbage, too
+  slow; backed off for `FAILED_FOR`). At most `unknown_realms_per_minute` of them in any minute,
+  and as many at once, shared by every guard and receiver of the process with the same template
+  (`RealmDirectory`); concurrent requests for one name share one lookup. A flood of random
+  realm names thus costs the provider at most that many lookups a minute, whether it is up or
+  down, while realms that exist are looked up freely (a restarted gateway finds all its tenants
+  again).
 """
 
 from __future__ import annotations
 
+import enum
 import re
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, NoReturn, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from . import errors, jws
-from .cache import ExpiringCache
+from .cache import ExpiringCache, SingleFlight
 from .config import REALM_NAME_MAX, Config
 
 if TYPE_CHECKING:
@@ -41,8 +48,9 @@ Owner = TypeVar("Owner")
 
 REALM_NAME = re.compile(rf"[A-Za-z0-9_-][A-Za-z0-9_.-]{{0,{REALM_NAME_MAX - 1}}}\Z")
 MISSING_FOR = 60.0  # seconds a realm the provider does not know is remembered as missing
-WINDOW = 60.0  # the discovery budget's period
-_MISSING_HELD = 10_000  # names remembered as missing, at most
+FAILED_FOR = 10.0  # seconds a name whose lookup failed is not looked up again
+WINDOW = 60.0  # the lookup budget's period (a sliding window)
+_NAMES_HELD = 10_000  # names remembered as missing or failed, at most each
 
 
 @dataclass(frozen=True)
@@ -77,42 +85,58 @@ def realm_name(issuer: str) -> str:
     return segment or issuer
 
 
+class Lookup(enum.Enum):
+    """How a template realm's lookup ended."""
+
+    FOUND = "found"  # the provider served its keys: a realm
+    MISSING = "missing"  # the provider answered 404: no such realm
+    FAILED = "failed"  # the provider could not say (down, garbage, too slow)
+
+
 class RealmDirectory:
     """What every user of one template in the process shares: the budget of lookups that may
-    turn out to be of missing realms, and the names known to be missing."""
+    not find a realm, and the names known to be missing or recently failed."""
 
     def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
         self._per_minute = per_minute
         self._clock = clock
-        self._window_start = float("-inf")
-        self._missed = 0  # names found missing in this window
+        self._spent: deque[float] = deque()  # when each lookup that found no realm ended
         self._pending = 0  # lookups under way
-        self._missing: ExpiringCache[bool] = ExpiringCache(_MISSING_HELD)
+        self._missing: ExpiringCache[bool] = ExpiringCache(_NAMES_HELD)
+        self._failed: ExpiringCache[bool] = ExpiringCache(_NAMES_HELD)
         self._lock = threading.Lock()
 
-    def is_missing(self, realm: str) -> bool:
-        return self._missing.get(realm) is not None
+    def known(self, realm: str) -> Lookup | None:
+        """MISSING or FAILED when the name is not to be looked up now, else None."""
+        if self._missing.get(realm) is not None:
+            return Lookup.MISSING
+        if self._failed.get(realm) is not None:
+            return Lookup.FAILED
+        return None
 
     def reserve(self) -> bool:
-        """Whether one more lookup may start now: lookups under way plus names found missing
-        this minute stay within the budget, so a flood never has more requests in flight."""
+        """Whether one more lookup may start now: lookups under way plus those that found no
+        realm in the last minute stay within the budget, so a flood never has more requests in
+        flight, nor more than the budget in any minute."""
         with self._lock:
             now = self._clock()
-            if now - self._window_start >= WINDOW:
-                self._window_start, self._missed = now, 0
-            if self._pending + self._missed >= self._per_minute:
+            while self._spent and now - self._spent[0] >= WINDOW:
+                self._spent.popleft()
+            if self._pending + len(self._spent) >= self._per_minute:
                 return False
             self._pending += 1
             return True
 
-    def settle(self, realm: str, missing: bool) -> None:
-        """A reserved lookup ended; a missing realm spends the budget and is remembered."""
+    def settle(self, realm: str, outcome: Lookup) -> None:
+        """A reserved lookup ended; one that found no realm spends the budget and is remembered."""
         with self._lock:
             self._pending -= 1
-            if missing:
-                self._missed += 1
-        if missing:
+            if outcome is not Lookup.FOUND:
+                self._spent.append(self._clock())
+        if outcome is Lookup.MISSING:
             self._missing.put(realm, True, time.time() + MISSING_FOR)
+        elif outcome is Lookup.FAILED:
+            self._failed.put(realm, True, time.time() + FAILED_FOR)
 
 
 class HasKeys(Protocol):
@@ -140,10 +164,12 @@ class Issuers(Generic[T]):
         self._directory = directory
         self._held: OrderedDict[str, T] = OrderedDict()
         self._lock = threading.Lock()
+        self._lookups: SingleFlight[T | None] = SingleFlight()
+        # A lookup is two requests (discovery, key set) of at most `http_timeout` each.
+        self._lookup_wait = 4 * config.http_timeout + 2
 
-    def select(self, iss: object) -> T | None:
-        """The issuer `iss` names, or None when it is none of this config's. May raise
-        ProviderUnavailable: an unknown template realm past this minute's discovery budget."""
+    def held(self, iss: object) -> T | None:
+        """The issuer `iss` names when it is listed or a template realm held now: no I/O."""
         if not isinstance(iss, str):
             return None
         found = self.listed.get(iss)
@@ -153,23 +179,55 @@ class Issuers(Generic[T]):
             found = self._held.get(iss)
             if found is not None:
                 self._held.move_to_end(iss)
-                return found
+        return found
+
+    def select(self, iss: object, vet: Callable[[Config], None] | None = None) -> T | None:
+        """The issuer `iss` names, or None when it is none of this config's. A template realm not
+        held yet is looked up only after `vet(its config)` passed (the claims that need no key)
+        and within the budget: raises ProviderUnavailable past the budget or when the provider
+        could not be asked (a name is a realm only once its keys were served)."""
+        found = self.held(iss)
+        if found is not None or self.template is None or not isinstance(iss, str):
+            return found
         name = self.template.realm_of(iss)
-        if name is None or self._directory is None or self._directory.is_missing(name):
+        if name is None or self._directory is None:
             return None
+        config = self._config.for_issuer(iss, discovered=True)
+        if vet is not None:
+            vet(config)
+        known = self._directory.known(name)
+        if known is Lookup.MISSING:
+            return None
+        if known is Lookup.FAILED:
+            raise errors.ProviderUnavailable()
+        try:
+            made = self._lookups.do(name, lambda: self._look_up(iss, name, config), wait=self._lookup_wait)
+        except TimeoutError:
+            raise errors.ProviderUnavailable() from None
+        return made
+
+    def _look_up(self, iss: str, name: str, config: Config) -> T | None:
+        """One lookup of a template realm (one per name at a time), within the budget."""
+        assert self._directory is not None
+        with self._lock:
+            found = self._held.get(iss)  # made by the lookup this one waited behind
+        if found is not None:
+            return found
         if not self._directory.reserve():
             raise errors.ProviderUnavailable()
-        missing = False
+        outcome = Lookup.FAILED
         try:
-            made = self._build(self._config.for_issuer(iss, discovered=True), self._config.issuer_template or "",
-                               name)
-            missing = made.keys.exists() is False
+            made = self._build(config, self._config.issuer_template or "", name)
+            exists = made.keys.exists()
+            outcome = Lookup.FOUND if exists else Lookup.MISSING if exists is False else Lookup.FAILED
         finally:
-            self._directory.settle(name, missing)
-        if missing:
+            self._directory.settle(name, outcome)
+        if outcome is Lookup.MISSING:
             return None
-        with self._lock:  # kept also when the provider could not be asked: its key set retries
-            found = self._held.setdefault(iss, made)  # a concurrent request may have made it first
+        if outcome is Lookup.FAILED:
+            raise errors.ProviderUnavailable()
+        with self._lock:
+            found = self._held.setdefault(iss, made)
             self._held.move_to_end(iss)
             while len(self._held) > self._config.max_realms:
                 self._held.popitem(last=False)
@@ -198,7 +256,7 @@ def refuse_unlisted(signed: jws.Signed, key_sets: Iterable[KeySet]) -> NoReturn:
 def signed_by_held(signed: jws.Signed, key_sets: Iterable[tuple[Owner, KeySet]]) -> Owner | None:
     """The first of `key_sets` whose held keys verify `signed` (no download for its kid), or None."""
     for owner, keys in key_sets:
-        try:  # held keys only (a configured key set's first download aside, as jws.verify_after)
+        try:  # held keys only, as jws.verify_after
             jws.verify(signed, keys.key_for, download=False)
         except errors.Refusal:
             continue

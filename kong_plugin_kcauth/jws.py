@@ -125,6 +125,16 @@ def verify_after(signed: Signed, check_claims: Callable[[], None], key_for: KeyL
     verify(signed, key_for)
 
 
+def claims_first(check_claims: Callable[[], None]) -> None:
+    """The claim rules of a token whose issuer holds no key yet (a template realm not looked up
+    yet), checked before anything is fetched for it: any refusal is the generic `InvalidToken`,
+    as `verify_after` answers a token no held key signed."""
+    try:
+        check_claims()
+    except errors.Refusal:
+        raise errors.InvalidToken() from None
+
+
 def _json_segment(segment: str) -> dict[str, Any]:
     value = json_object(_b64decode(segment))
     if value is None:

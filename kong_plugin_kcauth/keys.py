@@ -147,13 +147,13 @@ class KeySet:
 
     def key_for(self, kid: str | None, alg: str, *, download: bool = True) -> Any:
         """The verification key for a token header, or a `Refusal`. `download=False` uses only
-        the keys held (once the first key set is in) and never downloads for the token's kid
-        (jws.KeyLookup)."""
+        the keys held, never starting a download (jws.KeyLookup): before the first key set is in
+        it waits for one already under way (instance start's), and without one it has no key."""
         now = self._clock()
         keys = self._usable(now)
         if not download:
-            if keys is None and self._fetched_at is None:
-                self.refresh(wait=True)  # the first key set, rate-limited like any download
+            if keys is None and self._fetched_at is None and self._inflight is not None:
+                self.refresh(wait=True, join_only=True)
                 keys = self._usable(self._clock())
             jwk = select_key(keys or {}, kid, alg)
             if jwk is None:
@@ -200,16 +200,19 @@ class KeySet:
             return None
         return self._keys
 
-    def refresh(self, wait: bool, *, unknown_kid: bool = False) -> bool:
-        """Start (or join) one download. Returns False when rate-limited: nothing was attempted
-        or joined because the last attempt of the same kind was under `min_refresh_interval`
-        ago. Downloads for unknown kids are paced on their own, so a rotation right after a
-        routine refresh is still picked up at once, while a flood of random kids gets at most
-        one download per interval."""
+    def refresh(self, wait: bool, *, unknown_kid: bool = False, join_only: bool = False) -> bool:
+        """Start (or join) one download; `join_only` joins one under way and never starts one.
+        Returns False when nothing was attempted or joined: rate-limited because the last attempt
+        of the same kind was under `min_refresh_interval` ago, or nothing to join. Downloads for
+        unknown kids are paced on their own, so a rotation right after a routine refresh is
+        still picked up at once, while a flood of random kids gets at most one download per
+        interval."""
         with self._lock:
             joined = self._inflight
             leader = joined is None
             if joined is None:
+                if join_only:
+                    return False
                 now = self._clock()
                 last = self._last_kid_refresh if unknown_kid else self._last_attempt
                 if now - last < self.source.min_refresh_interval:

@@ -20,6 +20,7 @@ from .logout import (
     PUSH_NOT_BEFORE_PATH,
     check_logout_token,
     check_push_not_before,
+    logout_claims_first,
     logout_token_of,
     parse_push,
 )
@@ -54,7 +55,7 @@ class Receiver:
             source.revocations.record(Kind.NOT_BEFORE, push.client, push.not_before, self.ttl)
             return
         signed = parse_push(logout_token_of(body), self._max_size, self._algorithms)
-        source = self._issuer(signed)
+        source = self._issuer(signed, now)
         logout = check_logout_token(signed, source.rules, source.keys.key_for, source.audiences, now)
         if not source.revocations.first_sighting(logout.jti, self.ttl):
             raise errors.PushRejected("replayed logout token")
@@ -63,9 +64,11 @@ class Receiver:
         else:
             source.revocations.record(Kind.SUBJECT, logout.sub or "", logout.iat, self.ttl)
 
-    def _issuer(self, signed: Signed) -> Source:
-        """A logout token's issuer, chosen by its `iss` before any key is fetched."""
-        source = self.sources.select(signed.claims.get("iss"))
+    def _issuer(self, signed: Signed, now: float) -> Source:
+        """A logout token's issuer, chosen by its `iss` before any key is fetched (a template
+        realm not held yet only for a token that passes the rules that need no key)."""
+        source = self.sources.select(signed.claims.get("iss"), vet=lambda config: logout_claims_first(
+            signed, Rules.from_config(config), frozenset(config.audiences), now))
         if source is not None:
             return source
         try:

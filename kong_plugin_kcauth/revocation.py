@@ -42,6 +42,11 @@ class Kind(enum.Enum):
     SESSION = "sid"  # every token of the session, whenever issued
     SUBJECT = "sub"  # the user's tokens issued up to the logout
     NOT_BEFORE = "nbf"  # a client's tokens (key: client id, "" for all) issued before `at`
+    # Every session of the user (key: sub), or of the realm (key: ""), ended at `at`: tokens issued
+    # up to then, the sign-out's own second included, except those of a session that started
+    # at or after it (SESSION_START), which cannot have been ended by it.
+    SIGNED_OUT = "out"
+    SESSION_START = "new"  # a session (key: sid) that started at `at`, as Keycloak recorded it
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,11 @@ class Subject:
     azp: str | None
     iat: float | None
     clients: tuple[str, ...] = ("",)  # the not-before keys that concern it: all clients, its azp
+
+    @property
+    def realm(self) -> str:
+        """The key of revocations of the whole realm (all clients, every user)."""
+        return self.clients[0]
 
 
 class RevocationStore:
@@ -128,24 +138,44 @@ class RevocationStore:
 
     def revoked(self, subject: Subject, not_before: float | None) -> bool:
         now = self._clock()
-        sessions, subjects, limits = (self._entries[k] for k in Kind)
+        entries = self._entries
         for sid in subject.sids:
-            entry = sessions.get(sid)
+            entry = entries[Kind.SESSION].get(sid)
             if entry is not None and entry.until > now:
                 return True
         iat = subject.iat
         for sub in subject.subs:
-            entry = subjects.get(sub)
+            entry = entries[Kind.SUBJECT].get(sub)
             if entry is not None and entry.until > now and (iat is None or iat <= entry.at):
                 return True
+        signed_out = entries[Kind.SIGNED_OUT]
+        if signed_out and self._signed_out(subject, now):
+            return True
         limit = not_before or 0.0
         for client in subject.clients:
-            entry = limits.get(client)
+            entry = entries[Kind.NOT_BEFORE].get(client)
             if entry is not None and entry.until > now:
                 limit = max(limit, entry.at)
         if iat is None:
             return limit > 0
         return iat < limit
+
+    def _signed_out(self, subject: Subject, now: float) -> bool:
+        """Whether a sign-out of the token's user or realm ended its session: issued up to the
+        sign-out (token times are whole seconds, so its own second counts) by a session that
+        did not start at or after it."""
+        started: float | None = None
+        for sid in subject.sids:
+            entry = self._entries[Kind.SESSION_START].get(sid)
+            if entry is not None and entry.until > now:
+                started = entry.at if started is None else max(started, entry.at)
+        for key in (*subject.subs, subject.realm):
+            entry = self._entries[Kind.SIGNED_OUT].get(key)
+            if entry is None or entry.until <= now:
+                continue
+            if (subject.iat is None or subject.iat <= entry.at) and (started is None or started < entry.at):
+                return True
+        return False
 
     # -- the receiver --
 
@@ -171,8 +201,9 @@ class RevocationStore:
 
     def record_until(self, kind: Kind, ident: str, at: float, until: float, namespace: str = "") -> None:
         """`record`, remembered until the time `until` (the feed: a time fixed by the event, so
-        an event read twice makes the same record)."""
-        key = namespace + ident if kind is Kind.NOT_BEFORE else (self.digest(ident, namespace) or "")
+        an event read twice makes the same record). A SIGNED_OUT of "" is the whole realm's."""
+        realm_wide = kind is Kind.NOT_BEFORE or (kind is Kind.SIGNED_OUT and not ident)
+        key = namespace + ident if realm_wide else (self.digest(ident, namespace) or "")
         entry = Entry(at, until)
         self._apply(kind, key, entry)
         if self.shared is not None:

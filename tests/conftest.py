@@ -138,9 +138,10 @@ def each_mode_kong(server_mode: str) -> Iterator[Kong]:
         yield gateway
 
 
-def rss_mb(pid: int) -> float:
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """A process's resident memory in MB (`VmHWM`: its peak so far)."""
     with open(f"/proc/{pid}/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":")) / 1024
 
 
 # --- identity providers -----------------------------------------------------------------------

@@ -172,6 +172,77 @@ def test_a_flood_of_random_realm_names_costs_a_few_lookups(kong: Kong, tenants: 
     assert growth < 32
 
 
+@pytest.mark.parametrize("outage", ["503", "garbage", "timeout"])
+def test_a_flood_during_a_provider_outage_costs_the_budget(kong: Kong, tenants: LocalIdP, outage: str) -> None:
+    """Lookups that fail (not a 404) spend the budget too, and are not held as realms: random
+    realm names during an outage, then the same names with the provider back, cost at most
+    `unknown_realms_per_minute` lookups a minute, and held realms keep working throughout."""
+    budget = 4
+    entity = kong.plugin({"issuer_template": template_of(tenants), "audiences": [API], "http_timeout": 0.5,
+                          "unknown_realms_per_minute": budget, "max_realms": 3})
+    held = tenant_token(tenants, "tenant-1")
+    assert kong.request(entity, bearer(held)).status == 200
+    rss_before = rss_mb(kong.server.pid)
+    before = requests_at(tenants)
+    started = time.monotonic()
+    if outage == "503":
+        tenants.fail_with = 503
+    elif outage == "garbage":
+        tenants.garbage = b"<html>not json</html>"
+    else:
+        tenants.delay = 1.0  # past http_timeout
+    names = ["".join(random.choices(string.ascii_lowercase, k=12)) for _ in range(300)]
+    tokens = [tenant_token(tenants, name) for name in names]
+    chunks = [tokens[i::8] for i in range(8)]
+    answers = at_once(8, lambda: [kong.request(entity, bearer(t)).status for t in chunks.pop()], timeout=120)
+    assert sorted({s for batch in answers for s in batch}) == [503], "the provider could not say: 503, never 401"
+    assert kong.request(entity, bearer(held)).status == 200, "held realms are not affected"
+    tenants.fail_with, tenants.garbage, tenants.delay = None, None, 0.0
+    again = [kong.request(entity, bearer(t)).status for t in tokens]  # the provider is back
+    assert set(again) <= {401, 503}, "no random name became a realm"
+    realms = [tenant_token(tenants, f"tenant-{i}") for i in range(100, 106)]
+    minutes = int((time.monotonic() - started) // 60) + 1
+    spent = requests_at(tenants) - before
+    assert spent <= budget * minutes, f"{spent} provider requests for 600 names: at most {budget} a minute"
+    # Realms that exist are looked up freely, once the failed names' minute is over.
+    assert kong.request(entity, bearer(held)).status == 200
+    statuses = [kong.request(entity, bearer(t)).status for t in realms]
+    assert set(statuses) <= {200, 503}
+    growth = rss_mb(kong.server.pid) - rss_before
+    print(f"{outage}: {spent} provider requests for 600 lookups; RSS {growth:+.1f} MB")
+    assert growth < 32
+
+
+@pytest.mark.parametrize("claims", [{"exp": 1_000}, {"aud": "another-api"}, {"typ": "ID"}, {"azp": "stranger"}],
+                         ids=["expired", "audience", "id-token", "azp"])
+def test_a_token_its_realm_would_refuse_costs_no_lookup(kong: Kong, tenants: LocalIdP, claims: dict[str, Any]) -> None:
+    """The claims that need no key are judged under the realm's rules before the realm is looked
+    up: an expired or mis-addressed token of an existing realm not held yet fetches nothing."""
+    entity = kong.plugin({"issuer_template": template_of(tenants), "audiences": [API],
+                          "authorized_parties": ["test-cli"]})
+    before = requests_at(tenants)
+    res = kong.request(entity, bearer(tenant_token(tenants, "tenant-42", **claims)))
+    assert res.status == 401 and 'error_description="The access token is invalid"' in res.headers["WWW-Authenticate"]
+    assert requests_at(tenants) == before, "nothing was fetched"
+    assert kong.request(entity, bearer(tenant_token(tenants, "tenant-42"))).status == 200
+    assert requests_at(tenants) > before
+
+
+def test_a_refused_token_of_a_listed_issuer_downloads_no_key_set(kong: Kong, idp: LocalIdP) -> None:
+    """A listed issuer whose keys could not be had at instance start: an expired token does not
+    make kcauth download them; a valid one does."""
+    idp.fail_with = 503
+    entity = kong.plugin(guard_config(idp, jwks_min_refresh_interval=1))
+    minter = Minter(idp.issuer, idp.primary)  # type: ignore[attr-defined]
+    assert kong.request(entity, bearer(minter.token())).status == 503
+    idp.fail_with = None
+    time.sleep(1.1)  # past jwks_min_refresh_interval: a download may be made again
+    before = requests_at(idp)
+    res = kong.request(entity, bearer(minter.token(exp=1_000)))
+    assert res.status == 401 and requests_at(idp) == before, "an expired token fetched nothing"
+    assert kong.request(entity, bearer(minter.token())).status == 200
+
+
 def test_a_realm_created_after_start_is_picked_up(kong: Kong, tenants: LocalIdP) -> None:
     entity = kong.plugin({"issuer_template": template_of(tenants), "audiences": [API]})
     assert kong.request(entity, bearer(tenant_token(tenants, "tenant-3"))).status == 200

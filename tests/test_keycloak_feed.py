@@ -8,14 +8,18 @@ through a counting proxy (`provider_url`)."""
 
 from __future__ import annotations
 
+import base64
+import json
 import re
 import time
+import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import requests
 
-from tests.conftest import bearer, guard_config, own_gateway, receiver_config
+from tests.conftest import bearer, guard_config, own_gateway, receiver_config, rss_mb
 from tests.harness.gateway import EchoUpstream, Gateway, Route
 from tests.harness.kong import Kong
 from tests.harness.proxy import CountingProxy
@@ -210,7 +214,8 @@ def test_keycloak_failing_under_the_feed_refuses_no_valid_token_and_loses_nothin
             while time.monotonic() < until:
                 assert passes([(kong, guard)], valid.token), f"{fault}: a valid token was refused"
                 time.sleep(0.2)
-            assert [e for e in kong.error_log if f"revocation feed of {keycloak.issuer(REALM)}:" in e], kong.error_log
+            feed_line = f"revocation feed of {keycloak.issuer(REALM)}:"
+            assert [e for e in kong.error_log if feed_line in e], kong.error_log
             proxy.mode = "pass"
             refused_within([(kong, guard)], victim.token, INTERVAL + 2)
             assert passes([(kong, guard)], valid.token)
@@ -231,3 +236,129 @@ def test_a_refused_service_account_is_reported_and_refuses_nothing(
         lines = [e for e in kong.error_log if "revocation feed of" in e]
         assert len(lines) == 1 and "refused the service account" in lines[0], kong.error_log
         assert "not-the-secret" not in "".join(kong.error_log)
+
+
+def claims_of(token: str) -> dict[str, Any]:
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))  # type: ignore[no-any-return]
+
+
+def passes_within(gateways: list[tuple[Kong, object]], token: str, seconds: float) -> float:
+    started = time.monotonic()
+    while not passes(gateways, token):
+        assert time.monotonic() - started < seconds, f"still refused after {seconds} s"
+        time.sleep(0.05)
+    return time.monotonic() - started
+
+
+def sign_out_time(kc_admin: KeycloakAdmin, user: str) -> int:
+    """The time (ms) of Keycloak's admin event for the sign-out of `user`."""
+    events = kc_admin._admin("GET", REALM, "/admin-events", params={
+        "operationTypes": "ACTION", "resourcePath": f"users/{user}/logout", "max": "5"}).json()
+    return max(e["time"] for e in events if e.get("resourcePath") == f"users/{user}/logout")
+
+
+def test_a_sign_out_in_a_token_s_own_second_with_its_push_lost_is_enforced(
+        keycloak: KeycloakServer, kc_admin: KeycloakAdmin, proxy: CountingProxy) -> None:
+    """An administrator signs a user out, and the back-channel logout is lost (the realm pushes
+    to a closed port here). A token of an ended session issued earlier in the sign-out's own
+    second is refused through the feed (Keycloak records no session ids for it: the feed tells the
+    sessions that started at or after the sign-out by their LOGIN events), and a token of a
+    session the user starts right after, within that same second, passes."""
+    with own_gateway() as kong:
+        gateway = [(kong, kong.plugin(feed_guard(keycloak, proxy)))]
+        for _ in range(8):  # until a login, the sign-out and a new login fall within one second
+            victim = new_victim(kc_admin, "second")
+            try:
+                time.sleep(1 - time.time() % 1 + 0.02)  # the start of a second
+                before = login(kc_admin, victim.name)["access_token"]
+                kc_admin.logout_user(REALM, victim.id)
+                after = login(kc_admin, victim.name)["access_token"]
+                second = sign_out_time(kc_admin, victim.id) // 1000
+                if not claims_of(before)["iat"] == second == claims_of(after)["iat"]:
+                    continue
+                refused_within(gateway, before, INTERVAL + 1)
+                passes_within(gateway, after, INTERVAL + 1)
+                assert not passes(gateway, victim.token) and not passes(gateway, before)
+                return
+            finally:
+                forget(kc_admin, victim)
+        pytest.fail("no login, sign-out and login fell within one second in 8 tries")
+
+
+def future_event(path: str) -> dict[str, Any]:
+    """An admin event dated an hour ahead (a Keycloak node whose clock is ahead), revoking nobody."""
+    return {"id": str(uuid.uuid4()), "time": int(time.time() * 1000) + 3_600_000, "realmId": "x",
+            "authDetails": {}, "operationType": "UPDATE", "resourceType": "USER", "resourcePath": path,
+            "representation": json.dumps({"enabled": True})}
+
+
+def appended(events: list[dict[str, Any]]) -> Any:
+    """A rewrite of the proxy: `events` added to every page of admin events that has room left."""
+    def rewrite(target: str, body: bytes) -> bytes:
+        if "/admin-events" not in target:
+            return body
+        page = json.loads(body)
+        return json.dumps(page + events if len(page) < 100 else page).encode()
+    return rewrite
+
+
+@pytest.mark.parametrize("odd", ["dated in the future", "a lone surrogate"])
+def test_an_odd_event_does_not_hide_the_events_after_it(
+        odd: str, keycloak: KeycloakServer, kc_admin: KeycloakAdmin, proxy: CountingProxy) -> None:
+    """One event Keycloak should not have sent: dated an hour ahead (it must not move the feed's
+    position past the events recorded after it), or holding a lone UTF-16 surrogate (it must not
+    make its page unreadable). The disable that follows is enforced all the same."""
+    bystander = new_victim(kc_admin, "odd")
+    event = future_event(f"users/{bystander.id}")
+    if odd == "a lone surrogate":
+        event["time"] = int(time.time() * 1000)
+        event["authDetails"] = {"ipAddress": "\ud800"}  # a lone surrogate, escaped in the page's JSON
+    proxy.rewrite = appended([event])
+    victim = new_victim(kc_admin, "after-odd")
+    try:
+        with own_gateway() as kong:
+            gateway = [(kong, kong.plugin(feed_guard(keycloak, proxy)))]
+            assert passes(gateway, victim.token) and passes(gateway, bystander.token)
+            time.sleep(INTERVAL + 0.5)  # a read or two with the odd event in it
+            kc_admin.set_user_enabled(REALM, victim.id, False)
+            refused_within(gateway, victim.token, INTERVAL + 1)
+            assert passes(gateway, bystander.token), "the odd event revoked nobody"
+            assert not [e for e in kong.error_log if "revocation feed of" in e], kong.error_log
+    finally:
+        proxy.rewrite = None
+        forget(kc_admin, victim)
+        forget(kc_admin, bystander)
+
+
+def test_an_oversized_page_of_events_is_refused_while_it_is_read(
+        keycloak: KeycloakServer, kc_admin: KeycloakAdmin, proxy: CountingProxy) -> None:
+    """A page of 60 MB (one event holding it): refused after the feed's limit, every read, with the
+    plugin server's memory flat; reported once; nothing refused meanwhile; the events read once
+    the page is sane again."""
+    padding = future_event("users/nobody")
+    padding["representation"] = json.dumps({"firstName": "x" * (60 << 20)})
+    victim = new_victim(kc_admin, "big-page")
+    valid = new_victim(kc_admin, "valid")
+    try:
+        with own_gateway() as kong:
+            gateway = [(kong, kong.plugin(feed_guard(keycloak, proxy)))]
+            assert passes(gateway, valid.token)
+            before = rss_mb(kong.server.pid, "VmHWM")
+            proxy.rewrite = appended([padding])
+            kc_admin.set_user_enabled(REALM, victim.id, False)
+            until = time.monotonic() + 3 * INTERVAL
+            while time.monotonic() < until:
+                assert passes(gateway, valid.token)
+                time.sleep(0.2)
+            growth = rss_mb(kong.server.pid, "VmHWM") - before
+            print(f"peak RSS growth over {3 * INTERVAL} s of 60 MB pages: {growth:+.1f} MB")
+            assert growth < 24
+            lines = [e for e in kong.error_log if "revocation feed of" in e]
+            assert len(lines) == 1 and "BodyTooLarge" in lines[0], lines
+            proxy.rewrite = None
+            refused_within(gateway, victim.token, INTERVAL + 1)
+    finally:
+        proxy.rewrite = None
+        forget(kc_admin, victim)
+        forget(kc_admin, valid)

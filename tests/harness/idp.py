@@ -141,7 +141,12 @@ class LocalIdP:
         self.unknown_realm_requests = 0
         self.paths: collections.Counter[str] = collections.Counter()  # every GET, by path
         self.discovery_jwks_uri: str | None = None  # a discovery document naming another key set URL
-        self.fail_with: int | None = None  # answer this HTTP status instead
+        self.fail_with: int | None = None  # answer this HTTP status instead (every realm: an outage)
+        self.garbage: bytes | None = None  # answer these bytes with 200 to every GET instead
+        # Pad the JSON answers to paths ending with `oversized` with this many bytes (a string
+        # member), sent as it is produced: a provider answering more than anyone should hold.
+        self.oversized: str | None = None
+        self.oversized_bytes = 0
         self.delay = 0.0
         self.introspection_delay = 0.0  # seconds, applied to introspection POSTs only
         # Introspection: active for every well-formed unexpired token not in `revoked`, with its
@@ -171,7 +176,8 @@ class LocalIdP:
                 realm = self.path.split("/")[2] if self.path.startswith("/realms/") else None
                 issuer, jwks_uri = idp.issuer, idp.jwks_uri
                 if idp.realms is not None and realm != idp.realm:
-                    if realm not in idp.realms:  # a realm this provider does not know, as Keycloak answers
+                    if realm not in idp.realms and idp.fail_with is None and idp.garbage is None:
+                        # a realm this provider does not know, as Keycloak answers (when it answers)
                         with idp._lock:
                             idp.unknown_realm_requests += 1
                         self.send_error(404)
@@ -192,6 +198,9 @@ class LocalIdP:
                     return
                 if idp.fail_with:
                     self.send_error(idp.fail_with)
+                    return
+                if idp.garbage is not None:
+                    self._raw(idp.garbage)
                     return
                 self._json(200, body)
 
@@ -216,21 +225,44 @@ class LocalIdP:
                     self._json(401, {"error": "invalid_client"})
                     return
                 if idp.raw_answer is not None:
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(idp.raw_answer)))
-                    self.end_headers()
-                    self.wfile.write(idp.raw_answer)
+                    self._raw(idp.raw_answer)
                     return
                 self._json(200, idp.introspect(form.get("token", "")))
 
+            def _raw(self, data: bytes) -> None:
+                """`data` as a 200 JSON answer, whatever it holds."""
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
             def _json(self, status: int, body: dict[str, Any]) -> None:
+                if idp.oversized is not None and self.path.split("?")[0].endswith(idp.oversized):
+                    self._padded(status, body)
+                    return
                 data = json.dumps(body).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 self.wfile.write(data)
+
+            def _padded(self, status: int, body: dict[str, Any]) -> None:
+                head = json.dumps(body).encode()[:-1] + b', "padding": "'
+                chunk, left = b"x" * 65536, idp.oversized_bytes
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(head) + left + 2))
+                self.end_headers()
+                try:
+                    self.wfile.write(head)
+                    while left > 0:
+                        self.wfile.write(chunk[:left])
+                        left -= len(chunk)
+                    self.wfile.write(b'"}')
+                except OSError:
+                    pass  # the reader stopped reading: what it should do
 
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._server.daemon_threads = True

@@ -21,6 +21,7 @@ import socketserver
 import ssl
 import struct
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
@@ -174,6 +175,9 @@ class CountingProxy:
         self.upstream_timeout = upstream_timeout
         self._port = port
         self._mode: Mode = mode
+        # Applied to what the upstream answered to paths ending with `fault_path_suffix` (all
+        # paths when None) in "pass" mode: (path with query, body) -> the body sent on.
+        self.rewrite: Callable[[str, bytes], bytes] | None = None
 
         self._lock = threading.Lock()  # counts, bodies, connections
         self._state = threading.RLock()  # listener and mode transitions
@@ -390,9 +394,12 @@ class CountingProxy:
                 handler.command != "HEAD",
             )
         else:
-            self._forward(handler, target, body)
+            rewrite = self.rewrite if self._effective_mode(path) == "pass" and (
+                self.fault_path_suffix is None or path.endswith(self.fault_path_suffix)) else None
+            self._forward(handler, target, body, rewrite)
 
-    def _forward(self, handler: _Handler, target: str, body: bytes | None) -> None:
+    def _forward(self, handler: _Handler, target: str, body: bytes | None,
+                 rewrite: Callable[[str, bytes], bytes] | None = None) -> None:
         # Headers named in Connection are hop-by-hop too (RFC 9110 section 7.6.1).
         listed = {
             name.strip().lower() for value in handler.headers.get_all("Connection", []) for name in value.split(",")
@@ -438,6 +445,8 @@ class CountingProxy:
             return
         finally:
             conn.close()
+        if rewrite is not None and status == 200:
+            payload = rewrite(target, payload)
 
         no_body = handler.command == "HEAD" or status in (204, 304) or 100 <= status < 200
         out = [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kong_plugin_kcauth.issuers import RealmDirectory, Template, realm_name
+from kong_plugin_kcauth.issuers import Lookup, RealmDirectory, Template, realm_name
 
 TEMPLATE = Template.parse("https://sso.example.com/realms/{realm}")
 
@@ -46,22 +46,28 @@ def test_realm_name_of_a_listed_issuer() -> None:
     assert realm_name("https://login.example.com") == "https://login.example.com"
 
 
-def test_the_budget_counts_lookups_under_way_and_missing_names() -> None:
+def test_the_budget_counts_lookups_under_way_and_those_that_found_no_realm() -> None:
     now = [0.0]
     directory = RealmDirectory(3, clock=lambda: now[0])
     assert [directory.reserve() for _ in range(4)] == [True, True, True, False], "three at once at most"
-    directory.settle("found", missing=False)
-    directory.settle("gone-1", missing=True)
-    directory.settle("gone-2", missing=True)
-    assert directory.is_missing("gone-1") and not directory.is_missing("found")
-    assert [directory.reserve(), directory.reserve()] == [True, False], "two missing this minute: one left"
-    directory.settle("found-too", missing=False)
-    now[0] = 61.0
-    assert [directory.reserve() for _ in range(4)] == [True, True, True, False], "a new minute, a new budget"
+    directory.settle("found", Lookup.FOUND)
+    directory.settle("gone", Lookup.MISSING)
+    now[0] = 30.0
+    directory.settle("down", Lookup.FAILED)
+    assert directory.known("gone") is Lookup.MISSING and directory.known("down") is Lookup.FAILED
+    assert directory.known("found") is None
+    assert [directory.reserve(), directory.reserve()] == [True, False], "two spent this minute: one left"
+    directory.settle("found-too", Lookup.FOUND)
+    now[0] = 60.5  # the first spend left the window, the second has not: a sliding minute
+    assert [directory.reserve() for _ in range(3)] == [True, True, False]
+    directory.settle("found-3", Lookup.FOUND)
+    directory.settle("found-4", Lookup.FOUND)
+    now[0] = 90.5
+    assert [directory.reserve() for _ in range(4)] == [True, True, True, False], "nothing spent in the last minute"
 
 
 def test_realms_that_exist_do_not_spend_the_budget() -> None:
     directory = RealmDirectory(2, clock=lambda: 0.0)
     for _ in range(100):
         assert directory.reserve()
-        directory.settle("tenant", missing=False)
+        directory.settle("tenant", Lookup.FOUND)
