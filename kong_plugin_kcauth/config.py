@@ -16,6 +16,7 @@ from .headers import KONG_IDENTITY_HEADERS, RESERVED_HEADERS
 from .jws import ASYMMETRIC_ALGORITHMS
 from .schema import (
     ConfigError,
+    Unusable,
     canonical,
     conditional,
     conditional_at_least_one_of,
@@ -24,6 +25,7 @@ from .schema import (
     load,
     reference_markdown,
     setting,
+    unusable_fields,
 )
 
 SYSTEM_CA_STORE = "system"
@@ -32,16 +34,34 @@ __all__ = ["Config", "FeedConfig", "IssuerEntry", "RedisConfig", "ConfigError", 
 
 
 
-def _any_case(name: str) -> str:
-    """A Lua pattern matching exactly `name`, in any letter case."""
-    return "".join(f"[{ch.upper()}{ch.lower()}]" if ch.isalpha() else (ch if ch.isdigit() else "%" + ch)
-                   for ch in name)
+def _any_spelling(name: str) -> str:
+    """A Lua pattern matching exactly `name` in any letter case, `-` written `-` or `_` (WSGI,
+    CGI and many frameworks read `x_consumer_id` as `X-Consumer-ID`)."""
+    return "".join(f"[{ch.upper()}{ch.lower()}]" if ch.isalpha() else "[%-_]" if ch in "-_" else
+                   (ch if ch.isdigit() else "%" + ch) for ch in name)
 
 
 # Claim header names that would let a token rewrite how the request is routed, framed or
-# authenticated, or pass for Kong's own identity headers.
-_RESERVED_NAME_RULES = [{"pattern": f"^{_any_case(name)}$", "err": f"'{name}' is reserved and cannot carry a claim"}
+# authenticated, or pass for Kong's own identity headers, in any spelling.
+_RESERVED_NAME_RULES = [{"pattern": f"^{_any_spelling(name)}$",
+                         "err": f"'{name}' is reserved and cannot carry a claim (in any spelling)"}
                         for name in sorted(RESERVED_HEADERS | {h.lower() for h in KONG_IDENTITY_HEADERS})]
+
+# URL fields, as Lua patterns: http(s) with a host, no user-info, query, fragment, whitespace or
+# backslash (Keycloak's issuers and endpoints never have them; each makes an issuer match, a
+# request go elsewhere, or a DPoP `htu` compare, otherwise than it reads). Kong enforces them; so
+# does instance start (schema.load), with the same patterns.
+URL = "^https?://"
+ORIGIN = "^https?://[^/]+$"  # scheme://host[:port], nothing after
+_URL_RULES = [
+    {"pattern": "^https?://$", "err": "the URL needs a host"},
+    {"pattern": "^https?://[/?#:]", "err": "the URL needs a host"},
+    {"pattern": "^https?://[^/?#]*@", "err": "the URL must not carry user-info (user@)"},
+    {"pattern": "[?#]", "err": "the URL must not carry a query or a fragment"},
+    {"pattern": "[%s%c\\]", "err": "the URL must not contain whitespace, control characters or backslashes"},
+]
+_ORIGIN_RULES = [*_URL_RULES, {"pattern": "^https?://[^/]*/", "err": "expected an origin (scheme://host[:port]) "
+                                                                      "without a path"}]
 # claims.parse_claim_path's rule, as Lua patterns: no empty segment in `a.b` nor in `/a/b`.
 _CLAIM_PATH_RULES = [{"pattern": pattern, "err": "the claim path has an empty segment"}
                      for pattern in ("^%.", "^[^/].*%.$", "^[^/].*%.%.", "^/$", "^//", "^/.*//", "^/.*/$")]
@@ -79,6 +99,9 @@ class RedisConfig:
         "for a few seconds and the in-process cache carries on.",
         0.25, between=[0.01, 5],
     )
+    # Referenceable fields whose vault reference gave nothing usable (schema.load): without a
+    # usable password or secret, this config does not use Redis (process.shared_store).
+    unusable: Unusable = unusable_fields()
 
 
 @dataclass(frozen=True)
@@ -110,6 +133,8 @@ class FeedConfig:
         "roles until they expire.",
         False,
     )
+    # Without a usable client_secret the feed is off (process.revocation_feed).
+    unusable: Unusable = unusable_fields()
 
 
 # The issuers the feed can derive the realm's admin REST address from (Lua pattern).
@@ -125,20 +150,20 @@ class IssuerEntry:
 
     issuer: str = setting(
         "The issuer, matched exactly against the `iss` claim.",
-        required=True, match="^https?://",
+        required=True, match=URL, match_none=_URL_RULES,
     )
     provider_url: str | None = setting(
         "Origin Kong reaches this issuer's provider at. Empty: the plugin-level `provider_url`.",
-        None, match="^https?://[^/]+$",
+        None, match=ORIGIN, match_none=_ORIGIN_RULES,
     )
     jwks_uri: str | None = setting(
         "This issuer's key set URL. Empty: discovery on this issuer (never the plugin-level "
         "`jwks_uri`, which belongs to `issuer`).",
-        None, match="^https?://",
+        None, match=URL, match_none=_URL_RULES,
     )
     introspection_endpoint: str | None = setting(
         "This issuer's introspection URL. Empty: from discovery on this issuer.",
-        None, match="^https?://",
+        None, match=URL, match_none=_URL_RULES,
     )
     client_id: str | None = setting(
         "Client id for this issuer's introspection. Empty: the plugin-level `client_id`.",
@@ -158,6 +183,7 @@ class IssuerEntry:
         "Accepted `azp` of this issuer's tokens. Empty: the plugin-level `authorized_parties`.",
         None, len_min=1,
     )
+    unusable: Unusable = unusable_fields()  # this issuer's client_secret, when its reference gave nothing usable
 
 
 @dataclass(frozen=True)
@@ -167,7 +193,7 @@ class Config:
         "`https://sso.example.com/realms/acme`. Key discovery uses "
         "`<issuer>/.well-known/openid-configuration` unless `jwks_uri` is set. At least one of "
         "`issuer`, `issuers` and `issuer_template` is needed.",
-        None, match="^https?://",
+        None, match=URL, match_none=_URL_RULES,
     )
     issuers: tuple[IssuerEntry, ...] | None = setting(
         "More accepted issuers (several realms, or one realm under a second hostname), each "
@@ -182,8 +208,9 @@ class Config:
         "(not starting with a dot, no `..`); its discovery and keys are fetched on first use, "
         "only from the template's origin (or `provider_url`). See `max_realms` and "
         "`unknown_realms_per_minute`.",
-        None, match="^https?://[^/{}?#]+/[^{}?#]*{realm}[^{}?#]*$",
-        err="expected an http(s) URL with one {realm} in its path",
+        None, match="^https?://[^/{}?#@%s%c\\:][^/{}?#@%s%c\\]*/[^{}?#%s%c\\]*{realm}[^{}?#%s%c\\]*$",
+        err="expected an http(s) URL with a host and one {realm} in its path (no user-info, query, fragment, "
+            "whitespace or backslash)",
     )
     max_realms: int = setting(
         "Template realms held at once (keys, introspection, revocations each); the least "
@@ -191,10 +218,10 @@ class Config:
         1000, between=[1, 100000],
     )
     unknown_realms_per_minute: int = setting(
-        "Template realm names the provider turns out not to know, looked up per minute at most "
-        "(one discovery request each, and at most this many lookups at once). Once spent, tokens "
-        "of template realms not held yet get 503 until the minute ends; held realms are not "
-        "affected. A name found missing is remembered as such for a minute.",
+        "Template realm lookups that find no realm, in any minute at most (and as many at once): "
+        "names the provider does not know (remembered as missing for a minute) and lookups that "
+        "failed (provider down or answering garbage; such a name is left alone for 10 s). Once "
+        "spent, tokens of template realms not held yet get 503; held realms are not affected.",
         10, between=[1, 1000],
     )
     provider_url: str | None = setting(
@@ -202,12 +229,12 @@ class Config:
         "the issuer's (containers: issuer http://localhost:8080/..., Kong reaches "
         "http://keycloak:8080). Discovery and the endpoints it names are fetched there; the "
         "issuer is still matched exactly.",
-        None, match="^https?://[^/]+$",
+        None, match=ORIGIN, match_none=_ORIGIN_RULES,
     )
     jwks_uri: str | None = setting(
         "Explicit URL of the realm's JSON Web Key Set. Leave empty to find it through OpenID "
         "Connect discovery on the issuer. Never taken from a token.",
-        None, match="^https?://",
+        None, match=URL, match_none=_URL_RULES,
     )
     audiences: tuple[str, ...] = setting(
         "Accepted audiences: the token's `aud` claim must contain at least one of them. "
@@ -364,7 +391,7 @@ class Config:
     introspection_endpoint: str | None = setting(
         "Explicit introspection URL. Empty: the `introspection_endpoint` of the issuer's "
         "discovery document.",
-        None, match="^https?://",
+        None, match=URL, match_none=_URL_RULES,
     )
     client_id: str | None = setting(
         "Client id kcauth authenticates as at the introspection endpoint (the API's "
@@ -462,7 +489,7 @@ class Config:
         "The origin clients address this API at (`https://api.example.com`), for the DPoP proof's "
         "`htu`. Empty: the scheme, host and port Kong sees, where `X-Forwarded-Proto`, "
         "`X-Forwarded-Host` and `X-Forwarded-Port` count only from Kong's `trusted_ips`.",
-        None, match="^https?://[^/]+$",
+        None, match=ORIGIN, match_none=_ORIGIN_RULES,
     )
     revocation_feed: FeedConfig = setting(
         "The revocation feed: Keycloak's own record of what it does not push (README \"Which "
@@ -527,24 +554,20 @@ class Config:
                     "the revocation feed reads the realm of `issuer`, a Keycloak realm issuer "
                     "(.../realms/<name>)"),
     ]
+    # Introspection credentials whose vault reference gave nothing usable, or a key that cannot
+    # sign (`checked`): introspection answers 503 (or falls back, `introspection_failure`) and
+    # the rest of the route works; Plugin logs each at instance start.
+    unusable: Unusable = unusable_fields()
 
     @classmethod
     def from_kong(cls, raw: dict[str, Any]) -> Config:
         """Build the typed config from what Kong sends at StartInstance (defaults applied,
         plus Kong's own keys such as `__seq__` and `route_id`, which are ignored)."""
-        config = load(cls, raw)
-        config.check()
-        return config
+        return load(cls, raw).checked()
 
-    def check(self) -> None:
-        """What only the plugin can check: the private key itself, the CA bundle file."""
-        if self.introspect and self.client_auth_method == "private_key_jwt" and self.client_private_key:
-            from .client_auth import load_signing_key
-
-            try:
-                load_signing_key(self.client_private_key)
-            except ValueError as exc:
-                raise ConfigError(f"config.client_private_key: {exc}") from None
+    def checked(self) -> Config:
+        """What only the plugin can check: the private key itself (one that cannot sign is
+        unusable, like a reference that gave nothing), the CA bundle file (refused)."""
         if self.tls_ca_bundle and self.tls_ca_bundle != SYSTEM_CA_STORE:
             from .http import load_ca_bundle
 
@@ -552,6 +575,47 @@ class Config:
                 load_ca_bundle(self.tls_ca_bundle)
             except ValueError as exc:
                 raise ConfigError(f"config.tls_ca_bundle: {exc}") from None
+        if self.client_private_key and self.problem("client_private_key") is None:
+            from .client_auth import load_signing_key
+
+            try:
+                load_signing_key(self.client_private_key)
+            except ValueError as exc:
+                return replace(self, unusable=(*self.unusable, ("client_private_key",
+                                                                f"config.client_private_key: {exc}")))
+        return self
+
+    def problem(self, name: str) -> str | None:
+        """Why the field `name` (of this record) cannot be used, or None."""
+        return next((why for field, why in self.unusable if field == name), None)
+
+    def problems(self) -> list[str]:
+        """Every unusable field of the config, each with what it turns off, for the log."""
+        out = [_effect(why, self, "introspection") for _, why in self.unusable]
+        for entry in self.issuers or ():
+            out += [_effect(why, self.for_issuer(entry.issuer, entry), f"introspection of {entry.issuer}")
+                    for _, why in entry.unusable]
+        out += [f"{why}: Redis is not used (caches, revocations and DPoP proofs stay in each process)"
+                for _, why in self.redis.unusable]
+        out += [f"{why}: the revocation feed is off" for _, why in self.revocation_feed.unusable]
+        return out
+
+    @property
+    def client_credentials(self) -> tuple[str, str | None, str | None] | str:
+        """(client_auth_method, secret, private key) introspection authenticates with, or why it
+        cannot. A client_private_key without a client_secret signs (private_key_jwt) whatever
+        the method says: Kong lets that through when the key is a vault reference (it skips the
+        rule that pairs them), and it is then the only credential."""
+        method, secret, key = self.client_auth_method, self.client_secret or None, self.client_private_key or None
+        if method != "private_key_jwt" and secret is None and key is not None and not self.problem("client_secret"):
+            method = "private_key_jwt"
+        needed = "client_private_key" if method == "private_key_jwt" else "client_secret"
+        why = self.problem(needed)
+        if why is not None:
+            return why
+        if (key if method == "private_key_jwt" else secret) is None:
+            return f"config.{needed} is needed by client_auth_method {method}"
+        return method, secret, key
 
     def fingerprint(self) -> str:
         """Stable digest of every setting: caches are scoped by it, so an answer computed under
@@ -572,12 +636,14 @@ class Config:
         if entry is None and issuer == self.issuer and not discovered:
             return replace(self, issuers=None, issuer_template=None)
         own = entry or IssuerEntry(issuer=issuer)
+        unusable = {name: why for name, why in self.unusable if not (name == "client_secret" and own.client_secret)}
         return replace(
             self, issuer=issuer, issuers=None, issuer_template=self.issuer_template if discovered else None,
             revocation_feed=FeedConfig(),  # the feed reads the realm of the plugin-level `issuer` only
             provider_url=own.provider_url or self.provider_url, jwks_uri=own.jwks_uri,
             introspection_endpoint=own.introspection_endpoint, client_id=own.client_id or self.client_id,
-            client_secret=own.client_secret or self.client_secret,
+            client_secret=own.client_secret if own.client_secret is not None else self.client_secret,
+            unusable=tuple({**unusable, **dict(own.unusable)}.items()),
             audiences=self.audiences if own.audiences is None else own.audiences,
             authorized_parties=self.authorized_parties if own.authorized_parties is None else own.authorized_parties,
         )
@@ -616,6 +682,16 @@ class Config:
 
         return rewrite_origin(self.the_issuer.rstrip("/") + "/.well-known/openid-configuration",
                               self.provider_rewrite)
+
+
+def _effect(why: str, config: Config, what: str) -> str:
+    """What an unusable introspection credential turns off under `config`."""
+    if not config.introspect:
+        return f"{why} (not used: introspect is off)"
+    if config.client_credentials != why:
+        return f"{why} (not used by client_auth_method {config.client_auth_method})"
+    fallback = "answers 503" if config.introspection_failure == "deny" else "is skipped (introspection_failure local)"
+    return f"{why}: {what} {fallback}"
 
 
 def kong_schema() -> list[dict[str, Any]]:

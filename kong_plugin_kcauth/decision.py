@@ -91,7 +91,7 @@ class Realm:
     """One issuer of a guard: its claim rules, keys, introspection and revocations, built from
     the guard's config as that issuer sees it (Config.for_issuer)."""
 
-    def __init__(self, config: Config, label: str, name: str) -> None:
+    def __init__(self, config: Config, label: str, name: str, owners: logs.Owners | None = None) -> None:
         self.issuer = config.the_issuer
         self.label = label  # metrics: the issuer, or a template realm's template
         self.group = f"issuer:{name}"
@@ -101,7 +101,7 @@ class Realm:
         self.feed = process.revocation_feed(config)  # held: it reads while a guard needs it
         self.introspector = Introspector.from_config(
             config, replace(self.rules, defer_missing_audience=False),
-            process.shared_store(config.redis, config.tls_ca_bundle), label) if config.introspect else None
+            process.shared_store(config.redis, config.tls_ca_bundle), label, owners) if config.introspect else None
 
 
 class Guard:
@@ -112,7 +112,9 @@ class Guard:
         self.managed_headers = self.plan.managed
         self.groups_path = parse_claim_path(config.groups_claim) if config.groups_claim else None
         self.consumers = ConsumerMap.from_config(config)
-        self.realms: Issuers[Realm] = Issuers(config, Realm, process.realm_directory(config))
+        self.owners = logs.Owners()  # the plugin entities with this config, named in its log lines
+        self.realms: Issuers[Realm] = Issuers(
+            config, lambda c, label, name: Realm(c, label, name, self.owners), process.realm_directory(config))
         # The metrics label of refusals made before an issuer was chosen.
         self.label = config.issuer or config.issuer_template or next(iter(self.realms.listed), "")
         self.algorithms = frozenset(config.algorithms)  # of access tokens and DPoP proofs alike
@@ -124,6 +126,7 @@ class Guard:
         self.schemes = errors.Schemes(bearer=config.dpop != "required",
                                       dpop_algs=tuple(sorted(self.algorithms)) if config.dpop != "off" else ())
         self.cache: ExpiringCache[Grant | Denial] = ExpiringCache(config.token_cache_size)
+        self.notes = logs.Throttled(logs.log, 60)  # this config's lines that can repeat per request
         self._flights: SingleFlight[Grant | Denial] = SingleFlight()
         # Long enough for the slowest evaluation: key set (2 requests) then introspection
         # (discovery and the call), each connect plus read.

@@ -70,9 +70,19 @@ def bound_key(claims: dict[str, Any]) -> str | None:
     return jkt if isinstance(jkt, str) and jkt else None
 
 
+# An absolute http(s) URI as RFC 3986 section 3 writes it, without user-info: what `htu` and the
+# request's URL must be before they are compared (Python's urlsplit also takes `\`, spaces and a
+# host after the last `@`, so `https://evil.com\@api.example.com/` would read as the API's).
+_URI = re.compile(r"https?://(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%!$&'()*+,;=-]+)(?::[0-9]*)?"
+                  r"(?:/[A-Za-z0-9._~%!$&'()*+,;=:@/-]*)?(?:\?[A-Za-z0-9._~%!$&'()*+,;=:@/?-]*)?"
+                  r"(?:#[A-Za-z0-9._~%!$&'()*+,;=:@/?-]*)?\Z", re.IGNORECASE)
+
+
 def normalized_url(url: str) -> str | None:
     """RFC 9449 4.3 (and RFC 3986 6.2.2-6.2.3): scheme and host in lower case, the default port
-    left out, no query or fragment; None for what is no absolute http(s) URL."""
+    left out, no query or fragment; None for what is no absolute http(s) URI (`_URI`)."""
+    if not _URI.match(url):
+        return None
     try:
         parts = urlsplit(url)
         port = parts.port

@@ -91,7 +91,7 @@ class Feed:
         realm = hashlib.sha256(self.issuer.encode()).hexdigest()[:32]
         self._realm_key = f"feed:{realm}"
         self._token: tuple[str, float] | None = None
-        self._component = f"revocation feed of {self.issuer}"
+        self._component = f"revocation feed of {self.issuer} (client {self._client_id})"
         self._notes = Throttled(log, 300)
         self._thread: threading.Thread | None = None
         self._starting = threading.Lock()
@@ -121,11 +121,11 @@ class Feed:
         try:
             for kind in (LOGIN_EVENTS, ADMIN_EVENTS):
                 self._read(kind, lease)
-            health.report(self._component, True)
+            health.report(self._component, True, instance=self)
         except http.FetchError as exc:
             outcome = type(exc).__name__
             health.report(self._component, False, _failure(exc) + ": no new revocations until it "
-                          "recovers; what the guards know stays")
+                          "recovers; what the guards know stays", instance=self)
         metrics.METRICS.feed_read(self.issuer, outcome, time.monotonic() - started)
 
     def _take_lease(self) -> Lease | LocalLease | None:

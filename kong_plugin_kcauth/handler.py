@@ -48,6 +48,9 @@ class Plugin:
         self.config = Config.from_kong(config)
         self.receiver = self.config.mode == "revocation_receiver"
         self.stage: Guard | Receiver = process.for_config(self.config, Receiver if self.receiver else Guard)
+        if self.stage.owners.add(config):
+            for problem in self.config.problems():  # settings that cannot be used: Kong's error log
+                logs.config_error(self.stage.owners, problem)
 
     def access(self, kong: Any) -> None:
         if isinstance(self.stage, Receiver):
@@ -60,7 +63,7 @@ def authenticate(kong: Any, guard: Guard) -> None:
     used_dpop = False
     try:
         request_headers = kong.request.get_headers()
-        tell_kong(kong)
+        tell_kong(kong, guard.owners)
         if (config.anonymous and kong.client.get_credential() is not None) or \
                 (not config.run_on_preflight and kong.request.get_method() == "OPTIONS"):
             # Another auth plugin authenticated the request, and anonymous makes the auth
@@ -85,7 +88,7 @@ def authenticate(kong: Any, guard: Guard) -> None:
                 if anonymous is not None:
                     observe(kong, guard, None, "anonymous")
                     return set_identity(kong, guard, request_headers, None, anonymous)
-                log.warning("config.anonymous names no Kong consumer; refusing instead")
+                missing_anonymous(kong, guard)
             raise
         consumer = None
         if guard.consumers is not None and grant.consumer is not None:
@@ -101,6 +104,16 @@ def authenticate(kong: Any, guard: Guard) -> None:
         reply = errors.answer(errors.InternalFault(), config.realm)
         _report_fault(kong, exc)
     _send(kong, reply)
+
+
+def missing_anonymous(kong: Any, guard: Guard) -> None:
+    """`anonymous` names no consumer: said in Kong's log at `error`, as Kong's own auth plugins
+    fail then, once a minute per config; the request is refused (401) instead of let through."""
+    message = (f"kcauth: config.anonymous {guard.config.anonymous!r} names no Kong consumer: requests "
+               f"without a valid token are refused ({guard.owners})")
+    if guard.notes.due(message):
+        log.error(message)
+        kong.log.err(message)
 
 
 def prove(kong: Any, guard: Guard, request_headers: dict[str, Any], used_dpop: bool, token: str, grant: Grant,
@@ -151,10 +164,11 @@ def observe(kong: Any, guard: Guard, grant: Grant | None, outcome: str, status: 
         })
 
 
-def tell_kong(kong: Any) -> None:
+def tell_kong(kong: Any, owners: logs.Owners) -> None:
     """Carry pending state changes (logs.py) to Kong's own log, where its default level shows
-    them: one round trip, only when something changed."""
-    pending = logs.to_kong.take()
+    them: one round trip, only when something changed (lines about another config wait for a
+    request of theirs)."""
+    pending = logs.to_kong.take(owners)
     if pending is None:
         return
     level, lines = pending
@@ -190,7 +204,7 @@ def set_identity(kong: Any, guard: Guard, request_headers: dict[str, Any], grant
 def receive(kong: Any, receiver: Receiver, config: Config) -> None:
     try:
         method = kong.request.get_method()
-        tell_kong(kong)
+        tell_kong(kong, receiver.owners)
         if method != "POST":
             raise errors.MethodNotAllowed()
         path = kong.request.get_path()

@@ -27,12 +27,12 @@ HeaderValue = str | list[str]
 REMOVE: list[str] = []  # kong.service.request.set_headers with an empty array clears the header
 
 # Headers a claim must never be written into: they change how the request is routed, framed or
-# authenticated upstream.
+# authenticated upstream, or Kong sets them itself (kong/templates/nginx_kong.lua proxy_set_header).
 RESERVED_HEADERS = frozenset({
     "host", "authorization", "proxy-authorization", "content-length", "content-type",
     "transfer-encoding", "connection", "keep-alive", "upgrade", "te", "trailer", "cookie",
     "expect", "forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto",
-    "x-forwarded-port", "x-forwarded-prefix", "x-real-ip",
+    "x-forwarded-port", "x-forwarded-path", "x-forwarded-prefix", "x-real-ip", "via", "x-kong-request-id",
 })
 
 # Kong's identity headers (kong/constants.lua HEADERS), set by its auth plugins' `set_consumer`

@@ -30,7 +30,7 @@ from . import errors, http, metrics
 from .claims import Claims, time_of
 from .client_auth import client_authentication
 from .config import Config
-from .logs import Throttled, health
+from .logs import Owners, Throttled, health
 from .shared import SharedStore
 from .tokens import Rules, check_claims
 
@@ -89,11 +89,11 @@ def judge(answer: dict[str, Any], token: Claims | None, rules: Rules, now: float
 
 class Introspector:
     def __init__(self, *, rules: Rules, issuer: str, endpoint: str | None, discovery_url: str,
-                 rewrite: tuple[str, str] | None, client_auth_method: str, client_id: str,
-                 client_secret: str | None, client_private_key: str | None, ttl: float,
+                 rewrite: tuple[str, str] | None, client_id: str,
+                 credentials: tuple[str, str | None, str | None] | str, ttl: float,
                  negative_ttl: float, breaker_seconds: float, timeout: float, salt: str,
                  shared: SharedStore | None, fallback: bool = False, ca: str | None = None,
-                 confine: str | None = None, label: str | None = None) -> None:
+                 confine: str | None = None, label: str | None = None, owners: Owners | None = None) -> None:
         self.rules = rules
         self.shared = shared
         self._issuer = issuer
@@ -102,7 +102,8 @@ class Introspector:
         self._endpoint = endpoint
         self._discovery_url = discovery_url
         self._rewrite = rewrite
-        self._client = (client_auth_method, client_id, client_secret, client_private_key)
+        self._client_id = client_id
+        self._credentials = credentials  # (method, secret, key), or why there are none (Config.client_credentials)
         self._ttl, self._negative_ttl = ttl, negative_ttl
         self._breaker_seconds = breaker_seconds
         self._timeout = timeout
@@ -112,21 +113,21 @@ class Introspector:
         self._lock = threading.Lock()
         self._notes = Throttled(log, 30)
         self._component = f"introspection at {issuer}"
+        self._owners = owners  # its state is this config's: another config of the issuer has its own
         self._fallback = fallback
         self._ca = ca
 
     @classmethod
     def from_config(cls, config: Config, rules: Rules, shared: SharedStore | None,
-                    label: str | None = None) -> Introspector:
+                    label: str | None = None, owners: Owners | None = None) -> Introspector:
         return cls(
             rules=rules, issuer=config.the_issuer, endpoint=config.introspection_endpoint,
             discovery_url=config.discovery_url, rewrite=config.provider_rewrite,
-            client_auth_method=config.client_auth_method, client_id=config.client_id or "",
-            client_secret=config.client_secret, client_private_key=config.client_private_key,
+            client_id=config.client_id or "", credentials=config.client_credentials,
             ttl=config.introspection_cache_ttl, negative_ttl=config.introspection_negative_ttl,
             breaker_seconds=config.introspection_breaker_seconds, timeout=config.http_timeout,
             salt=config.fingerprint(), shared=shared, fallback=config.introspection_failure == "local",
-            ca=config.tls_ca_bundle, confine=config.confined_origin, label=label,
+            ca=config.tls_ca_bundle, confine=config.confined_origin, label=label, owners=owners,
         )
 
     def verdict(self, token: str, key: bytes, claims: Claims | None, now: float) -> Verdict:
@@ -149,7 +150,7 @@ class Introspector:
                                       time.monotonic() - started)
         with self._lock:
             self._failures = 0
-        health.report(self._component, True)
+        health.report(self._component, True, owners=self._owners)
         if self.shared is not None:
             self.shared.put(shared_key, _to_shared(verdict), verdict.deadline - now)
         return verdict
@@ -159,11 +160,13 @@ class Introspector:
                             "(introspection_failure = local)")
 
     def _call(self, token: str, now: float) -> dict[str, Any]:
+        if isinstance(self._credentials, str):
+            raise http.FetchError(self._credentials)  # a config problem, named: never a call without credentials
         if time.monotonic() < self._open_until:
             raise BreakerOpen("breaker open")
         endpoint = self._endpoint or self._discover()
-        method, client_id, secret, private_key = self._client
-        form, headers = client_authentication(method, client_id, secret, private_key, self._issuer, now)
+        method, secret, private_key = self._credentials
+        form, headers = client_authentication(method, self._client_id, secret, private_key, self._issuer, now)
         form.update(token=token, token_type_hint="access_token")
         return http.post_form(endpoint, form, headers, self._timeout, self._ca)
 
@@ -184,7 +187,7 @@ class Introspector:
                 self._failures = 0
         health.report(self._component, False, f"introspection failing ({exc}): requests get "
                       f"{'the local verdict' if self._fallback else '503'}"
-                      + (f"; failing fast for {seconds} s at a time" if seconds > 0 else ""))
+                      + (f"; failing fast for {seconds} s at a time" if seconds > 0 else ""), self._owners)
 
 
 def _from_shared(value: dict[str, Any] | None, claims: Claims | None, now: float) -> Verdict | None:

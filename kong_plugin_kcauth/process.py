@@ -40,8 +40,11 @@ def key_sets() -> Iterator[KeySet]:
 
 
 def shared_store(redis: RedisConfig, ca: str | None) -> SharedStore | None:
-    """The process's one Redis client for these settings, or None without Redis."""
-    return _SHARED.get((redis, ca), lambda: SharedStore(redis, ca)) if redis.host else None
+    """The process's one Redis client for these settings, or None without Redis (or without a
+    usable password or secret: config.Config.problems logs it)."""
+    if not redis.host or redis.unusable:
+        return None
+    return _SHARED.get((redis, ca), lambda: SharedStore(redis, ca))
 
 
 def realm_directory(config: Config) -> RealmDirectory | None:
@@ -66,7 +69,7 @@ def revocation_store(config: Config) -> RevocationStore | RealmRevocations:
 def revocation_feed(config: Config) -> Feed | None:
     """The realm's revocation feed when the config asks for one (reading as long as an instance
     holds it), feeding the issuer's revocation store."""
-    if not config.revocation_feed.client_id:
+    if not config.revocation_feed.client_id or config.revocation_feed.unusable:
         return None
     store = revocation_store(config)
     assert isinstance(store, RevocationStore)  # only the plugin-level issuer is fed, never a template realm

@@ -24,6 +24,7 @@ from .logout import (
     logout_token_of,
     parse_push,
 )
+from .logs import Owners
 from .revocation import Kind
 from .tokens import Rules
 
@@ -41,6 +42,7 @@ class Source:
 
 class Receiver:
     def __init__(self, config: Config) -> None:
+        self.owners = Owners()  # the plugin entities with this config, named in its log lines
         self.sources: Issuers[Source] = Issuers(config, Source, process.realm_directory(config))
         self.ttl = config.revocation_ttl
         self._max_size, self._algorithms = config.max_token_size, frozenset(config.algorithms)

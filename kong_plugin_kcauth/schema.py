@@ -10,6 +10,13 @@ attributes (`setting`). From that one definition:
   plugin never runs with a config its own schema forbids, whoever sent it;
 - `reference_markdown` renders the README's config reference.
 
+Vault references (`{vault://...}` in a `referenceable` field): Kong skips that field's validators
+and every entity check naming it (kong/db/schema/init.lua `validate_field`, `run_entity_check`),
+resolves it for the plugin (an empty string when it cannot) and lists it under the record's
+`$refs`. `load` does the same, and checks what the reference resolved to instead: a value Kong
+would have refused (or none) is not an error that stops the instance but an `unusable` field,
+which the parts that need it answer for (schema `Unusable`; config.py says what each does).
+
 Only the attributes the definition uses are implemented; an unknown one fails at import.
 """
 
@@ -41,6 +48,14 @@ _VALIDATORS = ("eq", "one_of", "gt", "between", "len_min", "len_max", "match_non
 _DESCRIPTIVE = {"required", "referenceable", "encrypted", "elements", "keys", "values", "err"}
 
 
+Unusable = tuple[tuple[str, str], ...]  # (field name, why: a message naming the field and its reference)
+
+
+def unusable_fields() -> Any:
+    """The `unusable` field of a config record: not Kong's, filled by `load`."""
+    return dataclasses.field(default=(), metadata={"internal": True}, compare=True)
+
+
 def setting(description: str, default: Any = dataclasses.MISSING, **kong: Any) -> Any:
     """A config field: its description and Kong attributes ride in the dataclass metadata."""
     unknown = set(kong) - set(_VALIDATORS) - _DESCRIPTIVE
@@ -58,10 +73,11 @@ def setting(description: str, default: Any = dataclasses.MISSING, **kong: Any) -
 def kong_fields(cls: type) -> list[dict[str, Any]]:
     """A config record's fields in Kong's schema language."""
     hints = typing.get_type_hints(cls)
-    out: list[dict[str, Any]] = []
-    for f in dataclasses.fields(cls):
-        out.append({f.name: kong_field(f, hints[f.name])})
-    return out
+    return [{f.name: kong_field(f, hints[f.name])} for f in _kong_fields_of(cls)]
+
+
+def _kong_fields_of(cls: type) -> list[dataclasses.Field[Any]]:
+    return [f for f in dataclasses.fields(cls) if not f.metadata.get("internal")]
 
 
 def kong_record(cls: type) -> dict[str, Any]:
@@ -117,12 +133,22 @@ def _kong_type(hint: Any) -> dict[str, Any]:
 
 def load(cls: type[T], raw: Any, path: str = "config") -> T:
     """The typed config from Kong's JSON record (absent or null fields take their default),
-    refused with Kong's own message when Kong's schema would refuse it."""
+    refused with Kong's own message when Kong's schema would refuse it. A referenceable field
+    that held a vault reference is checked as Kong could not: see the module's docstring."""
+    return _load(cls, raw, path)[0]
+
+
+def _load(cls: type[T], raw: Any, path: str) -> tuple[T, set[str]]:
+    """`load`, and the fields (dotted, under this record) that held a vault reference."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a record")
     hints = typing.get_type_hints(cls)
+    given = raw.get("$refs")
+    refs: dict[str, Any] = given if isinstance(given, dict) else {}
     values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
+    referenced: set[str] = set()
+    unusable: list[tuple[str, str]] = []
+    for f in _kong_fields_of(cls):
         name = f"{path}.{f.name}"
         spec = kong_field(f, hints[f.name])
         value = raw.get(f.name)
@@ -136,22 +162,50 @@ def load(cls: type[T], raw: Any, path: str = "config") -> T:
             else:
                 continue
         if spec["type"] == "record":
-            values[f.name] = load(_strip_optional(hints[f.name]), value, name)
+            values[f.name], inner = _load(_strip_optional(hints[f.name]), value, name)
+            referenced.update(f"{f.name}.{n}" for n in inner)
             continue
         if spec["type"] == "array" and spec["elements"]["type"] == "record":
             values[f.name] = _load_records(typing.get_args(_strip_optional(hints[f.name]))[0], value, name)
+            continue
+        if spec.get("referenceable") and isinstance(value, str) and (f.name in refs or is_reference(value)):
+            # Kong skipped this field's validators: what the reference resolved to is checked
+            # here, and one Kong would have refused leaves the field unusable, not the instance.
+            referenced.add(f.name)
+            why = reference_problem(spec, value, refs.get(f.name))
+            if why is not None:
+                unusable.append((f.name, f"{name}: {why}"))
+                value = ""
+            values[f.name] = value
             continue
         problem = field_problem(spec, value)
         if problem is not None:
             where, message = problem
             raise ConfigError(f"{name}{where}: {message}")
         values[f.name] = _COERCE.get(spec["type"], lambda v: v)(value)
+    if any(f.name == "unusable" for f in dataclasses.fields(cls)):
+        values["unusable"] = tuple(unusable)
     config = cls(**values)
     for check in getattr(cls, "ENTITY_CHECKS", ()):
+        if referenced & set(checked_fields(check)):
+            continue  # "Don't run if any of the values is a reference in a referenceable field"
         problems = entity_problems(kong_fields(cls), dataclasses.asdict(config), check)
         if problems:
             raise ConfigError("; ".join(f"{path}.{where}: {message}" for where, message in problems))
-    return config
+    return config, referenced
+
+
+def reference_problem(spec: dict[str, Any], value: str, reference: object) -> str | None:
+    """Why the value a vault reference resolved to cannot be used (None: it can). Never the
+    value: it is a secret."""
+    named = f"the vault reference {reference}" if isinstance(reference, str) else "the vault reference"
+    if value == "" or is_reference(value):
+        return f"{named} could not be resolved (Kong sent no value)"
+    problem = field_problem({k: v for k, v in spec.items() if k not in ("referenceable", "err")}, value)
+    if problem is None:
+        return None
+    message = problem[1] if not problem[1].startswith("invalid value") else "it does not have the expected form"
+    return f"{named} resolved to a value that cannot be used: {spec.get('err', message)}"
 
 
 def _load_records(cls: type[T], raw: Any, path: str) -> tuple[T, ...]:
@@ -163,7 +217,7 @@ def _load_records(cls: type[T], raw: Any, path: str) -> tuple[T, ...]:
     for i, element in enumerate(raw, 1):
         if element is None or element is False:  # adjust_field_for_context: `value or ...`, false too
             raise ConfigError(f"{path}.{i}: required field missing")
-        out.append(load(cls, element, f"{path}.{i}"))
+        out.append(_load(cls, element, f"{path}.{i}")[0])
     return tuple(out)
 
 
@@ -191,10 +245,6 @@ def field_problem(spec: dict[str, Any], value: Any) -> tuple[str, str] | None:
                 if problem is not None:
                     return problem
     if kind == "string":
-        if spec.get("referenceable") and is_reference(value):
-            # Kong resolves references before the plugin sees a config: one left is a vault
-            # that could not be read, and is not a secret to use.
-            return "", "the vault reference could not be resolved"
         if "len_min" not in spec:
             spec = {**spec, "len_min": 1}  # Kong refuses empty strings unless told otherwise
     for attr in _VALIDATORS:
@@ -228,11 +278,19 @@ def conditional_at_least_one_of(if_field: str, if_match: dict[str, Any], then_at
                                             "then_at_least_one_of": then_at_least_one_of, "then_err": then_err}}
 
 
+def checked_fields(check: dict[str, Any]) -> list[str]:
+    """The fields an entity check reads (its `field_sources`)."""
+    (_, arg), = check.items()
+    names = [arg["if_field"], *arg.get("then_at_least_one_of", [])]
+    return names + ([arg["then_field"]] if "then_field" in arg else [])
+
+
 def entity_problems(fields: list[dict[str, Any]], entity: dict[str, Any],
                     check: dict[str, Any]) -> list[tuple[str, str]]:
     """Kong's verdict on one entity check: its errors as (path under the record, message), as
     Kong's Admin API lists them (a field's error, then the record's `@entity` one). Values are
-    Kong's after defaults (absent = null); references are resolved by then, so it always runs."""
+    Kong's after defaults (absent = null); a check naming a field that held a vault reference is
+    not run (`_load`), as Kong does not run it."""
     (kind, arg), = check.items()
     if_spec, if_value = _spec_at(fields, arg["if_field"]), _value_at(entity, arg["if_field"])
     if _mismatch({**if_spec, **arg["if_match"]}, if_value) is not None:

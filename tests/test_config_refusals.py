@@ -34,6 +34,19 @@ FORBIDDEN = [
     {"consumer_required": True}, {"redis": {"host": "redis.internal"}},
     {"revocation_feed": {"client_id": "kcauth-feed"}},  # no secret
     {"revocation_feed": {"client_id": "kcauth-feed", "client_secret": "s", "interval": 0}},
+    # URL fields: a host, no user-info, query, fragment, whitespace or backslash; origins nothing after:
+    {"public_base_url": "https://api.example.com?x=1"}, {"public_base_url": "https://api.example.com#f"},
+    {"provider_url": "http://sso?x=1"}, {"provider_url": "http://user@sso"}, {"issuer": "http://"},
+    {"issuer": "https://sso.example.com/realms/a?x"}, {"issuer": "https://sso.example.com/realms/a#f"},
+    {"jwks_uri": "http://"}, {"jwks_uri": "https://:443/certs"}, {"introspection_endpoint": "https://"},
+    {"introspection_endpoint": "https://kc@sso/introspect"}, {"jwks_uri": "https://sso/realms/a b/certs"},
+    {"issuer": "https://evil.com\\@sso.example.com/realms/a"}, {"issuers": [{"issuer": "http://"}]},
+    {"issuers": [{"issuer": "https://sso/realms/b", "provider_url": "http://kc?x"}]},
+    {"issuer_template": "https://u@sso/realms/{realm}"}, {"issuer_template": "https:///realms/{realm}"},
+    # Reserved claim headers in any spelling (WSGI and CGI read `_` as `-`):
+    {"claim_headers": {"x_consumer_id": "azp"}}, {"claim_headers": {"x_forwarded_for": "sub"}},
+    {"claim_headers": {"x-forwarded-path": "sub"}}, {"claim_headers": {"x_real_ip": "sub"}},
+    {"claim_headers": {"x_kong_request_id": "jti"}}, {"claim_headers": {"via": "sub"}},
     # the feed derives the realm's admin API from a Keycloak realm issuer:
     {"issuer": "https://login.example.com/tenant", "revocation_feed": {"client_id": "f", "client_secret": "s"}},
 ]

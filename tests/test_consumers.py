@@ -69,5 +69,11 @@ def test_anonymous_consumer_for_requests_without_a_valid_token(gateway: Kong, id
 
 
 def test_missing_anonymous_consumer_keeps_the_refusal(gateway: Kong, idp: LocalIdP) -> None:
-    res = gateway.request(gateway.plugin(guard_config(idp, anonymous="nobody")), [])
-    assert res.status == 401 and res.consumer is None
+    """The refusal stands, and Kong's log says why at `error`, as Kong's own auth plugins do when
+    their anonymous consumer does not exist: once a minute, naming the plugin."""
+    entity = gateway.plugin(guard_config(idp, anonymous="nobody"))
+    for _ in range(3):
+        res = gateway.request(entity, [])
+        assert res.status == 401 and res.consumer is None
+    lines = [e for e in gateway.error_log if "config.anonymous 'nobody' names no Kong consumer" in e]
+    assert len(lines) == 1 and lines[0].startswith("[err]") and entity.id in lines[0], gateway.error_log[-3:]

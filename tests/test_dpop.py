@@ -109,6 +109,10 @@ PROOF_DEFECTS: dict[str, Any] = {
     "RSA key for ES256": lambda c, t: c.proof(t, header={"jwk": Client("RS256").jwk}),
     "htu a list": lambda c, t: c.proof(t, htu=[URL]),
     "htu no URL": lambda c, t: c.proof(t, htu="//api.example.com" + PATH),
+    # Python's urlsplit reads these hosts as the API's; RFC 3986 allows no `\\` and no user-info here.
+    "htu another host behind a backslash": lambda c, t: c.proof(t, htu="https://evil.com\\@api.example.com" + PATH),
+    "htu user-info": lambda c, t: c.proof(t, htu="https://evil.com@api.example.com" + PATH),
+    "htu a space": lambda c, t: c.proof(t, htu="https://api.example.com /orders/42"),
     "iat a string": lambda c, t: c.proof(t, iat="now"),
     "jti a number": lambda c, t: c.proof(t, jti=7),
 }

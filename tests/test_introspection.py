@@ -282,14 +282,19 @@ def test_incomplete_introspection_configs_are_refused_by_kong(kong: Kong, idp: L
         kong.plugin(sensitive_config(idp, **change))
 
 
-def test_a_private_key_kong_cannot_judge_fails_the_instance_start(kong: Kong, idp: LocalIdP, minter: Minter) -> None:
-    """Shaped like a PEM (Kong's pattern), but not a key: only the plugin can tell, at start."""
+def test_a_private_key_kong_cannot_judge_leaves_introspection_unusable(kong: Kong, idp: LocalIdP,
+                                                                       minter: Minter) -> None:
+    """Shaped like a PEM (Kong's pattern), but not a key: only the plugin can tell, at start. The
+    instance starts, introspection answers 503 without calling anyone, and Kong's error log names
+    the field and the plugin."""
     not_a_key = "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----"
     entity = kong.plugin(sensitive_config(idp, client_auth_method="private_key_jwt", client_secret=None,
                                           client_private_key=not_a_key))
     res = kong.request(entity, bearer(minter.token()))
-    assert res.status == 500 and not res.proxied
-    assert any("config.client_private_key: not an unencrypted PEM private key" in e for e in res.errors), res.errors
+    assert res.status == 503 and not res.proxied
+    assert any(e.startswith("[err]") and "config.client_private_key: not an unencrypted PEM private key" in e
+               and entity.id in e for e in kong.error_log), kong.error_log
+    assert idp.introspection_requests == 0
 
 
 # --- 5. the answer rules, without a server ----------------------------------------------------

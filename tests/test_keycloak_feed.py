@@ -214,7 +214,7 @@ def test_keycloak_failing_under_the_feed_refuses_no_valid_token_and_loses_nothin
             while time.monotonic() < until:
                 assert passes([(kong, guard)], valid.token), f"{fault}: a valid token was refused"
                 time.sleep(0.2)
-            feed_line = f"revocation feed of {keycloak.issuer(REALM)}:"
+            feed_line = f"revocation feed of {keycloak.issuer(REALM)} (client kcauth-feed):"
             assert [e for e in kong.error_log if feed_line in e], kong.error_log
             proxy.mode = "pass"
             refused_within([(kong, guard)], victim.token, INTERVAL + 2)

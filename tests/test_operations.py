@@ -36,6 +36,28 @@ def test_a_dependency_s_failure_and_recovery_reach_kong_s_log_once_each(kong: Ko
     assert [e for e in kong.error_log if f"key set of {idp.issuer}: recovered" in e], kong.error_log[-3:]
 
 
+def test_each_config_s_failure_is_reported_once_under_its_own_plugin(kong: Kong, idp: LocalIdP,
+                                                                      minter: Minter) -> None:
+    """Two routes of one issuer with wrong client secrets and one with the right one: each broken
+    config is reported once, naming its plugin, carried by a request of its own route; the
+    working one neither hides them nor is reported recovering."""
+    good = kong.plugin(sensitive_config(idp, introspection_breaker_seconds=0))
+    bad = kong.plugin(sensitive_config(idp, client_secret="wrong", introspection_breaker_seconds=0))
+    worse = kong.plugin(sensitive_config(idp, client_secret="also-wrong", introspection_breaker_seconds=0))
+    carried: dict[str, int] = {}
+    for _ in range(4):
+        for entity, status in ((good, 200), (bad, 503), (worse, 503)):
+            res = kong.request(entity, bearer(minter.token()))
+            assert res.status == status
+            carried[entity.id] = carried.get(entity.id, 0) + res.pdk_calls.count("kong.log.err")
+    lines = [e for e in kong.error_log if f"introspection at {idp.issuer}" in e]
+    for entity in (bad, worse):
+        mine = [line for line in lines if entity.id in line]
+        assert len(mine) == 1 and "failing" in mine[0] and mine[0].startswith("[err]"), lines
+        assert carried[entity.id] == 1, "carried by a request of its own route"
+    assert carried[good.id] == 0 and not [line for line in lines if good.id in line or "recovered" in line], lines
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

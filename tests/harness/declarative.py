@@ -10,7 +10,6 @@ unsupported key, so the demo never silently behaves unlike Kong.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,7 +69,7 @@ def load(source: str | Path | dict[str, Any], rewrite: dict[str, str] | None = N
             raise UnsupportedFeature(f"{where}: plugin {name!r} is not emulated (only {sorted(SUPPORTED_PLUGINS)})")
         if plugin.get("enabled", True) is False:
             return
-        config = _resolve_vault(plugin.get("config") or {}, where)
+        config = _check_vault(plugin.get("config") or {}, where)
         if name == "acl" and (set(config) - {"allow", "always_use_authenticated_groups", "hide_groups_header"}
                               or not config.get("allow")):
             raise UnsupportedFeature(f"{where}: only ACL allow lists are emulated")
@@ -139,21 +138,15 @@ def _only(obj: Any, allowed: set[str], where: str) -> None:
         raise UnsupportedFeature(f"{where}: {', '.join(extra)} not emulated by the kcauth demo gateway")
 
 
-def _resolve_vault(value: Any, where: str) -> Any:
-    """Kong resolves referenceable fields before a plugin sees them; the env vault reads
-    KCAUTH_CLIENT_SECRET for {vault://env/kcauth-client-secret}."""
+def _check_vault(value: Any, where: str) -> Any:
+    """Only the env vault is emulated: its references are kept in the config, as Kong stores them,
+    and resolved by the harness Kong when it starts an instance (Kong.vault_get, with `$refs`)."""
     if isinstance(value, dict):
-        return {k: _resolve_vault(v, where) for k, v in value.items()}
+        return {k: _check_vault(v, where) for k, v in value.items()}
     if isinstance(value, list):
-        return [_resolve_vault(v, where) for v in value]
-    if isinstance(value, str) and value.startswith("{vault://"):
-        match = _VAULT.match(value)
-        if not match:
-            raise UnsupportedFeature(f"{where}: only the env vault is emulated ({value.split('/')[2]} is not)")
-        name = match.group(1).upper().replace("-", "_")
-        if name not in os.environ:
-            raise UnsupportedFeature(f"{where}: {value} needs the environment variable {name}")
-        return os.environ[name]
+        return [_check_vault(v, where) for v in value]
+    if isinstance(value, str) and value.startswith("{vault://") and not _VAULT.match(value):
+        raise UnsupportedFeature(f"{where}: only the env vault is emulated ({value.split('/')[2]} is not)")
     return value
 
 

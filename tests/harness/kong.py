@@ -30,6 +30,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -335,8 +336,11 @@ class Kong:
 
     def __init__(self, server: PluginServerProcess, workers: int = 1, rpc_timeout: float = 10.0,
                  consumers: list[dict[str, Any]] | None = None,
-                 large_client_header_buffers: tuple[int, int] = nginx.LARGE_CLIENT_HEADER_BUFFERS) -> None:
+                 large_client_header_buffers: tuple[int, int] = nginx.LARGE_CLIENT_HEADER_BUFFERS,
+                 env: dict[str, str] | None = None) -> None:
         self.server = server
+        # The environment of `kong start`, which Kong's env vault reads (kong/vaults/env/init.lua).
+        self.env: dict[str, str] = dict(os.environ) if env is None else env
         # kong.conf nginx_http_large_client_header_buffers (number, size in bytes): nginx's front.
         self.large_client_header_buffers = large_client_header_buffers
         # The consumers entity table (declarative `consumers:`), for kong.client.load_consumer.
@@ -456,7 +460,8 @@ class Kong:
                 return info["id"]
             conf = kong_schema.kong_config_for_instance(
                 self.config_field, entity.config, plugin_id=entity.id, seq=entity.seq,
-                route_id=entity.route_id, service_id=entity.service_id, validate=entity.validated)
+                route_id=entity.route_id, service_id=entity.service_id, validate=entity.validated,
+                resolve_reference=self.vault_get)
             status = self.rpc.call("plugin.StartInstance", {"Name": self.name, "Config": json.dumps(conf)})
             running[entity.id] = {"id": status["Id"], "seq": entity.seq}
             if info:
@@ -465,6 +470,15 @@ class Kong:
                 except RpcError:
                     pass  # "don't care if there's an error, maybe other thread closed it first"
             return status["Id"]
+
+    def vault_get(self, reference: str) -> str | None:
+        """kong.vault.get for the env vault (kong/pdk/vault.lua parse_reference, then
+        kong/vaults/env/init.lua get): `{vault://env/<resource>}` is the variable named by the
+        resource in upper case with `-` as `_`; None when there is none (Kong then sends "")."""
+        match = re.fullmatch(r"\{vault://env/([^/?#}]+)\}", reference)
+        if match is None:
+            raise ValueError(f"only the env vault's plain references are emulated: {reference}")
+        return self.env.get(match.group(1).replace("-", "_").upper())
 
     def _reset_instances(self) -> None:
         with self._lock:
