@@ -144,7 +144,7 @@ class IntrospectionUnavailable(ProviderUnavailable):
 
 class PushRejected(Refusal):
     """A back-channel logout or not-before push that is refused; `reason` is a fixed category
-    (logout.py) returned to the sender, never input text."""
+    (tokens/logout.py) returned to the sender, never input text."""
 
     status = 400
     error = "invalid_request"
@@ -160,7 +160,7 @@ class MethodNotAllowed(Refusal):
     message = "Method not allowed"
 
 
-# --- DPoP (RFC 9449 section 7.1; dpop.py) ------------------------------------------------------
+# --- DPoP (RFC 9449 section 7.1; tokens/dpop.py) ------------------------------------------------------
 
 class DPoPRefusal(Refusal):
     """A refusal answered with the DPoP challenge (on the DPoP scheme)."""

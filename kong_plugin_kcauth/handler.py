@@ -1,9 +1,10 @@
 """The Kong adapter: the plugin class kong-pdk instantiates per configuration, and its access phase.
 
-Read it top to bottom, as Kong's own jwt and key-auth handlers: read the request, ask for a
-decision (decision.py), then either apply it (`set_identity`, the one place the upstream's
-identity is set, like key-auth's `set_consumer`) or send the refusal (errors.py). In
-`revocation_receiver` mode the route receives Keycloak's pushes instead (receiver.py).
+Read it top to bottom, as Kong's own jwt and key-auth handlers: read the request, ask for the
+decision (decision/guard.py `Guard.decide`, one call), then either apply it (`set_identity`, the
+one place the upstream's identity is set, like key-auth's `set_consumer`) or send the refusal
+(errors.py). In `revocation_receiver` mode the route receives Keycloak's pushes instead
+(decision/receiver.py).
 
 Two properties of Kong's plugin-server bridge shape it (see README, "Security model"):
 - Kong proxies the request when the plugin server fails (fail-open), so nothing here may raise,
@@ -15,7 +16,7 @@ PDK round trips: 2 on the reject path (read headers, exit), 3 on the allow path 
 set upstream headers, hand groups to Kong's ACL plugin), plus `kong.client.authenticate` (and a
 `load_consumer` per minute per consumer) when consumers are mapped, `kong.client.get_credential`
 when a client sends one of Kong's identity headers, and the request's method and URL (5, or 2 with
-`public_base_url`) when a DPoP token comes. Nothing follows `kong.response.exit`.
+`public_base_url`) when the DPoP scheme is used. Nothing follows `kong.response.exit`.
 """
 
 from __future__ import annotations
@@ -24,15 +25,19 @@ import logging
 import sys
 import time
 import traceback
+from dataclasses import replace
 from typing import Any
 
-from . import dpop, errors, logs, metrics, process
+from . import errors
 from .config import Config
-from .decision import Grant, Guard, presented_token
+from .config.values import KONG_IDENTITY_HEADERS
+from .decision import wiring
+from .decision.guard import Grant, Guard, Presented, presented_token
+from .decision.headers import cleared_headers, kong_identity_headers, spelling_variants
+from .decision.receiver import Receiver
 from .errors import Refusal
-from .headers import KONG_IDENTITY_HEADERS, cleared_headers, kong_identity_headers, spelling_variants
-from .receiver import Receiver
-from .shared import SharedUnavailable
+from .ops import logs, metrics
+from .revocation.shared import SharedUnavailable
 
 log = logging.getLogger("kcauth")
 
@@ -47,7 +52,7 @@ class Plugin:
         # which is closed, and logs the message, which names the bad setting.
         self.config = Config.from_kong(config)
         self.receiver = self.config.mode == "revocation_receiver"
-        self.stage: Guard | Receiver = process.for_config(self.config, Receiver if self.receiver else Guard)
+        self.stage: Guard | Receiver = wiring.for_config(self.config, Receiver if self.receiver else Guard)
         if self.stage.owners.add(config):
             for problem in self.config.problems():  # settings that cannot be used: Kong's error log
                 logs.config_error(self.stage.owners, problem)
@@ -74,14 +79,12 @@ def authenticate(kong: Any, guard: Guard) -> None:
         try:
             scheme, token = presented_token(request_headers)
             used_dpop = scheme == "dpop"
-            if used_dpop and config.dpop == "off":
-                raise errors.MissingToken()  # a scheme this route does not take
-            if not used_dpop and config.dpop == "required":
-                raise errors.DPoPRequired()
-            now = time.time()
-            grant = guard.decide(token, now)
-            if grant.jkt is not None or used_dpop:
-                prove(kong, guard, request_headers, used_dpop, token, grant, now)
+            presented = Presented(token, dpop=used_dpop)
+            if used_dpop and config.dpop != "off":  # what its proof must be about: asked for this scheme only
+                method = kong.request.get_method()
+                presented = replace(presented, proofs=request_headers.get("dpop"), url=request_url(kong, config),
+                                    method=method if isinstance(method, str) else "")
+            grant = guard.decide(presented, time.time())
         except Refusal as refusal:
             if refusal.status == 401 and guard.consumers and guard.consumers.anonymous:
                 anonymous = guard.consumers.find_anonymous(kong)
@@ -116,26 +119,6 @@ def missing_anonymous(kong: Any, guard: Guard) -> None:
         kong.log.err(message)
 
 
-def prove(kong: Any, guard: Guard, request_headers: dict[str, Any], used_dpop: bool, token: str, grant: Grant,
-          now: float) -> None:
-    """RFC 9449 section 4.3 on every request with a DPoP-bound token, remembered or not: the one
-    `DPoP` header, for this method and URL (asked of Kong only here), this token and its key,
-    used once."""
-    if not used_dpop:
-        raise errors.BoundTokenAsBearer()  # a bound token without its proof: a replayed theft
-    if grant.jkt is None or guard.proofs is None:
-        raise errors.UnboundTokenAsDPoP()
-    proofs = request_headers.get("dpop")
-    if not isinstance(proofs, list) or len(proofs) != 1 or not isinstance(proofs[0], str):
-        raise errors.InvalidDPoPProof("The request must carry exactly one DPoP header")
-    config = guard.config
-    method = kong.request.get_method()
-    proof = dpop.check_proof(proofs[0], method=method if isinstance(method, str) else "", url=request_url(kong, config),
-                             token=token, jkt=grant.jkt, algorithms=guard.algorithms,
-                             max_age=config.dpop_proof_max_age, leeway=config.leeway, now=now)
-    guard.proofs.admit(proof, now)
-
-
 def request_url(kong: Any, config: Config) -> str:
     """The URL the client addressed, without the query: `public_base_url`, else the scheme, host
     and port Kong sees (X-Forwarded-* from Kong's trusted_ips only, kong/pdk/request.lua), and
@@ -165,7 +148,7 @@ def observe(kong: Any, guard: Guard, grant: Grant | None, outcome: str, status: 
 
 
 def tell_kong(kong: Any, owners: logs.Owners) -> None:
-    """Carry pending state changes (logs.py) to Kong's own log, where its default level shows
+    """Carry pending state changes (ops/logs.py) to Kong's own log, where its default level shows
     them: one round trip, only when something changed (lines about another config wait for a
     request of theirs)."""
     pending = logs.to_kong.take(owners)

@@ -9,7 +9,7 @@ kong.conf (or KONG_* environment), with both socket settings explicit:
     pluginserver_kcauth_query_cmd = kcauth-pluginserver --dump
 
 It is kong-pdk's dedicated server for the one plugin `kcauth`, with deliberate changes:
-- kcauth's own event handling and listener (bridge.py): nothing an event carries can drop Kong's
+- kcauth's own event handling and listener (pluginserver/bridge.py): nothing an event carries can drop Kong's
   connection (Kong would proxy the request), and no event leaves a thread or greenlet behind;
 - the default socket name is `kcauth.socket`, the name Kong derives for a server called `kcauth`
   (kong-pdk would pick `kcauth.sock`, and Kong would then never reach it);
@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _kcauth() -> PluginInfo:
-    from . import __version__, config
+    from . import __version__
+    from .config import settings as config
     from .handler import Plugin
 
     return Plugin, config.kong_config_record(), __version__
@@ -109,7 +110,7 @@ def run(argv: list[str] | None, load_plugin: Callable[[], PluginInfo], name: str
     _watch_parent()
     events: Callable[[], int]
     if args.server == "core":
-        from . import core
+        from .pluginserver import core
 
         server: Any = core.Core(name, plugin, info)
         events = lambda: server.running  # noqa: E731
@@ -117,9 +118,10 @@ def run(argv: list[str] | None, load_plugin: Callable[[], PluginInfo], name: str
         server = _kong_pdk_server(name, args, plugin, record, version)
         events = lambda: server.running  # noqa: E731
     if args.metrics:
-        from . import metrics
+        from .decision import wiring
+        from .ops import metrics
 
-        metrics.serve(args.metrics, events=events)
+        metrics.serve(args.metrics, events=events, key_sets=wiring.key_sets)
     path = os.path.join(args.prefix, args.socket_name)
     sys.stderr.write(f"{name}-pluginserver {version}: {args.server} server"
                      f"{' (gevent)' if args.server == 'kong-pdk' and args.gevent else ''} listening at {path}\n")
@@ -127,7 +129,7 @@ def run(argv: list[str] | None, load_plugin: Callable[[], PluginInfo], name: str
         if args.server == "core":
             core.serve(server, path, args.listen_queue_size)
         else:
-            from . import bridge
+            from .pluginserver import bridge
 
             bridge.listener_class()(server, args.prefix, sock_name=args.socket_name, use_gevent=args.gevent,
                                     listen_queue_size=args.listen_queue_size).serve_forever()
@@ -150,7 +152,7 @@ def _kong_pdk_server(name: str, args: argparse.Namespace, plugin: type, record: 
     from kong_pdk.logger import Logger
     from kong_pdk.module import Module
 
-    from . import bridge
+    from .pluginserver import bridge
 
     # The shape kong-pdk's Module reads: what a plugin file would define at module level.
     spec = type("Spec", (), {"Plugin": plugin, "Schema": record["fields"], "version": version,

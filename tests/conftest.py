@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import threading
@@ -133,9 +134,15 @@ def server_mode(request: pytest.FixtureRequest) -> str:
 @pytest.fixture(scope="module")
 def each_mode_kong(server_mode: str) -> Iterator[Kong]:
     """Kong driving a plugin server of each mode in turn (tests that must hold in both); checked
-    by tests/test_plugin_server_process.py::test_each_mode_kong_runs_the_server_in_its_mode."""
+    by tests/pluginserver/test_plugin_server_process.py::test_each_mode_kong_runs_the_server_in_its_mode."""
     with own_gateway(server_mode) as gateway:
         yield gateway
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def rss_mb(pid: int, field: str = "VmRSS") -> float:

@@ -369,7 +369,7 @@ def render(r: Results) -> str:
             "- LocalIdP speaks HTTP/1.1 keep-alive (as Keycloak does) with a listen backlog of 1024; naive's "
             "`requests.post` opens a connection per call anyway, kcauth reuses its pool.",
             "- floor: the same three PDK calls as kcauth's allow path with constant values; naive: "
-            "tests/bench/naive.py.", "- Nothing here asserts timings; tests/test_bench_smoke.py only checks "
+            "tests/bench/naive.py.", "- Nothing here asserts timings; tests/e2e/test_bench_smoke.py only checks "
             "that every row and target line is produced."]
 
     if ANALYSIS.exists():

@@ -29,7 +29,7 @@ from typing import Any
 
 import jwt
 
-from kong_plugin_kcauth.dpop import thumbprint, token_hash
+from kong_plugin_kcauth.tokens.dpop import thumbprint, token_hash
 from tests.bench import report
 from tests.bench.load import BASE_HEADERS, Run, Server, Tokens, drive, expect_allowed, expect_status, request_headers
 from tests.bench.mint import Mint, garbage

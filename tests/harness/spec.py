@@ -1,6 +1,6 @@
 """spec/*.yaml: loading the cases, making their tokens and requests, and checking outcomes.
 
-Shared by the harness runner (tests/test_spec.py, through the Kong-side protocol) and the HTTP
+Shared by the harness runner (tests/e2e/test_spec.py, through the Kong-side protocol) and the HTTP
 runner (tests/spec_http.py, against a live gateway), so both prove the same contract.
 """
 

@@ -1,0 +1,306 @@
+"""What kcauth shares between Kong nodes and plugin server processes: Redis, when configured.
+
+Redis is a trust boundary. Keys are derived from `redis.secret`, which only the gateways hold:
+- introspection verdicts are sealed with AES-256-GCM, the entry's full key name as associated
+  data, so a Redis writer cannot forge one, move a genuine one to another token's key, or read a
+  claim; a verdict that fails to open is ignored (logged once a minute) and Keycloak is asked;
+- revocations are records held in key names with a MAC (`publish_record`), so one cannot be
+  forged, altered or hidden by overwriting; pub/sub messages are sealed like verdicts.
+What a Redis writer can still do: delete entries (extra introspection calls; deleted revocations
+are written back by every process holding them, within `revocation.RESTORE_INTERVAL`; a deleted
+feed position makes the feed read again from `revocation_ttl` back, which records nothing new),
+and replay a genuine verdict under its own key, never past the deadline sealed inside it. A
+lease (the feed's reader) carries a MAC and its expiry: one a writer forged, or replayed past its
+time, is ignored, and every process then reads alone.
+
+For the request path Redis is an optimisation, never a dependency: a failure (Redis down, slow,
+refusing the password) is logged, Redis is skipped for a few seconds, and the caller carries on
+with its in-process state and the identity provider. Key names are digests, never tokens.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+import redis.lock
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from ..config import RedisConfig
+from ..ops.logs import Throttled, health
+from ..tokens.claims import json_object
+
+log = logging.getLogger("kcauth.redis")
+
+SKIP_SECONDS = 5.0  # after a failure, how long Redis is left alone
+_NONCE = 12
+
+
+class SharedUnavailable(Exception):
+    """Redis could not take (or give) what the caller must not lose silently (a revocation)."""
+
+
+def _ca_file(ca: str | None) -> str | None:
+    """redis-py's `ssl_ca_certs` for `tls_ca_bundle`: the same trust as for the identity provider
+    (None: the system store, redis-py's own default)."""
+    if ca is None:
+        import certifi
+
+        return str(certifi.where())
+    return None if ca == "system" else ca
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _derive(secret: str, purpose: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"kcauth " + purpose).derive(secret.encode())
+
+
+class SharedStore:
+    def __init__(self, config: RedisConfig, ca: str | None = None) -> None:
+        self.config = config
+        secret = config.secret or ""
+        self._aead = AESGCM(_derive(secret, b"redis seal v1"))
+        self._pseudonym_key = _derive(secret, b"redis pseudonym v1")
+        self._record_key = _derive(secret, b"redis record v1")
+        self._client = redis.Redis(
+            host=config.host or "", port=config.port, db=config.database,
+            username=config.username, password=config.password, ssl=config.tls,
+            ssl_ca_certs=_ca_file(ca) if config.tls else None,
+            socket_timeout=config.timeout, socket_connect_timeout=config.timeout,
+            # redis-py retries with backoff by default, which turns a dead Redis into seconds
+            # of stall per request; one attempt, then the in-process state.
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._skip_until = 0.0
+        self._lock = threading.Lock()
+        self._forged = Throttled(log, 60)
+        self._component = f"redis {config.host}:{config.port}"
+
+    # -- sealing --
+
+    def pseudonym(self, value: str) -> str:
+        """A keyed digest of a personal identifier (sid, sub), the same on every gateway."""
+        return hmac.new(self._pseudonym_key, value.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()[:32]
+
+    def _seal(self, name: str, value: dict[str, Any]) -> bytes:
+        nonce = os.urandom(_NONCE)
+        data = json.dumps(value, separators=(",", ":")).encode()
+        return nonce + self._aead.encrypt(nonce, data, name.encode())
+
+    def _open(self, name: str, raw: Any) -> dict[str, Any] | None:
+        if not isinstance(raw, bytes) or len(raw) <= _NONCE:
+            self._forged.warning("ignoring a Redis entry that kcauth did not write")
+            return None
+        try:
+            data = self._aead.decrypt(raw[:_NONCE], raw[_NONCE:], name.encode())
+        except InvalidTag:
+            self._forged.warning("ignoring a Redis entry that fails authentication (written without "
+                                 "redis.secret, or forged)")
+            return None
+        return json_object(data)
+
+    # -- the request path: best effort --
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        if self._skipping():
+            return None
+        name = self.config.prefix + key
+        try:
+            raw = self._client.get(name)
+        except (redis.RedisError, OSError) as exc:
+            self._failed("read", exc)
+            return None
+        self._ok()
+        return None if raw is None else self._open(name, raw)
+
+    def put(self, key: str, value: dict[str, Any], ttl: float) -> None:
+        millis = int(ttl * 1000)
+        if millis <= 0 or self._skipping():
+            return
+        name = self.config.prefix + key
+        try:
+            self._client.set(name, self._seal(name, value), px=millis)
+        except (redis.RedisError, OSError) as exc:
+            self._failed("write", exc)
+
+    def set_if_absent(self, key: str, ttl: float) -> bool | None:
+        """SET NX: True if this call created the key, False if it existed, None if Redis failed."""
+        try:
+            return bool(self._client.set(self.config.prefix + key, b"1", nx=True, px=max(1, int(ttl * 1000))))
+        except (redis.RedisError, OSError) as exc:
+            self._failed("write", exc)
+            return None
+
+    # -- records that must not be lost: failures raise SharedUnavailable --
+    #
+    # A record (a revocation) lives in its key's name: the message and a MAC over it, with an
+    # empty value. Overwriting the value changes nothing, and a forged or altered name fails its
+    # MAC; what a Redis writer can still do is delete names, which the processes holding the
+    # records write back (`restore`).
+
+    def publish_record(self, scope: str, channel: str, message: dict[str, Any], ttl: float) -> None:
+        """Store `message` for `ttl` and publish it on `channel`, atomically."""
+        chan = self.config.prefix + channel
+        try:
+            pipe = self._client.pipeline(transaction=True)
+            pipe.set(self._record_name(scope, message), b"", px=max(1, int(ttl * 1000)))
+            pipe.publish(chan, self._seal(chan, message))
+            pipe.execute()
+        except (redis.RedisError, OSError) as exc:
+            self._failed("write", exc)
+            raise SharedUnavailable() from None
+
+    def restore(self, scope: str, records: list[tuple[dict[str, Any], float]]) -> int:
+        """Write back records (message, ttl) that Redis lost, leaving those it holds; how many
+        were missing."""
+        live = [(self._record_name(scope, message), ttl) for message, ttl in records if ttl > 0.001]
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for name, ttl in live:
+                pipe.set(name, b"", px=int(ttl * 1000), nx=True)
+            return sum(1 for created in pipe.execute() if created)
+        except (redis.RedisError, OSError) as exc:
+            raise SharedUnavailable() from exc
+
+    def records(self, scope: str) -> Iterator[dict[str, Any]]:
+        """Every record of `scope` that Redis holds and that passes its MAC."""
+        start = len(self.config.prefix) + len(scope) + len(":rec:")
+        try:
+            for name in self._client.scan_iter(match=f"{self.config.prefix}{scope}:rec:*", count=500):
+                text = name.decode("ascii", "replace") if isinstance(name, bytes) else str(name)
+                body, _, tag = text[start:].partition(".")
+                message = self._record_message(scope, body, tag)
+                if message is not None:
+                    yield message
+        except (redis.RedisError, OSError) as exc:
+            raise SharedUnavailable() from exc
+
+    def _record_name(self, scope: str, message: dict[str, Any]) -> str:
+        body = _b64(json.dumps(message, sort_keys=True, separators=(",", ":")).encode())
+        return f"{self.config.prefix}{scope}:rec:{body}.{self._tag(scope, body)}"
+
+    def _record_message(self, scope: str, body: str, tag: str) -> dict[str, Any] | None:
+        if not hmac.compare_digest(tag, self._tag(scope, body)):
+            self._forged.warning("ignoring a Redis record whose name fails authentication")
+            return None
+        try:
+            return json_object(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+        except ValueError:
+            return None
+
+    def _tag(self, scope: str, body: str) -> str:
+        return _b64(hmac.new(self._record_key, f"{scope}:{body}".encode(), hashlib.sha256).digest()[:16])
+
+    # -- leases: one holder at a time across every process --
+
+    def lease(self, key: str, seconds: float) -> Lease | None:
+        """Take `key` for `seconds` unless another process holds it: the Lease, or None when
+        held. It is not given back: it lapses, so the next taker comes `seconds` after this one.
+        Raises SharedUnavailable when Redis fails, or when the holder is not a gateway (the
+        value is `<expiry ms>.<nonce>.<MAC>`: a lease forged or replayed by a Redis writer to
+        stop the work is ignored, and the caller works alone)."""
+        name = self.config.prefix + key
+        until = int((time.time() + seconds) * 1000)
+        nonce = _b64(os.urandom(9))
+        token = f"{until}.{nonce}.{self._tag(name, f'{until}.{nonce}')}"
+        lock = self._client.lock(name, timeout=seconds, blocking=False, thread_local=False)
+        try:
+            if lock.acquire(token=token):
+                return Lease(lock, seconds)
+            held = self._client.get(name)
+        except (redis.RedisError, OSError) as exc:
+            self._failed("lease", exc)
+            raise SharedUnavailable() from None
+        if held is None or self._genuine_lease(name, held, seconds):
+            return None  # another process holds it (or it lapsed just now)
+        self._forged.warning("ignoring a lease in Redis that no gateway took: this process does the work alone")
+        raise SharedUnavailable()
+
+    def _genuine_lease(self, name: str, held: Any, seconds: float) -> bool:
+        text = held.decode("ascii", "replace") if isinstance(held, bytes) else str(held)
+        until, _, rest = text.partition(".")
+        nonce, _, tag = rest.partition(".")
+        if not until.isdigit() or not hmac.compare_digest(tag, self._tag(name, f"{until}.{nonce}")):
+            return False
+        # A genuine lease not past its expiry (renewed ones run a little longer: a few reads).
+        return int(until) >= (time.time() - 4 * seconds) * 1000
+
+    def subscribe(self, channel: str) -> Subscription:
+        return Subscription(self, self.config.prefix + channel)
+
+    # -- failures --
+
+    def _skipping(self) -> bool:
+        return time.monotonic() < self._skip_until
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        with self._lock:
+            if self._skipping():
+                return
+            self._skip_until = time.monotonic() + SKIP_SECONDS
+        # The exception type only: redis-py messages can carry connection details.
+        health.report(self._component, False, f"{what} failed ({type(exc).__name__}); using the in-process "
+                      f"state, trying again every {SKIP_SECONDS:.0f} s")
+
+    def _ok(self) -> None:
+        health.report(self._component, True)
+
+
+class Lease:
+    """A held key (redis-py's Lock), renewed while its work runs longer than planned."""
+
+    def __init__(self, lock: redis.lock.Lock, seconds: float) -> None:
+        self._lock, self._seconds = lock, seconds
+
+    def renew(self) -> bool:
+        """Hold it `seconds` more; False when it lapsed and another took it (or Redis failed)."""
+        try:
+            return bool(self._lock.extend(self._seconds, replace_ttl=True))
+        except (redis.RedisError, OSError):
+            return False
+
+
+class Subscription:
+    """One channel's opened messages; any failure raises SharedUnavailable (reconnect, catch up)."""
+
+    def __init__(self, store: SharedStore, channel: str) -> None:
+        self._store = store
+        self._channel = channel
+        try:
+            self._pubsub = store._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            self._pubsub.subscribe(channel)
+        except (redis.RedisError, OSError) as exc:
+            raise SharedUnavailable() from exc
+
+    def next(self, timeout: float) -> dict[str, Any] | None:
+        """The next message, or None when none came within `timeout` seconds."""
+        try:
+            message = self._pubsub.get_message(timeout=timeout)
+        except (redis.RedisError, OSError) as exc:
+            raise SharedUnavailable() from exc
+        if not message or message.get("type") != "message":
+            return None
+        return self._store._open(self._channel, message.get("data"))
+
+    def close(self) -> None:
+        try:
+            self._pubsub.close()
+        except (redis.RedisError, OSError):
+            pass

@@ -1,0 +1,86 @@
+"""JSON Web Keys (RFC 7517) as kcauth takes them: which entries of a key set may verify a
+token, and which key a token header names. Pure: the key sets themselves are downloaded and
+kept by idp/keys.py.
+
+- only `use: sig` keys of type RSA (2048 bits or more), EC or OKP; private and symmetric keys never;
+- a key verifies only tokens whose `alg` its type, curve and own `alg` agree with;
+- without a `kid`, only an unambiguous match is taken.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+log = logging.getLogger("kcauth.keys")
+
+MIN_RSA_BITS = 2048
+_EC_CURVES = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
+
+
+@dataclass(frozen=True)
+class Jwk:
+    kid: str | None
+    kty: str
+    alg: str | None
+    crv: str | None
+    key: Any  # a cryptography public key object
+
+
+def key_agrees(jwk: Jwk, alg: str) -> bool:
+    """Whether `jwk` may verify a token signed with `alg` (type, curve and named alg agree)."""
+    if jwk.alg is not None and jwk.alg != alg:
+        return False
+    if alg[:2] in ("RS", "PS"):
+        return jwk.kty == "RSA"
+    if alg in _EC_CURVES:
+        return jwk.kty == "EC" and jwk.crv == _EC_CURVES[alg]
+    if alg == "EdDSA":
+        return jwk.kty == "OKP" and jwk.crv in ("Ed25519", "Ed448")
+    return False
+
+
+def parse_jwks(doc: dict[str, Any]) -> dict[str | None, tuple[Jwk, ...]]:
+    """Signing keys of a JWKS document by kid; unusable entries are skipped and logged."""
+    entries = doc.get("keys")
+    if not isinstance(entries, list):
+        raise ValueError("key set has no `keys` array")
+    by_kid: dict[str | None, list[Jwk]] = {}
+    for entry in entries:
+        jwk = _parse_key(entry)
+        if jwk is not None:
+            by_kid.setdefault(jwk.kid, []).append(jwk)
+    return {kid: tuple(keys) for kid, keys in by_kid.items()}
+
+
+def _parse_key(entry: Any) -> Jwk | None:
+    if not isinstance(entry, dict) or entry.get("use") != "sig":
+        return None  # encryption keys (Keycloak publishes one) and malformed entries
+    kty, kid, alg, crv = entry.get("kty"), entry.get("kid"), entry.get("alg"), entry.get("crv")
+    if kty not in ("RSA", "EC", "OKP") or not isinstance(kid, (str, type(None))):
+        return None
+    if not isinstance(alg, (str, type(None))) or not isinstance(crv, (str, type(None))):
+        return None
+    try:
+        key = jwt.PyJWK(entry).key
+    except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError, KeyError) as exc:
+        log.warning("skipping key %s: cannot load it (%s)", kid, type(exc).__name__)
+        return None
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_BITS:
+        log.warning("skipping key %s: RSA key of %d bits is too short", kid, key.key_size)
+        return None
+    if not hasattr(key, "verify"):  # a private or symmetric key has no business here
+        return None
+    return Jwk(kid=kid, kty=kty, alg=alg, crv=crv, key=key)
+
+
+def select_key(keys: dict[str | None, tuple[Jwk, ...]], kid: str | None, alg: str) -> Jwk | None:
+    """The key for a token header. Without a kid, only an unambiguous match is accepted."""
+    if kid is not None:
+        return next((k for k in keys.get(kid, ()) if key_agrees(k, alg)), None)
+    fitting = [k for group in keys.values() for k in group if key_agrees(k, alg)]
+    return fitting[0] if len(fitting) == 1 else None
