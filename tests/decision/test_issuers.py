@@ -166,18 +166,18 @@ def test_a_flood_of_random_realm_names_costs_a_few_lookups(kong: Kong, tenants: 
     held = tenant_token(tenants, "tenant-1")
     assert kong.request(entity, bearer(held)).status == 200
     rss_before = rss_mb(kong.server.pid)
-    names = ["".join(random.choices(string.ascii_lowercase, k=12)) for _ in range(10_000)]
+    names = ["".join(random.choices(string.ascii_lowercase, k=12)) for _ in range(4_000)]
     tokens = [tenant_token(tenants, name) for name in names]
     chunks = [tokens[i::16] for i in range(16)]
     started = time.monotonic()
     answers = at_once(16, lambda: [kong.request(entity, bearer(t)).status for t in chunks.pop()], timeout=300)
     minutes = int((time.monotonic() - started) // 60) + 1
     statuses = [s for batch in answers for s in batch]
-    assert len(statuses) == 10_000 and set(statuses) <= {401, 503}
+    assert len(statuses) == 4_000 and set(statuses) <= {401, 503}
     assert tenants.unknown_realm_requests <= 5 * minutes, "a few lookups per minute, not one per name"
     assert kong.request(entity, bearer(held)).status == 200, "held realms are not affected"
     growth = rss_mb(kong.server.pid) - rss_before
-    print(f"RSS growth after 10,000 random realm names: {growth:+.1f} MB")
+    print(f"RSS growth after 4,000 random realm names: {growth:+.1f} MB")
     assert growth < 32
 
 

@@ -45,5 +45,5 @@ def serve(handle: Handle, host: str = "127.0.0.1", port: int = 0, name: str = "h
 
     server = ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True, name=name).start()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True, name=name).start()
     return server

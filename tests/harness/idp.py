@@ -307,7 +307,8 @@ class LocalIdP:
         return {k: v for k, v in answer.items() if k not in self.answer_without}
 
     def start(self) -> LocalIdP:
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # A short poll: shutdown() (every test's teardown) waits for one.
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
         self._thread.start()
         return self
 

@@ -9,6 +9,7 @@ marking them explicitly is still good style.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -34,22 +35,56 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+class _Starting:
+    """The session's Keycloak, started in the background as soon as collection shows a test
+    needs it: its start (half a minute of mostly waiting) overlaps the tests before the first
+    that needs it."""
+
+    def __init__(self) -> None:
+        self.server = KeycloakServer()
+        self.failure: str | None = None
+        self._thread = threading.Thread(target=self._start, name="keycloak-start", daemon=True)
+        self._thread.start()
+
+    def _start(self) -> None:
+        try:
+            self.server.start()  # stops what it started if it fails
+        except Exception as exc:
+            self.failure = f"{type(exc).__name__}: {exc}"
+
+    def join(self) -> tuple[KeycloakServer, str | None]:
+        self._thread.join()
+        return self.server, self.failure
+
+
+_starting: _Starting | None = None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    global _starting
+    needed = False
     for item in items:
         if KEYCLOAK_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.keycloak)
+            needed = True
+    if needed and _starting is None and not config.option.collectonly:
+        _starting = _Starting()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Stop a Keycloak started in the background that no test ended up using (deselected)."""
+    if _starting is not None:
+        _starting.join()[0].stop()  # safe to call twice
 
 
 @pytest.fixture(scope="session")
 def keycloak() -> Iterator[KeycloakServer]:
     """The running Keycloak. A start failure fails every test that needs it (never a skip):
     a suite that silently skips its real-IdP tests proves nothing."""
-    server = KeycloakServer()
-    failure: str | None = None
-    try:
-        server.start()  # stops what it started if it fails
-    except Exception as exc:
-        failure = f"{type(exc).__name__}: {exc}"
+    global _starting
+    if _starting is None:  # a test asked for it without being collected as needing it
+        _starting = _Starting()
+    server, failure = _starting.join()
     if failure is not None:  # outside the except block: no chained tracebacks, just the reason
         pytest.fail(f"Keycloak is not available for the tests: {failure}", pytrace=False)
     log.info("Keycloak at %s, ready in %.1f s", server.base_url, server.startup_seconds or 0.0)

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 
 from tests.conftest import SERVER_MODES, bearer, guard_config, short_prefix, start_script_server, started_idp
 from tests.harness.idp import LocalIdP, Minter
-from tests.harness.kong import Kong, RpcError
+from tests.harness.kong import Kong, PluginEntity, RpcError
 
 REPLAYS = 300
 
@@ -144,6 +144,9 @@ def realm() -> Iterator[tuple[LocalIdP, Minter]]:
     idp.stop()
 
 
+_ROUTES: dict[int, PluginEntity] = {}
+
+
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(changes=st.dictionaries(st.sampled_from(CLAIMS), json_values, min_size=1, max_size=4))
 @example(changes={"realm_access": {"roles": ["user", "\ud800"]}})  # broke the RPC stream (fail-open)
@@ -154,8 +157,10 @@ def test_any_claims_end_in_one_clean_answer(each_mode_kong: Kong, realm: tuple[L
                                             changes: dict[str, Any]) -> None:
     idp, minter = realm
     kong = each_mode_kong
-    entity = kong.plugin(guard_config(idp, consumer_claim="preferred_username", required_roles=["realm:user"],
-                                      header_value_max_length=16384))
+    entity = _ROUTES.get(id(kong))
+    if entity is None:  # one route per server: its instance starts once, the examples are the tokens
+        entity = _ROUTES[id(kong)] = kong.plugin(guard_config(
+            idp, consumer_claim="preferred_username", required_roles=["realm:user"], header_value_max_length=16384))
     claims = minter.claims(**changes)
     token = minter.raw_token(**changes)
     res = kong.request(entity, bearer(token) + [("X-Auth-Subject", "forged"), ("X-Consumer-ID", "forged")])
