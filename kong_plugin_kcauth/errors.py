@@ -9,8 +9,9 @@ token content ever reach a client.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 
 class Refusal(Exception):
@@ -220,6 +221,19 @@ VERDICT_REFUSALS: dict[str, type[Refusal]] = {cls.__name__: cls for cls in (
     TokenInactive, Expired, NotYetValid, TooOld, WrongIssuer, WrongAudience, WrongAuthorizedParty,
     NotAnAccessToken,
 )}
+
+
+R = TypeVar("R", bound=Refusal)
+
+
+def raised(kind: type[R], check: Callable[[], object]) -> R | None:
+    """The `kind` of refusal `check` raises, or None: token rules are written as checks that
+    raise, and answered as what they refuse (tokens/access.py, tokens/logout.py)."""
+    try:
+        check()
+    except kind as refused:
+        return refused
+    return None
 
 
 @dataclass(frozen=True)

@@ -59,11 +59,7 @@ def parse(token: str, max_size: int, algorithms: frozenset[str]) -> jws.Signed:
 def refusal(claims: Claims, rules: Rules, now: float) -> errors.Refusal | None:
     """What the claim rules refuse in a token, or None (they need no key: checked first, so a
     foreign, expired or mis-addressed token costs no key download and no verification)."""
-    try:
-        check_claims(claims, rules, now)
-    except errors.Refusal as refused:
-        return refused
-    return None
+    return errors.raised(errors.Refusal, lambda: check_claims(claims, rules, now))
 
 
 def check_claims(claims: Claims, rules: Rules, now: float) -> None:

@@ -62,11 +62,7 @@ def logout_refusal(signed: jws.Signed, rules: Rules, audiences: frozenset[str],
     short of its signature, or None."""
     if signed.typ not in ("logout+jwt", "application/logout+jwt"):
         return errors.PushRejected("not a logout token")
-    try:
-        _logout_claims(signed.claims, rules, audiences, now)
-    except errors.PushRejected as refused:
-        return refused
-    return None
+    return errors.raised(errors.PushRejected, lambda: _logout_claims(signed.claims, rules, audiences, now))
 
 
 def logout_of(signed: jws.Signed) -> Logout:
@@ -109,11 +105,7 @@ def not_before_refusal(signed: jws.Signed, rules: Rules, audiences: frozenset[st
     """What is refused in Keycloak's PUSH_NOT_BEFORE admin action (sent to `<admin URL>/
     k_push_not_before`) as `parse_push` read it, short of its signature, or None. Keycloak's admin
     actions carry no `iss`: the realm's signature is what binds them to it."""
-    try:
-        _not_before_claims(signed.claims, audiences, rules, now)
-    except errors.PushRejected as refused:
-        return refused
-    return None
+    return errors.raised(errors.PushRejected, lambda: _not_before_claims(signed.claims, audiences, rules, now))
 
 
 def not_before_of(signed: jws.Signed) -> NotBefore:
