@@ -81,6 +81,9 @@ def options(argv: list[str], name: str, priority: int) -> argparse.Namespace:
                              "plugins run at 1050 to 1450)")
     parser.add_argument("--metrics", metavar="HOST:PORT", default=None,
                         help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)")
+    parser.add_argument("--workers", type=int, default=0, metavar="N",
+                        help="processes serving Kong's nginx workers with the core (default: Kong's nginx "
+                             "worker count, from the prefix's nginx.conf, else one per core)")
     parser.add_argument("--version", "-version", action="version", version=f"%(prog)s {__version__}")
     args = parser.parse_args(argv)
     if args.multiprocessing:
@@ -98,6 +101,8 @@ def run(argv: list[str] | None, load_plugin: Callable[[], PluginInfo], name: str
     so that its imports are patched) returns the class, its config record and its version; the
     benchmark and the fault tests serve their plugins through this too."""
     args = options(list(sys.argv[1:] if argv is None else argv), name, priority)
+    if args.server == "core" and not args.dump:
+        return _supervise(args, load_plugin, name)
     if args.gevent:
         from gevent import monkey
 
@@ -108,33 +113,75 @@ def run(argv: list[str] | None, load_plugin: Callable[[], PluginInfo], name: str
         sys.stdout.write(json.dumps([info]))
         return
     _watch_parent()
-    events: Callable[[], int]
-    if args.server == "core":
-        from .pluginserver import core
-
-        server: Any = core.Core(name, plugin, info)
-        events = lambda: server.running  # noqa: E731
-    else:
-        server = _kong_pdk_server(name, args, plugin, record, version)
-        events = lambda: server.running  # noqa: E731
+    server = _kong_pdk_server(name, args, plugin, record, version)
     if args.metrics:
         from .decision import wiring
         from .ops import metrics
 
-        metrics.serve(args.metrics, events=events, key_sets=wiring.key_sets)
-    path = os.path.join(args.prefix, args.socket_name)
-    sys.stderr.write(f"{name}-pluginserver {version}: {args.server} server"
-                     f"{' (gevent)' if args.server == 'kong-pdk' and args.gevent else ''} listening at {path}\n")
-    try:
-        if args.server == "core":
-            core.serve(server, path, args.listen_queue_size)
-        else:
-            from .pluginserver import bridge
+        metrics.serve(args.metrics, events=lambda: server.running, key_sets=wiring.key_sets)
+    sys.stderr.write(f"{name}-pluginserver {version}: kong-pdk server{' (gevent)' if args.gevent else ''} "
+                     f"listening at {os.path.join(args.prefix, args.socket_name)}\n")
+    from .pluginserver import bridge
 
-            bridge.listener_class()(server, args.prefix, sock_name=args.socket_name, use_gevent=args.gevent,
-                                    listen_queue_size=args.listen_queue_size).serve_forever()
+    try:
+        bridge.listener_class()(server, args.prefix, sock_name=args.socket_name, use_gevent=args.gevent,
+                                listen_queue_size=args.listen_queue_size).serve_forever()
     except KeyboardInterrupt:
         pass
+
+
+def _supervise(args: argparse.Namespace, load_plugin: Callable[[], PluginInfo], name: str) -> None:
+    """kcauth's core: the socket bound first (before anything heavy is imported: Kong's
+    connections are refused only while the interpreter starts), then the supervisor's hub and
+    workers (pluginserver/supervisor.py)."""
+    import base64
+    import tempfile
+
+    from .pluginserver import hub, supervisor
+
+    path = os.path.join(args.prefix, args.socket_name)
+    listener = supervisor.bind(path, args.listen_queue_size)
+    workers = args.workers or supervisor.nginx_workers(args.prefix) or supervisor.usable_cores()
+    address = hub.hub_address(os.getpid())
+    os.environ["KCAUTH_NODE_STORE"] = address  # revocation/node.py, in every worker
+    os.environ["KCAUTH_NODE_SECRET"] = base64.b64encode(os.urandom(32)).decode()
+    metrics_dir = None
+    if args.metrics:
+        metrics_dir = tempfile.mkdtemp(prefix="kcauth-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # read by prometheus_client at import
+    sys.stderr.write(f"{name}-pluginserver: core server listening at {path} "
+                     f"({workers} worker{'s' if workers > 1 else ''})\n")
+    sys.stderr.flush()
+    try:
+        supervisor.Supervisor(
+            listener, path, workers,
+            worker_main=lambda channel, _index: _core_worker(channel, args, load_plugin, name),
+            hub_main=lambda: hub.run(address, args.metrics, metrics_dir),
+            parent=_PARENT, metrics_dir=metrics_dir,
+        ).run()
+    finally:
+        if metrics_dir is not None:
+            import shutil
+
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _core_worker(channel: Any, args: argparse.Namespace, load_plugin: Callable[[], PluginInfo], name: str) -> None:
+    """One worker (a child of the supervisor): gevent first, then the plugin and kcauth's core,
+    serving the connections the supervisor hands it."""
+    from gevent import monkey
+
+    monkey.patch_all()
+    plugin, record, version = load_plugin()
+    from .pluginserver import core
+
+    server = core.Core(name, plugin, plugin_info(name, plugin, record, version, args.priority))
+    if args.metrics:
+        from .decision import wiring
+        from .ops import metrics
+
+        metrics.record_for_node(events=lambda: server.running, key_sets=wiring.key_sets)
+    core.serve_channel(server, channel)
 
 
 PHASES = ("certificate", "rewrite", "log", "access", "preread", "response")

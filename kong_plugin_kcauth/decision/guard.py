@@ -127,7 +127,7 @@ class Guard:
         # DPoP (tokens/dpop.py, proofs.py): the proofs' state, and the challenges refusals are answered with.
         self.proofs = Proofs(
             max_age=config.dpop_proof_max_age, leeway=config.leeway, nonces=config.dpop_nonce,
-            shared=wiring.shared_store(config.redis, config.tls_ca_bundle), secret=config.redis.secret,
+            shared=wiring.shared_store(config.redis, config.tls_ca_bundle), secret=wiring.shared_secret(config.redis),
         ) if config.dpop != "off" else None
         self.schemes = errors.Schemes(bearer=config.dpop != "required",
                                       dpop_algs=tuple(sorted(self.algorithms)) if config.dpop != "off" else ())

@@ -14,9 +14,12 @@ from typing import Any
 from ..config import Config, RedisConfig
 from ..idp.feed import Feed
 from ..idp.keys import KeySet, KeySource
+from ..revocation.node import NodeClient, node_store
 from ..revocation.shared import SharedStore
 from ..revocation.store import RealmRevocations, RevocationStore
 from .cache import Registry
+
+NODE_TIMEOUT = 1.0  # seconds, a call to the node's hub (local: milliseconds; a busy hub is skipped)
 
 _KEYSETS: Registry[KeySet] = Registry()
 _SHARED: Registry[SharedStore] = Registry()
@@ -38,11 +41,25 @@ def key_sets() -> Iterator[KeySet]:
 
 
 def shared_store(redis: RedisConfig, ca: str | None) -> SharedStore | None:
-    """The process's one Redis client for these settings, or None without Redis (or without a
-    usable password or secret: config.Config.problems logs it)."""
-    if not redis.host or redis.unusable:
+    """The process's one Redis client for these settings; without Redis (or without a usable
+    password or secret: config.Config.problems logs it), the node's shared state when this process
+    is one of a plugin server's workers (revocation/node.py), else None."""
+    if redis.host and not redis.unusable:
+        return _SHARED.get((redis, ca), lambda: SharedStore(redis, ca))
+    node = node_store()
+    if node is None:
         return None
-    return _SHARED.get((redis, ca), lambda: SharedStore(redis, ca))
+    address, secret = node
+    return _SHARED.get(("node", address), lambda: SharedStore(
+        RedisConfig(secret=secret, timeout=NODE_TIMEOUT), client=NodeClient(address, NODE_TIMEOUT)))
+
+
+def shared_secret(redis: RedisConfig) -> str | None:
+    """The secret every process sharing `shared_store(redis)` holds (DPoP nonces are keyed by it)."""
+    if redis.host and not redis.unusable:
+        return redis.secret
+    node = node_store()
+    return node[1] if node is not None else None
 
 
 def revocation_store(config: Config) -> RevocationStore | RealmRevocations:

@@ -99,16 +99,17 @@ class Feed:
         self.first_read = threading.Event()
 
     def start(self) -> None:
-        """Start reading. Without Redis, wait for the first read (at instance start, at most
-        `http_timeout`), so a process that just started does not accept a token revoked before
-        it started; with Redis, the revocation store's catch-up does that."""
+        """Start reading. Without Redis, wait for the node's first read (at instance start, at
+        most `http_timeout`: this process's, or another worker's that holds the lease), so a
+        plugin server that just started does not accept a token revoked before it started; with
+        Redis, the revocation store's catch-up does that."""
         with self._starting:
             if self._thread is not None:
                 return
             self._thread = threading.Thread(target=_run, args=(weakref.ref(self),), daemon=True,
                                             name="kcauth-feed")
             self._thread.start()
-        if self.shared is None:
+        if self.shared is None or self.shared.local:
             self.first_read.wait(self._timeout)
 
     # -- one try: take the lease, read both lists --
@@ -116,6 +117,8 @@ class Feed:
     def step(self) -> None:
         lease = self._take_lease()
         if lease is None:
+            if self.shared is not None and self.shared.get(self._position_key(ADMIN_EVENTS)) is not None:
+                self.first_read.set()  # another process read both lists (it holds the lease)
             return
         started = time.monotonic()
         outcome = "ok"
@@ -128,6 +131,7 @@ class Feed:
             health.report(self._component, False, _failure(exc) + ": no new revocations until it "
                           "recovers; what the guards know stays", instance=self)
         metrics.METRICS.feed_read(self.issuer, outcome, time.monotonic() - started)
+        self.first_read.set()  # read, or failed to: what a start waits for is over
 
     def _take_lease(self) -> Lease | LocalLease | None:
         """The realm's lease for this read, or None when another holds it."""
@@ -286,6 +290,6 @@ def _run(ref: weakref.ref[Feed]) -> None:
             feed.step()
         except Exception as exc:  # noqa: BLE001 - the feed must outlive any surprise; nothing is lost
             log.error("revocation feed of %s: unexpected %s", feed.issuer, type(exc).__name__)
-        feed.first_read.set()
+            feed.first_read.set()
         del feed
         time.sleep(pause)

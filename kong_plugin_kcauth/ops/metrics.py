@@ -40,7 +40,8 @@ METRICS: Metrics = Metrics()
 
 
 class _Prometheus(Metrics):
-    def __init__(self, registry: Any, key_sets: Callable[[], Iterator[Any]], events: Callable[[], int]) -> None:
+    def __init__(self, registry: Any, key_sets: Callable[[], Iterator[Any]], events: Callable[[], int],
+                 node: bool = False) -> None:
         from prometheus_client import Counter, Histogram
         from prometheus_client.core import GaugeMetricFamily
 
@@ -58,6 +59,10 @@ class _Prometheus(Metrics):
         self._feed_revocations = Counter(
             "kcauth_feed_revocations", "Revocations the revocation feed recorded, by what happened.",
             ["issuer", "cause"], registry=registry)
+
+        if node:
+            _watch(key_sets, events, registry)
+            return
 
         class Scraped:
             def collect(self) -> Iterator[Any]:
@@ -106,3 +111,47 @@ def serve(address: str, events: Callable[[], int], key_sets: Callable[[], Iterat
     registry = CollectorRegistry()
     METRICS = _Prometheus(registry, key_sets, events)
     start_http_server(int(port), addr=host or "127.0.0.1", registry=registry)
+
+
+def record_for_node(events: Callable[[], int], key_sets: Callable[[], Iterator[Any]]) -> None:
+    """A worker of a supervised plugin server (pluginserver/supervisor.py): every worker records
+    into the directory of prometheus_client's multiprocess mode, and the hub serves the node's
+    sum at `--metrics` (pluginserver/hub.py)."""
+    global METRICS
+    from prometheus_client import CollectorRegistry
+
+    METRICS = _Prometheus(CollectorRegistry(), key_sets, events, node=True)
+
+
+def _watch(key_sets: Callable[[], Iterator[Any]], events: Callable[[], int], registry: Any) -> None:
+    """What one process reads at scrape time, set every second instead, as gauges the node's
+    endpoint combines: the stalest key set, a dependency down in any worker, every worker's
+    running events."""
+    import threading
+
+    from prometheus_client import Gauge
+
+    from . import logs
+
+    age = Gauge("kcauth_jwks_age_seconds", "Seconds since each key set was last downloaded successfully "
+                "(the stalest worker's).", ["issuer"], registry=registry, multiprocess_mode="max")
+    down = Gauge("kcauth_dependency_down", "1 for each dependency whose last state was a failure in some "
+                 "worker (see Kong's error log).", ["component"], registry=registry, multiprocess_mode="max")
+    running = Gauge("kcauth_events_running", "Events whose handler is running.", registry=registry,
+                    multiprocess_mode="livesum")
+
+    def update() -> None:
+        seen: set[str] = set()
+        while True:
+            now = time.monotonic()
+            for keys in key_sets():
+                if keys.fetched_at is not None:
+                    age.labels(keys.source.issuer).set(now - keys.fetched_at)
+            failing = set(logs.health.down())
+            for component in seen | failing:
+                down.labels(component).set(1 if component in failing else 0)
+            seen |= failing
+            running.set(events())
+            time.sleep(1.0)
+
+    threading.Thread(target=update, daemon=True, name="kcauth-metrics").start()

@@ -73,7 +73,7 @@ class _Event:
     """One event and where it stands."""
 
     __slots__ = ("core", "id", "handler", "worker", "caller", "final", "awaiting", "aborted", "resuming",
-                 "since", "connection")
+                 "since", "connection", "peer")
 
     def __init__(self, core: Core, eid: int, handler: Callable[[Any], None]) -> None:
         self.core, self.id, self.handler = core, eid, handler
@@ -85,6 +85,7 @@ class _Event:
         self.resuming = False  # its caller is suspended in _resume, switched into it
         self.since = time.monotonic()  # of the current state, for the janitor
         self.connection: object | None = None  # the connection its last message went out on
+        self.peer = 0  # the nginx worker whose request it is (its connection's peer pid)
 
     def call(self, method: str, args: tuple[Any, ...]) -> Any:
         """A PDK call from the handler (kong_pdk/pdk/__init__.py rpc_of, Python style)."""
@@ -180,6 +181,9 @@ class Core:
         self.events: dict[int, _Event] = {}
         self.idle: list[_Worker] = []
         self.running = 0
+        self.connections: set[_Connection] = set()
+        self.draining = False  # replaced (kong reload): connections go as they fall idle
+        self.successor: Any = None  # while draining: a channel to the server that took over
         self.loaded_at = time.time()
         # Random-based ids: a restarted server never answers for an id the previous one gave.
         self._instance_ids = itertools.count(random.randrange(1 << 20, 1 << 30))
@@ -273,12 +277,41 @@ class Core:
         event.since = time.monotonic()
         return {"Data": message, "EventId": event.id}
 
-    def sent(self, result: Any, connection: object) -> None:
+    def sent(self, result: Any, connection: _Connection) -> None:
         """The answer of an event went out on `connection`."""
         eid = result.get("EventId") if isinstance(result, dict) else None
         event = self.events.get(eid) if isinstance(eid, int) else None
         if event is not None:
             event.connection = connection
+            event.peer = connection.peer
+
+    # -- hand-over (pluginserver/supervisor.py): each connection goes once nothing needs it --
+
+    def drain(self, successor: Any = None) -> None:
+        """Stop serving: hand Kong's connections to `successor` (a channel to the server that
+        took the socket path over), or close them when there is none."""
+        self.draining = True
+        self.successor = successor
+        self.tidy()
+
+    def tidy(self) -> None:
+        """While draining: let go of every connection of each nginx worker none of whose events
+        waits for a Step here and none of whose connections is in use (an event's Steps come on
+        any connection of its nginx worker: they all go at once, or none)."""
+        held = {e.peer for e in self.events.values()} | {c.peer for c in self.connections if c.busy}
+        for connection in [c for c in self.connections if c.peer not in held]:
+            self.let_go(connection)
+
+    def let_go(self, connection: _Connection) -> None:
+        """To the successor, where what Kong sent on it meanwhile is read; else closed (Kong's
+        pool drops a closed idle connection and opens a new one)."""
+        self.connections.discard(connection)
+        if self.successor is not None and connection.sock is not None:
+            from .supervisor import pass_connection
+
+            if not pass_connection(self.successor, connection.sock):
+                self.successor = None
+        connection.close()
 
     def _recycle(self, event: _Event) -> None:
         """The event's worker, done with it, idles for the next event or ends."""
@@ -336,14 +369,22 @@ def _too_slow(event: _Event) -> None:
 
 
 class _Connection:
-    __slots__ = ("closed",)
+    __slots__ = ("closed", "busy", "peer", "sock")
 
-    def __init__(self) -> None:
+    def __init__(self, sock: Any = None, peer: int = 0) -> None:
         self.closed = False
+        self.busy = False  # from a request's first byte read to its answer sent
+        self.peer = peer  # the nginx worker (pid) at the other end, when the supervisor told it
+        self.sock = sock
+
+    def close(self) -> None:
+        if not self.closed and self.sock is not None:
+            self.closed = True
+            self.sock.close()
 
 
 def serve(core: Core, path: str, listen_queue_size: int = 4096) -> None:
-    """Listen on the Unix socket Kong connects to, forever."""
+    """Listen on the Unix socket Kong connects to, forever (one process, no supervisor)."""
     from gevent import socket
 
     if os.path.exists(path):
@@ -356,7 +397,37 @@ def serve(core: Core, path: str, listen_queue_size: int = 4096) -> None:
     StreamServer(listener, lambda conn, _address: _handle(core, conn)).serve_forever()
 
 
-def _handle(core: Core, conn: Any) -> None:
+def serve_channel(core: Core, channel: Any) -> None:
+    """Serve the connections the supervisor hands over on `channel` (pluginserver/supervisor.py:
+    each a descriptor with its peer's pid), until told to drain and every connection is closed."""
+    from gevent import socket
+
+    chan = socket.socket(fileno=channel.detach())
+    gevent.spawn(core.janitor)
+    while True:
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(chan, 64, 4)
+        except OSError:
+            data, fds = b"", []
+        if not data and not fds:
+            return  # the supervisor is gone: so is this worker
+        if data == b"drain":
+            core.drain(socket.socket(fileno=fds[0]) if fds else None)
+            gevent.spawn(_exit_when_drained, core)
+            continue
+        peer = int.from_bytes(data[:4], "little", signed=True) if len(data) >= 4 else 0
+        for fd in fds:
+            gevent.spawn(_handle, core, socket.socket(fileno=fd), peer)
+
+
+def _exit_when_drained(core: Core) -> None:
+    while core.connections or core.events:
+        gevent.sleep(0.05)
+        core.tidy()
+    os._exit(0)
+
+
+def _handle(core: Core, conn: Any, peer: int = 0) -> None:
     """One connection from Kong: requests in, answers out, in order.
 
     Straight on the socket under gevent's object: the next request comes only after Kong got
@@ -364,21 +435,28 @@ def _handle(core: Core, conn: Any) -> None:
     would fail, and an answer (a few hundred bytes) goes out in one `send`."""
     packer = msgpack.Packer(unicode_errors="surrogateescape")
     unpacker = msgpack.Unpacker(strict_map_key=False, unicode_errors="surrogateescape")
-    connection = _Connection()
+    connection = _Connection(conn, peer)
+    core.connections.add(connection)
     raw, wait, readable = conn._sock, conn._wait, conn._read_event
+    fed = parsed = 0  # bytes read, and the end of the last whole request: a part is in use
     try:
         # plugin.lua rpc_notifications.serverPid: Kong reads it with its first answer here.
         conn.sendall(packer.pack([2, "serverPid", os.getpid()]))
         while True:
             wait(readable)
+            if connection.closed:
+                return  # let go of (drain): what came is the successor's to read
             try:
                 data = raw.recv(65536)
             except BlockingIOError:
                 continue
             if not data:
                 return
+            connection.busy = True
             unpacker.feed(data)
+            fed += len(data)
             for message in unpacker:
+                parsed = unpacker.tell()
                 if not (isinstance(message, list) and len(message) == 4 and message[0] == 0):
                     return  # not a MessagePack-RPC request: not Kong
                 _, msgid, method, params = message
@@ -391,9 +469,13 @@ def _handle(core: Core, conn: Any) -> None:
                     sent = 0
                 if sent < len(answer):
                     conn.sendall(answer[sent:])
+            connection.busy = parsed != fed
+            if core.draining:
+                core.tidy()
     except (ValueError, OSError, msgpack.exceptions.BufferFull):
-        return  # undecodable bytes (not Kong) or a connection Kong closed
+        return  # undecodable bytes (not Kong), a connection Kong closed, or one closed here (drain)
     finally:
+        core.connections.discard(connection)
         connection.closed = True
         conn.close()
 

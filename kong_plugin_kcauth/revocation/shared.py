@@ -73,13 +73,16 @@ def _derive(secret: str, purpose: bytes) -> bytes:
 
 
 class SharedStore:
-    def __init__(self, config: RedisConfig, ca: str | None = None) -> None:
+    """Redis for the cluster, or `client`: the node's hub (node.py), shared by the workers of one
+    plugin server when no Redis is configured, through this same code."""
+
+    def __init__(self, config: RedisConfig, ca: str | None = None, client: Any = None) -> None:
         self.config = config
         secret = config.secret or ""
         self._aead = AESGCM(_derive(secret, b"redis seal v1"))
         self._pseudonym_key = _derive(secret, b"redis pseudonym v1")
         self._record_key = _derive(secret, b"redis record v1")
-        self._client = redis.Redis(
+        self._client = client or redis.Redis(
             host=config.host or "", port=config.port, db=config.database,
             username=config.username, password=config.password, ssl=config.tls,
             ssl_ca_certs=_ca_file(ca) if config.tls else None,
@@ -91,7 +94,8 @@ class SharedStore:
         self._skip_until = 0.0
         self._lock = threading.Lock()
         self._forged = Throttled(log, 60)
-        self._component = f"redis {config.host}:{config.port}"
+        self.local = client is not None  # the node's: it starts empty with the plugin server
+        self._component = "the node's shared state" if self.local else f"redis {config.host}:{config.port}"
 
     # -- sealing --
 
@@ -284,7 +288,7 @@ class Subscription:
         self._store = store
         self._channel = channel
         try:
-            self._pubsub = store._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            self._pubsub = store._client.pubsub(ignore_subscribe_messages=True)
             self._pubsub.subscribe(channel)
         except (redis.RedisError, OSError) as exc:
             raise SharedUnavailable() from exc

@@ -4,7 +4,8 @@ One store per issuer (and Redis settings) in the process, consulted by every gua
 on every request, cached tokens included: a few dictionary lookups, no call to anything. The
 realms of an `issuer_template` share one store, each through its own `RealmRevocations`.
 
-With Redis, every plugin server process and Kong node learns a revocation at once: the receiver
+With Redis (or, without it, the node's shared state: every worker of one plugin server, node.py),
+every plugin server process and Kong node learns a revocation at once: the receiver
 writes it as a sealed key with a TTL (the durable record, read in full when a process starts or
 reconnects) and publishes it on a channel every process subscribes to (the push, so nobody
 polls). Pub/sub was chosen over polling because a revocation must apply within a second while
@@ -108,7 +109,7 @@ class RevocationStore:
             health.report(self._component, True)
             return subscription
         except SharedUnavailable as exc:
-            health.report(self._component, False, f"cannot follow revocations through Redis ("
+            health.report(self._component, False, f"cannot follow revocations through the shared store ("
                           f"{type(exc.__cause__).__name__ if exc.__cause__ else 'unavailable'}): this process "
                           "keeps what it holds and retries")
             if subscription is not None:

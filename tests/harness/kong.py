@@ -31,6 +31,7 @@ import itertools
 import json
 import os
 import re
+import select
 import shlex
 import signal
 import socket
@@ -38,7 +39,8 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,6 +65,33 @@ class LuaError(Exception):
 # --- the plugin server process (process.lua) ---------------------------------------------------
 
 _DUMPS: dict[tuple[str, tuple[tuple[str, str], ...]], bytes] = {}
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (the plugin server's supervisor, hub and workers), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    ppid = int(stat.read().rpartition(")")[2].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop(0)
+        tree.append(current)
+        todo.extend(sorted(children.get(current, [])))
+    return tree
+
+
+def _socket_file(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_ctime_ns
 
 
 class PluginServerProcess:
@@ -90,19 +119,25 @@ class PluginServerProcess:
         dump = json.loads(out)
         return (dump.get("Plugins") if isinstance(dump, dict) else dump)[0]
 
-    def start(self, timeout: float = 20.0) -> None:
-        if self.socket_path.exists():
-            self.socket_path.unlink()
+    def spawn(self) -> None:
+        """process.lua: ngx_pipe.spawn("exec " .. start_command, { merge_stderr = true }), and
+        nothing else: Kong does not wait for the socket."""
         log = open(self.log_path, "ab")
-        # process.lua: ngx_pipe.spawn("exec " .. start_command, { merge_stderr = true })
         self.proc = subprocess.Popen(["/bin/sh", "-c", "exec " + self.start_cmd], stdout=log,
                                      stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
         log.close()
+
+    def start(self, timeout: float = 20.0) -> None:
+        """`spawn`, then wait until the socket takes connections (what a test needs before it
+        starts; Kong itself does not wait)."""
+        before = _socket_file(self.socket_path)  # a predecessor's (a reload), or a stale one
+        self.spawn()
+        assert self.proc is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"plugin server exited at start:\n{self.log()}")
-            if self.socket_path.exists():
+            if _socket_file(self.socket_path) not in (None, before):
                 try:
                     with socket.socket(socket.AF_UNIX) as s:
                         s.connect(str(self.socket_path))
@@ -128,6 +163,10 @@ class PluginServerProcess:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
+    def tree_pids(self) -> list[int]:
+        """The process Kong started, then its hub and workers (pluginserver/supervisor.py)."""
+        return process_tree(self.proc.pid) if self.proc else []
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -140,13 +179,16 @@ class PluginServerProcess:
 class Rpc:
     """One request per call on a pooled connection, as Kong's cosockets with keepalive."""
 
-    def __init__(self, socket_path: Path, timeout: float) -> None:
+    def __init__(self, socket_path: Path, timeout: float,
+                 on_server_pid: Callable[[Any], None] | None = None) -> None:
         self.socket_path = socket_path
         self.timeout = timeout
+        self.on_server_pid = on_server_pid  # plugin.lua rpc_notifications.serverPid
         self._ids = itertools.count(1)
         self._pool: list[socket.socket] = []
         self._lock = threading.Lock()
         self.calls: list[str] = []  # method names, for round-trip counting
+        self.traffic: Counter[tuple[str, str]] = Counter()  # (method, "out" | "in"): bytes
 
     def call(self, method: str, *args: Any) -> Any:
         msgid = next(self._ids)
@@ -156,8 +198,10 @@ class Rpc:
             # Lua strings are byte strings and lua-MessagePack packs them as MessagePack `str`
             # whatever their bytes (header values are such strings: see Request.multimap); only
             # must_fix's fix_raw bodies go out as `bin`, which is what Python bytes become here.
-            conn.sendall(msgpack.packb([0, msgid, method, list(args)], use_bin_type=True,
-                                       unicode_errors="surrogateescape"))
+            request = msgpack.packb([0, msgid, method, list(args)], use_bin_type=True,
+                                    unicode_errors="surrogateescape")
+            conn.sendall(request)
+            self.traffic[method, "out"] += len(request)
             unpacker = msgpack.Unpacker(raw=False, strict_map_key=False,
                                         unicode_errors="surrogateescape")
             while True:
@@ -165,8 +209,11 @@ class Rpc:
                 if not chunk:
                     raise RpcError("no data")
                 unpacker.feed(chunk)
+                self.traffic[method, "in"] += len(chunk)
                 for msg in unpacker:
-                    if msg[0] == 2:  # notification [2, label, args]
+                    if msg[0] == 2:  # notification [2, label, args]: mp_rpc.lua Rpc:notification
+                        if msg[1] == "serverPid" and self.on_server_pid is not None:
+                            self.on_server_pid(msg[2])
                         continue
                     if msg[0] != 1 or msg[1] != msgid:
                         raise RpcError("unexpected RPC response")
@@ -183,8 +230,13 @@ class Rpc:
 
     def _checkout(self) -> socket.socket:
         with self._lock:
-            if self._pool:
-                return self._pool.pop()
+            while self._pool:
+                conn = self._pool.pop()
+                if not _closed_by_peer(conn):
+                    return conn
+                # ngx_http_lua_socket_keepalive_close_handler: an idle pooled connection the
+                # server closed (or wrote to) is closed and dropped; the next one is taken.
+                conn.close()
         s = socket.socket(socket.AF_UNIX)
         s.settimeout(self.timeout)
         try:
@@ -203,6 +255,13 @@ class Rpc:
             for s in self._pool:
                 s.close()
             self._pool.clear()
+
+
+def _closed_by_peer(conn: socket.socket) -> bool:
+    """Whether an idle connection has been closed by the server (readable: end of file, or data
+    nobody asked for)."""
+    readable, _, _ = select.select([conn], [], [], 0)
+    return bool(readable)
 
 
 # --- a request as it flows through Kong ----------------------------------------------------------
@@ -357,13 +416,16 @@ class Kong:
         self.name: str = self.info["Name"]
         self.priority: int = self.info["Priority"]
         self.config_field = self.info["Schema"]["fields"][0]["config"]
-        self.rpc = Rpc(server.socket_path, rpc_timeout)
+        self.rpc = Rpc(server.socket_path, rpc_timeout, on_server_pid=self._server_pid)
+        self.server_pid: int | None = None
         self.workers = workers
         self._worker = itertools.cycle(range(workers))
         self._seq = itertools.count(1)
         # plugin.lua running_instances, one table per nginx worker
         self._instances: list[dict[str, dict[str, Any]]] = [{} for _ in range(workers)]
-        self._lock = threading.Lock()
+        # Reentrant: the serverPid notification (_server_pid) can arrive on the StartInstance call
+        # made while the lock is held.
+        self._lock = threading.RLock()
         self.error_log: list[str] = []
 
     # -- configuration (Admin API / declarative config) --
@@ -488,6 +550,15 @@ class Kong:
             raise ValueError(f"only the env vault's plain references are emulated: {reference}")
         return self.env.get(match.group(1).replace("-", "_").upper())
 
+    def _server_pid(self, pid: Any) -> None:
+        """plugin.lua rpc_notifications:serverPid: a new pid on a connection forgets every
+        instance started through this Rpc (Kong starts them again on their next request)."""
+        with self._lock:
+            changed = self.server_pid is not None and pid != self.server_pid
+            self.server_pid = pid
+        if changed:
+            self._reset_instances()
+
     def _reset_instances(self) -> None:
         with self._lock:
             for running in self._instances:
@@ -497,7 +568,12 @@ class Kong:
 
     def _call_pdk(self, req: Request, method: str, args: list[Any]) -> tuple[Any, Any]:
         if method == "kong.request.get_headers":
-            return req.multimap(*(args[:1] or [100])), None
+            # kong/pdk/request.lua _REQUEST.get_headers: lua_max_req_headers (100) without an
+            # argument, else 1 to 1000 lines; the rest of the request's lines are not handed over.
+            limit = args[0] if args else 100
+            if not isinstance(limit, int) or not 1 <= limit <= 1000:
+                return None, "max_headers must be a number between 1 and 1000"
+            return req.multimap(limit), None
         if method == "kong.request.get_header":
             values = req.multimap().get(str(args[0]).lower().replace("_", "-"))
             return (values[0] if values else None), None
@@ -635,7 +711,12 @@ def _is_uuid(value: str) -> bool:
 
 
 def kcauth_commands(prefix: Path, extra: str = "") -> tuple[str, str, Path]:
-    """The start and query commands of the README's kong.conf, for a given prefix."""
+    """The start and query commands of the README's kong.conf, for a given prefix. One worker
+    unless `extra` says otherwise: this emulator is one process, so all its connections come from
+    one peer pid, which the supervisor routes to one worker (tests/pluginserver/test_workers.py
+    runs nginx workers as processes of their own)."""
     socket_path = prefix / "kcauth.socket"
+    if "--workers" not in extra and "kong-pdk" not in extra:
+        extra = f"--workers 1 {extra}"
     start = f"kcauth-pluginserver --kong-prefix {shlex.quote(str(prefix))} --socket-name kcauth.socket {extra}".strip()
     return start, "kcauth-pluginserver --dump", socket_path

@@ -68,8 +68,14 @@ def test_prometheus_metrics_when_asked_for(idp: LocalIdP, minter: Minter) -> Non
         assert gateway.request(entity, bearer("garbage")).status == 401
         assert gateway.request(entity, bearer(minter.token(exp=int(time.time()) - 600))).status == 401
         assert gateway.request(sensitive, bearer(minter.token())).status == 200
-        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
         issuer = f'issuer="{idp.issuer}"'
+        # The node's endpoint sums the workers' metrics; their gauges are set every second.
+        deadline = time.monotonic() + 5
+        while True:
+            text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+            if f"kcauth_jwks_age_seconds{{{issuer}}}" in text or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         assert f'kcauth_requests_total{{decision="allowed",{issuer},reason="allowed"}} 4.0' in text, text
         assert 'reason="MalformedToken"} 1.0' in text and 'reason="Expired"} 1.0' in text
         assert f'kcauth_token_cache_total{{{issuer},result="hit"}} 2.0' in text
