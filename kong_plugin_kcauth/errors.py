@@ -37,6 +37,17 @@ class InvalidRequest(Refusal):
     description = "The request must carry exactly one Bearer token in one Authorization header"
 
 
+class TooManyHeaders(Refusal):
+    """More header lines than Kong hands a plugin (kong.request.get_headers, at most 1000): a
+    client's copy of an identity header could hide past them, so the request is not taken.
+    RFC 6585 431, without a challenge: no token would change the answer."""
+
+    status = 431
+    error = None
+    description = ""
+    message = "Request Header Fields Too Large"
+
+
 # --- invalid token ----------------------------------------------------------------------------
 
 class InvalidToken(Refusal):

@@ -10,13 +10,15 @@ Two properties of Kong's plugin-server bridge shape it (see README, "Security mo
 - Kong proxies the request when the plugin server fails (fail-open), so nothing here may raise,
   hang or crash: every outcome is either "identity set, proceed" or one `kong.response.exit`.
 - The first statement is a PDK call carrying all the input the request path needs (one round
-  trip for all request headers).
+  trip for all request headers: every header line, or the request is refused, since a client's
+  copy of an identity header must never hide past the part Kong hands over).
 
 PDK round trips: 2 on the reject path (read headers, exit), 3 on the allow path (read headers,
-set upstream headers, hand groups to Kong's ACL plugin), plus `kong.client.authenticate` (and a
-`load_consumer` per minute per consumer) when consumers are mapped, `kong.client.get_credential`
-when a client sends one of Kong's identity headers, and the request's method and URL (5, or 2 with
-`public_base_url`) when the DPoP scheme is used. Nothing follows `kong.response.exit`.
+set upstream headers unless nothing changes, hand groups to Kong's ACL plugin), plus
+`kong.client.authenticate` (and a `load_consumer` per minute per consumer) when consumers are
+mapped, `kong.client.get_credential` when a client sends one of Kong's identity headers, and the
+request's method and URL (5, or 2 with `public_base_url`) when the DPoP scheme is used. Nothing
+follows `kong.response.exit`.
 """
 
 from __future__ import annotations
@@ -33,7 +35,14 @@ from .config import Config
 from .config.values import KONG_IDENTITY_HEADERS
 from .decision import wiring
 from .decision.guard import Grant, Guard, Presented, presented_token
-from .decision.headers import cleared_headers, kong_identity_headers, spelling_variants
+from .decision.headers import (
+    MAX_REQUEST_HEADERS,
+    all_seen,
+    changes,
+    cleared_headers,
+    kong_identity_headers,
+    spelling_variants,
+)
 from .decision.receiver import Receiver
 from .errors import Refusal
 from .ops import logs, metrics
@@ -67,8 +76,10 @@ def authenticate(kong: Any, guard: Guard) -> None:
     config = guard.config
     used_dpop = False
     try:
-        request_headers = kong.request.get_headers()
+        request_headers = kong.request.get_headers(MAX_REQUEST_HEADERS)
         tell_kong(kong, guard.owners)
+        if not all_seen(request_headers):
+            raise errors.TooManyHeaders()
         if (config.anonymous and kong.client.get_credential() is not None) or \
                 (not config.run_on_preflight and kong.request.get_method() == "OPTIONS"):
             # Another auth plugin authenticated the request, and anonymous makes the auth
@@ -165,7 +176,11 @@ def set_identity(kong: Any, guard: Guard, request_headers: dict[str, Any], grant
                  consumer: dict[str, Any] | None) -> None:
     """What the upstream learns, all in one `set_headers`: the claim headers of `grant` (or all
     removed for the anonymous consumer), Kong's identity headers, and the removal of every other
-    spelling of either. `consumer` is authenticated with Kong first.
+    spelling of either; a removal only where the request carries that header (the map holds all
+    its lines), and no call when nothing changes. Then `consumer` is authenticated with Kong,
+    then the groups are handed to the ACL plugin: what lets a request through comes last, so an
+    event cut short (a worker killed between two calls; Kong proxies what it has) never proxies
+    the client's own headers under an identity.
 
     Kong's identity headers belong to whoever authenticated the request: kcauth's consumer when
     it maps one, else another Kong auth plugin that ran before it (its values are kept), else
@@ -174,12 +189,15 @@ def set_identity(kong: Any, guard: Guard, request_headers: dict[str, Any], grant
     credential = grant.credential if grant is not None and consumer is not None else None
     headers = dict(grant.headers) if grant is not None else cleared_headers(guard.plan)
     if consumer is not None:
-        kong.client.authenticate(consumer, credential)
         headers.update(kong_identity_headers(consumer, credential, anonymous=grant is None))
     elif not _KONG_IDENTITY.isdisjoint(request_headers) and kong.client.get_credential() is None:
         headers.update(kong_identity_headers(None, None))
     headers.update(spelling_variants(request_headers, guard.managed_headers))
-    kong.service.request.set_headers(headers)
+    headers = changes(headers, request_headers)
+    if headers:
+        kong.service.request.set_headers(headers)
+    if consumer is not None:
+        kong.client.authenticate(consumer, credential)
     if grant is not None:
         kong.ctx.shared.set("authenticated_groups", grant.groups)
 

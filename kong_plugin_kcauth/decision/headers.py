@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 HeaderValue = str | list[str]
 REMOVE: list[str] = []  # kong.service.request.set_headers with an empty array clears the header
 
+# What kong.request.get_headers hands over at most (kong/pdk/request.lua MAX_HEADERS). Without an
+# argument it stops at lua_max_req_headers (100 by default) and drops the rest without a word.
+MAX_REQUEST_HEADERS = 1000
+
 @dataclass(frozen=True)
 class HeaderPlan:
     """Which claim goes into which header, compiled once per configuration."""
@@ -98,6 +102,19 @@ def spelling_variants(request_headers: dict[str, Any], managed: frozenset[str]) 
     many frameworks read them as the very same header."""
     return {name: REMOVE for name in request_headers
             if "_" in name and name.replace("_", "-").lower() in managed}
+
+
+def all_seen(request_headers: dict[str, Any]) -> bool:
+    """Whether the map holds every header line of the request: a full map may have been cut
+    at MAX_REQUEST_HEADERS, and a client's copy of an identity header could be past the cut."""
+    lines = sum(len(v) if isinstance(v, list) else 1 for v in request_headers.values())
+    return lines < MAX_REQUEST_HEADERS
+
+
+def changes(headers: dict[str, HeaderValue], request_headers: dict[str, Any]) -> dict[str, HeaderValue]:
+    """What `headers` changes in this request: removing a header it does not carry changes
+    nothing, so it is not sent (less for Kong to unpack; names in the map are lower case)."""
+    return {name: value for name, value in headers.items() if value != REMOVE or name.lower() in request_headers}
 
 
 def encode(value: Any) -> str | None:

@@ -8,7 +8,15 @@ from urllib.parse import unquote
 import pytest
 
 from kong_plugin_kcauth import errors
-from kong_plugin_kcauth.decision.headers import HeaderPlan, encode, groups_for, upstream_headers
+from kong_plugin_kcauth.decision.headers import (
+    MAX_REQUEST_HEADERS,
+    HeaderPlan,
+    all_seen,
+    changes,
+    encode,
+    groups_for,
+    upstream_headers,
+)
 from kong_plugin_kcauth.decision.policy import Policy, authorize, satisfied
 from kong_plugin_kcauth.tokens.claims import claim_at, parse_claim_path, roles_of, scopes_of
 
@@ -68,6 +76,19 @@ def test_upstream_headers_set_or_remove_every_configured_name() -> None:
     assert upstream_headers(plan, CLAIMS) == {
         "X-Sub": "u1", "X-Missing": [], "X-Null": [], "X-Long": [], "Authorization": [],
     }
+
+
+def test_changes_keep_removals_of_carried_headers_only() -> None:
+    plan = HeaderPlan.compile({"X-Sub": "sub", "X-Missing": "nope", "X-Empty": "empty"}, max_length=40,
+                              strip_authorization=True)
+    headers = upstream_headers(plan, {**CLAIMS, "empty": ""})
+    assert changes(headers, {"authorization": ["Bearer t"]}) == {"X-Sub": "u1", "X-Empty": "", "Authorization": []}
+    assert changes(headers, {"authorization": ["Bearer t"], "x-missing": ["forged"]})["X-Missing"] == []
+
+
+def test_a_header_map_at_kongs_limit_may_hide_lines() -> None:
+    assert all_seen({"a": ["1"] * (MAX_REQUEST_HEADERS - 2), "b": "2"})
+    assert not all_seen({"a": ["1"] * (MAX_REQUEST_HEADERS - 1), "b": "2"})
 
 
 def test_roles_and_scopes() -> None:

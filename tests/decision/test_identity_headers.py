@@ -74,3 +74,42 @@ def test_the_anonymous_consumer_clears_every_identity_header(kong: Kong, idp: Lo
         assert res.upstream("X-Auth-Subject") == [] and res.upstream("X_Auth_Subject") == []
     finally:
         kong.consumers = []
+
+
+FORGED_LAST = [("X_Auth_Subject", "forged"), ("X-Consumer-Username", "forged"), ("X_Consumer_ID", "forged"),
+               ("X-Auth-Subject", "forged")]
+
+
+@pytest.mark.parametrize("lines", [150, 998])
+def test_copies_past_kongs_default_header_limit_are_removed(kong: Kong, idp: LocalIdP, minter: Minter,
+                                                             lines: int) -> None:
+    """Kong hands a plugin 100 header lines unless asked for more (lua_max_req_headers,
+    kong/pdk/request.lua): copies hidden past them are seen and removed all the same."""
+    entity = kong.plugin(guard_config(idp))
+    filler = [(f"X-Fill-{i}", "x") for i in range(lines - len(FORGED_LAST) - 1)]
+    res = kong.request(entity, bearer(minter.token()) + filler + FORGED_LAST)
+    assert res.status == 200 and res.proxied
+    for name, _ in FORGED_LAST:
+        assert [v for n, v in res.upstream_headers if n.lower() == name.lower() and v == "forged"] == [], name
+    assert res.upstream("X-Auth-Subject") == [minter.claims()["sub"]]
+
+
+def test_more_header_lines_than_kong_hands_over_are_refused(kong: Kong, idp: LocalIdP, minter: Minter) -> None:
+    """At Kong's most (1000 lines) the rest is out of sight: refused (431), never proxied."""
+    entity = kong.plugin(guard_config(idp))
+    filler = [(f"X-Fill-{i}", "x") for i in range(1000)]
+    res = kong.request(entity, bearer(minter.token()) + filler + FORGED_LAST)
+    assert (res.status, res.proxied, res.body) == (431, False, {"message": "Request Header Fields Too Large"})
+    assert "WWW-Authenticate" not in res.headers
+
+
+def test_removals_go_only_where_the_request_has_the_header(kong: Kong, idp: LocalIdP, minter: Minter) -> None:
+    """A removal of a header the request does not carry changes nothing: not sent, and when
+    nothing changes at all there is no set_headers round trip."""
+    entity = kong.plugin(guard_config(idp, run_on_preflight=False))
+    preflight = kong.request(entity, [("Origin", "https://app.example")], method="OPTIONS")
+    assert preflight.proxied and "kong.service.request.set_headers" not in preflight.pdk_calls
+    carrying = kong.request(entity, [("Origin", "https://app.example"), ("x_auth_subject", "forged")],
+                            method="OPTIONS")
+    assert carrying.proxied and carrying.upstream("x_auth_subject") == []
+    assert "kong.service.request.set_headers" in carrying.pdk_calls
