@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.harness.kong import Kong, PluginEntity, PluginServerProcess, Response, kcauth_commands
+from tests.harness.kong import Kong, PluginEntity, PluginServerProcess, Response, kcauth_commands, process_tree
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = str(Path(sys.executable).parent)
@@ -56,10 +56,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def server_commands(kind: str, prefix: Path, mode: str) -> tuple[str, str, Path]:
+def server_commands(kind: str, prefix: Path, mode: str, workers: int = 1) -> tuple[str, str, Path]:
     """The start and query commands Kong would be configured with, as in tests/conftest.py:
-    kcauth through its console script, the floor and naive plugins through their modules."""
-    extra = SERVER_FLAGS[mode]
+    kcauth through its console script, the floor and naive plugins through their modules. The
+    core serves with `workers` processes (one emulator process is one nginx worker: one is
+    enough, unless the run drives several: the workers phase)."""
+    extra = SERVER_FLAGS[mode] + (f" --workers {workers}" if mode == "core" else "")
     if kind == "kcauth":
         return kcauth_commands(prefix, extra)
     if kind == "kcauth-metrics":  # kcauth with Prometheus metrics on (an ephemeral port)
@@ -73,12 +75,13 @@ def server_commands(kind: str, prefix: Path, mode: str) -> tuple[str, str, Path]
 class Server:
     """One plugin server process and the Kong emulator talking to it."""
 
-    def __init__(self, kind: str, mode: str = "core") -> None:
+    def __init__(self, kind: str, mode: str = "core", workers: int = 1) -> None:
         self.kind = kind
         self.mode = mode
+        self.workers = workers
         # Unix socket paths are limited to 107 bytes: keep the Kong prefix short.
         self.prefix = Path(tempfile.mkdtemp(prefix="kb", dir="/tmp"))
-        start, query, socket_path = server_commands(kind, self.prefix, mode)
+        start, query, socket_path = server_commands(kind, self.prefix, mode, workers)
         env = {"PATH": BIN + os.pathsep + os.environ.get("PATH", ""),
                "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         self.process = PluginServerProcess(self.prefix, start, query, socket_path, env=env)
@@ -110,16 +113,28 @@ class Server:
         return pid
 
     def cpu_seconds(self) -> float:
-        with open(f"/proc/{self.pid}/stat") as f:
-            fields = f.read().rpartition(")")[2].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICK  # utime + stime
+        """The server's CPU time: the process Kong starts and its children (the core's hub and
+        workers), each read live (utime + stime; cutime counts only children already reaped)."""
+        total = 0
+        for pid in process_tree(self.pid):
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rpartition(")")[2].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])
+        return total / CLOCK_TICK
 
     def rss_mb(self, field_name: str = "VmRSS") -> float:
-        with open(f"/proc/{self.pid}/status") as f:
-            for line in f:
-                if line.startswith(field_name + ":"):
-                    return int(line.split()[1]) / 1024
-        raise RuntimeError(f"no {field_name} in /proc/{self.pid}/status")
+        """Resident memory of the server's processes, summed."""
+        total = 0
+        for pid in process_tree(self.pid):
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    total += next(int(line.split()[1]) for line in f if line.startswith(field_name + ":"))
+            except (OSError, StopIteration):
+                continue
+        return total / 1024
 
     def threads(self) -> int:
         with open(f"/proc/{self.pid}/status") as f:

@@ -215,7 +215,15 @@ def _row(label: str, conns: int, run: Run | None, calls: int | None, missing: st
 
 
 def render(r: Results) -> str:
-    from tests.bench.suite import KEYCLOAK_KEY, KEYCLOAK_LABEL, LEVELS, MODE_SCENARIOS, PDK_MODES, SCENARIOS
+    from tests.bench.suite import (
+        KEYCLOAK_KEY,
+        KEYCLOAK_LABEL,
+        LEVELS,
+        MODE_SCENARIOS,
+        MODES_CONNS,
+        PDK_MODES,
+        SCENARIOS,
+    )
 
     out: list[str] = ["# kcauth benchmark results", ""]
     out += [f"Run: **{r.profile.name}** (`{r.command}`), {r.duration:.0f} s"
@@ -351,6 +359,47 @@ def render(r: Results) -> str:
                 "so the refused half shows leaks, not caching. CPython rarely returns freed memory to the "
                 "system, so RSS here is the high-water mark of what was live; the curve, not one number, tells "
                 "bounded (flat after the cache fills) from leaking (still rising)."]
+    else:
+        out += ["not run (--only)"]
+
+    out += ["", "## Worker processes", ""]
+    if r.workers:
+        out += ["The floor and kcauth's cache hit (the matrix's token, ACL guard on `kcauth:authenticated`) with "
+                "`--workers 1` and `--workers 2`, each driven by two emulated nginx workers (two client "
+                f"processes, {MODES_CONNS // 2} connections each: the supervisor routes each one's connections by "
+                "its pid), the four servers interleaved round by round. server CPU: the whole process tree "
+                "(supervisor, hub, workers).", ""]
+        rows = []
+        for (kind, count), run in sorted(r.workers.items()):
+            rows.append([kind, str(count), _fmt(run.median_us), _fmt(run.p99_us), _fmt(run.rps),
+                         _fmt(run.server_cpu_us), f"{run.count:,}", str(run.errors)])
+        out += _table(["plugin", "workers", "median us", "p99 us", "req/s", "server CPU us/req", "requests",
+                       "errors"], rows)
+        ratios = []
+        for kind in ("floor", "kcauth"):
+            one, two = r.workers.get((kind, 1)), r.workers.get((kind, 2))
+            if one and two and one.count and two.count:
+                ratios.append(f"{kind} {two.rps / one.rps:.2f}x")
+        floor2, kc2 = r.workers.get(("floor", 2)), r.workers.get(("kcauth", 2))
+        if ratios:
+            out += ["", "Throughput with 2 workers over 1: " + ", ".join(ratios)
+                    + (f"; kcauth / floor at 2 workers: {kc2.rps / floor2.rps:.2f}x" if floor2 and kc2 and
+                       floor2.count and kc2.count else "") + "."]
+    else:
+        out += ["not run (--only)"]
+
+    out += ["", "## Bytes per request", ""]
+    if r.bytes:
+        out += ["What crosses the plugin server's socket per request, counted at the Kong emulator's side: to the "
+                "server (Kong's RPC calls: HandleEvent, and each Step carrying a PDK call's result), to Kong (the "
+                "answers: each carrying the next PDK call). RPCs: round trips per request.", ""]
+        rows = [[label, f"{b['round_trips']:.1f}", _fmt(b["to_server"]), _fmt(b["to_kong"]),
+                 _fmt(b["to_server"] + b["to_kong"]), str(b["errors"])] for label, b in r.bytes.items()]
+        out += _table(["request", "RPCs", "to server B", "to Kong B", "total B", "errors"], rows)
+        detail = next(iter(b for label, b in r.bytes.items() if label.startswith("kcauth allow")), None)
+        if detail:
+            out += ["", "By RPC, kcauth's allow path with the matrix's token:", ""]
+            out += _table(["RPC (way)", "B per request"], [[k, _fmt(v)] for k, v in detail["methods"].items()])
     else:
         out += ["not run (--only)"]
 

@@ -9,7 +9,10 @@ Phases, in order (each can be picked with --only):
    at every concurrency, beside the matrix's numbers on kcauth's own core;
 4. `memory`: RSS of a fresh kcauth plugin server, in each mode, before and after 100,000
    distinct valid and 100,000 distinct refused tokens;
-5. `keycloak`: the sensitive-route miss path against a real Keycloak (KCAUTH_BENCH_KEYCLOAK=1).
+5. `workers`: the floor and kcauth with 1 and 2 worker processes, driven by two emulated nginx
+   workers (two client processes, tests/harness/nginx_worker.py), interleaved round by round;
+6. `bytes`: what each RPC of a request carries, both ways, on the allow path and beside it;
+7. `keycloak`: the sensitive-route miss path against a real Keycloak (KCAUTH_BENCH_KEYCLOAK=1).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from tests.bench import report
 from tests.bench.load import BASE_HEADERS, Run, Server, Tokens, drive, expect_allowed, expect_status, request_headers
 from tests.bench.mint import Mint, garbage
 from tests.harness.idp import LocalIdP, SigningKey
+from tests.harness.kong import PluginEntity
 
 LEVELS = (1, 8, 32)
 MODES_CONNS = 8
@@ -166,7 +170,10 @@ SCENARIOS: tuple[Scenario, ...] = (
 )
 KEYCLOAK_KEY = "sens-keycloak"
 KEYCLOAK_LABEL = "kcauth sensitive: miss, real Keycloak"
-PHASES = ("burst", "modes", "memory", "keycloak")
+PHASES = ("burst", "modes", "memory", "workers", "bytes", "keycloak")
+WORKER_COUNTS = (1, 2)
+NGINX_WORKERS = 2  # client processes in the workers phase, each with MODES_CONNS // 2 connections
+BYTES_REQUESTS = 200
 MODE_SCENARIOS = ("floor", "local-hit", "local-first", "sens-hit")  # the floor and kcauth are the ones asked for
 PDK_MODES = ("threads", "gevent")
 
@@ -185,6 +192,8 @@ class Results:
     burst: dict[str, Any] = field(default_factory=dict)
     modes: dict[tuple[str, str, int], Run] = field(default_factory=dict)  # (mode, scenario, conns)
     memory: dict[str, dict[str, Any]] = field(default_factory=dict)  # by server mode
+    workers: dict[tuple[str, int], Run] = field(default_factory=dict)  # (floor | kcauth, worker processes)
+    bytes: dict[str, dict[str, Any]] = field(default_factory=dict)  # by case label
     keycloak: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
     duration: float = 0.0
@@ -245,7 +254,8 @@ class Bench:
         phases: list[tuple[str, Callable[[], None]]] = []
         if scenarios:
             phases.append(("matrix", lambda: self.matrix(scenarios)))
-        for name, phase in (("burst", self.burst), ("modes", self.modes), ("memory", self.memory)):
+        for name, phase in (("burst", self.burst), ("modes", self.modes), ("memory", self.memory),
+                            ("workers", self.workers), ("bytes", self.bytes)):
             if self.r.wanted(name):
                 phases.append((name, phase))
         if self.r.wanted("keycloak") or self.r.wanted(KEYCLOAK_KEY):
@@ -402,6 +412,104 @@ class Bench:
                 }
             finally:
                 server.stop()
+
+    def workers(self) -> None:
+        """Throughput and server CPU per request with 1 and 2 worker processes, the floor beside
+        kcauth's cache hit, each driven by two nginx workers of their own (their connections come
+        from two pids, so the supervisor routes them to two workers when it has two)."""
+        from tests.harness.nginx_worker import NginxWorker
+
+        prepared: dict[tuple[str, int], tuple[Server, PluginEntity, list[NginxWorker]]] = {}
+        headers = [list(h) for h in request_headers(self.ctx.hit_token)]
+        per_worker = MODES_CONNS // NGINX_WORKERS
+        try:
+            for count in WORKER_COUNTS:
+                for kind in ("floor", "kcauth"):
+                    log(f"workers: starting the {kind} plugin server with {count} worker(s)")
+                    server = Server(kind, "core", workers=count).start()
+                    assert server.kong is not None
+                    entity = server.entity(self.ctx.local(f"bench-workers-{count}") if kind == "kcauth" else {})
+                    nginx = [NginxWorker(server.process.socket_path, server.kong.info)
+                             for _ in range(NGINX_WORKERS)]
+                    prepared[(kind, count)] = (server, entity, nginx)
+            keys = list(prepared)
+            seconds = self.p.seconds / self.p.rounds
+            for key in keys:  # warm-up: instances started, keys held, every connection opened
+                server, entity, nginx = prepared[key]
+                self._drive_nginx(server, entity, nginx, headers, per_worker, min(seconds, 1.0))
+            for rnd in range(self.p.rounds):
+                for key in keys[rnd % len(keys):] + keys[:rnd % len(keys)]:
+                    server, entity, nginx = prepared[key]
+                    run = self._drive_nginx(server, entity, nginx, headers, per_worker, seconds)
+                    self.r.workers.setdefault(key, Run()).add(run)
+            for key in keys:
+                run = self.r.workers[key]
+                log(f"workers {key[0]:<6} x{key[1]}: median {run.median_us:7.0f} us  {run.rps:6.0f} req/s  "
+                    f"server CPU {run.server_cpu_us:4.0f} us/req  errors {run.errors}")
+        finally:
+            for server, _, nginx in prepared.values():
+                for w in nginx:
+                    w.close()
+                server.stop()
+
+    def _drive_nginx(self, server: Server, entity: PluginEntity, nginx: list[Any], headers: list[list[str]],
+                     threads: int, seconds: float) -> Run:
+        answers: list[dict[str, Any]] = []
+
+        def one(worker: Any) -> None:
+            answers.append(worker.load(entity, headers, seconds, threads=threads, acl_allow=["kcauth:authenticated"]))
+
+        clients = [threading.Thread(target=one, args=(w,), daemon=True) for w in nginx]
+        cpu0, t0 = server.cpu_seconds(), time.perf_counter()
+        for c in clients:
+            c.start()
+        for c in clients:
+            c.join(seconds + 120)
+        elapsed, cpu = time.perf_counter() - t0, server.cpu_seconds() - cpu0
+        wrong = [(k, n) for a in answers for k, n in a["outcomes"].items() if k != "proxied"]
+        return Run(latencies_ns=[x for a in answers for x in a["latencies_ns"]], elapsed=elapsed,
+                   errors=sum(n for _, n in wrong), server_cpu=cpu,
+                   first_error=f"{wrong[0][1]} answered {wrong[0][0]}" if wrong else "")
+
+    def bytes(self) -> None:
+        """What travels between Kong and the plugin server per request, by RPC method and way:
+        Kong's side counted at the emulator's socket (tests/harness/kong.py Rpc.traffic)."""
+        anonymous = {"id": str(uuid.uuid4()), "username": "anonymous"}
+        now = int(time.time())
+        sparse = jwt.encode({"iss": self.idp.issuer, "sub": str(uuid.uuid4()), "aud": "orders-api", "azp": "test-cli",
+                             "typ": "Bearer", "exp": now + 3600, "iat": now}, self.key.private,
+                             algorithm=self.key.alg, headers={"kid": self.key.kid})
+        cases = (
+            ("floor: same PDK calls, no work", "floor", {}, request_headers(self.ctx.hit_token), expect_allowed),
+            ("kcauth allow: the matrix's token", "kcauth", self.ctx.local("bench-bytes"),
+             request_headers(self.ctx.hit_token), expect_allowed),
+            ("kcauth allow: a token with iss, sub, aud, azp only", "kcauth", self.ctx.local("bench-bytes"),
+             request_headers(sparse), expect_allowed),
+            ("kcauth anonymous consumer: no token", "kcauth", self.ctx.local("bench-bytes-anon", anonymous="anonymous"),
+             list(BASE_HEADERS), lambda res: None if res.proxied and res.consumer == anonymous else "not anonymous"),
+            ("kcauth refusal: garbage token", "kcauth", self.ctx.local("bench-bytes"),
+             request_headers(garbage(1)[0]), expect_status(401)),
+        )
+        for label, kind, config, headers, check in cases:
+            server = self.server(kind)
+            kong = server.kong
+            assert kong is not None
+            kong.consumers = [anonymous]
+            entity = server.entity(config)
+            for _ in range(5):  # instance started, keys fetched, connection pooled
+                kong.request(entity, headers)
+            kong.rpc.traffic.clear()
+            calls = len(kong.rpc.calls)
+            problems = [p for p in (check(kong.request(entity, headers)) for _ in range(BYTES_REQUESTS)) if p]
+            per = {f"{method} ({way})": n / BYTES_REQUESTS for (method, way), n in sorted(kong.rpc.traffic.items())}
+            self.r.bytes[label] = {
+                "round_trips": (len(kong.rpc.calls) - calls) / BYTES_REQUESTS, "methods": per,
+                "to_server": sum(n for k, n in per.items() if k.endswith("(out)")),
+                "to_kong": sum(n for k, n in per.items() if k.endswith("(in)")),
+                "errors": len(problems), "first_error": problems[0] if problems else "",
+            }
+            log(f"bytes: {label}: {self.r.bytes[label]['to_server']:.0f} B to the server, "
+                f"{self.r.bytes[label]['to_kong']:.0f} B to Kong, {len(problems)} wrong answers")
 
     def keycloak(self) -> None:
         if os.environ.get("KCAUTH_BENCH_KEYCLOAK") != "1":

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from tests.bench.report import TARGETS
-from tests.bench.suite import KEYCLOAK_LABEL, LEVELS, MODE_SCENARIOS, SCENARIOS
+from tests.bench.suite import KEYCLOAK_LABEL, LEVELS, MODE_SCENARIOS, SCENARIOS, WORKER_COUNTS
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -46,4 +46,14 @@ def test_smoke_run_reports_every_row_and_target(tmp_path: Path) -> None:
                     f"no {server} row for {key} at {conns}"
     for section in ("## Machine", "## Single-flight burst", "## Memory", "kcauth's core is the default"):
         assert section in report
+    for kind in ("floor", "kcauth"):
+        for count in WORKER_COUNTS:
+            row = next((r for r in rows if r.startswith(f"| {kind} | {count} |")), None)
+            assert row is not None and row.endswith("| 0 |"), f"workers: {kind} x{count}: {row}"
+    assert "Throughput with 2 workers over 1: floor" in report
+    for label in ("floor: same PDK calls, no work", "kcauth allow: the matrix's token",
+                  "kcauth anonymous consumer: no token", "kcauth refusal: garbage token"):
+        row = next((r for r in rows if r.startswith(f"| {label} |")), None)
+        assert row is not None and row.endswith("| 0 |"), f"bytes: {label}: {row}"
+    assert "| plugin.StepMultiMap (out) |" in report, "the allow path's RPCs, one by one"
     assert "introspection call(s)** reached the endpoint" in report

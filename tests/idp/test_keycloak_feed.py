@@ -414,3 +414,49 @@ def test_an_oversized_page_of_events_is_refused_while_it_is_read(
         proxy.rewrite = None
         forget(kc_admin, victim)
         forget(kc_admin, valid)
+
+
+def test_one_feed_reader_and_one_metrics_endpoint_per_node(
+        keycloak: KeycloakServer, kc_admin: KeycloakAdmin, proxy: CountingProxy) -> None:
+    """Without Redis, the workers of one plugin server (pluginserver/supervisor.py) share one
+    read of each list per interval through the node's hub, and what the reader records reaches
+    the other worker; the metrics endpoint counts both workers' requests."""
+    from tests.harness.nginx_worker import NginxWorker
+
+    port = free_port()
+    config = feed_guard(keycloak, proxy)
+    with own_gateway(extra_args=f"--workers 2 --metrics 127.0.0.1:{port}") as gateway:
+        entity = gateway.plugin(config)
+        nginx = [NginxWorker(gateway.server.socket_path, gateway.info) for _ in range(2)]
+        victim = new_victim(kc_admin, "node")
+        try:
+            assert len({w.status()["Pid"] for w in nginx}) == 2, "two workers, each with a feed of its own"
+            sent = 0
+            for worker in nginx:  # each worker's instance starts its feed
+                assert worker.request(entity, bearer(victim.token))["status"] == 200
+                sent += 1
+            time.sleep(INTERVAL + 0.5)  # past the first reads
+            started, reads, admin_reads = time.monotonic(), proxy.count(EVENTS), proxy.count(ADMIN_EVENTS)
+            time.sleep(4 * INTERVAL)
+            elapsed = time.monotonic() - started
+            reads, admin_reads = proxy.count(EVENTS) - reads, proxy.count(ADMIN_EVENTS) - admin_reads
+            for count in (reads, admin_reads):  # two workers reading on their own would make twice
+                assert elapsed / (INTERVAL + 0.5) - 2 <= count <= elapsed / INTERVAL + 2, (count, elapsed)
+            time.sleep(1.1)  # the sign-out spares tokens of its own second
+            ACTIONS["admin signs the user out"](kc_admin, victim)
+            deadline = time.monotonic() + INTERVAL + 1
+            while [w.request(entity, bearer(victim.token))["status"] for w in nginx] != [401, 401]:
+                sent += 2
+                assert time.monotonic() < deadline, "the reader's revocation is enforced by both workers"
+                time.sleep(0.05)
+            sent += 2
+            metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            counted = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                          if line.startswith("kcauth_requests_total{"))
+            assert counted == sent, (counted, sent)
+            assert proxy.count(INTROSPECT) == 0
+        finally:
+            for worker in nginx:
+                worker.close()
+            undo(kc_admin, "admin signs the user out")
+            forget(kc_admin, victim)
