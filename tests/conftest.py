@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import pytest
 
 from tests.harness.idp import LocalIdP, Minter, SigningKey
-from tests.harness.kong import Kong, PluginServerProcess, Response, kcauth_commands, process_tree
+from tests.harness.kong import Kong, PluginServerProcess, Response, kcauth_commands
 
 pytest_plugins = ["tests.keycloak.fixtures", "tests.services.fixtures"]
 
@@ -143,19 +143,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def rss_mb(pid: int, field: str = "VmRSS") -> float:
-    """The resident memory in MB of a process and its children (a plugin server: its supervisor,
-    hub and workers); `VmHWM`: each one's peak so far, summed."""
-    total = 0
-    for member in process_tree(pid):
-        try:
-            with open(f"/proc/{member}/status") as status:
-                total += next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
-        except (OSError, StopIteration):
-            continue
-    return total / 1024
 
 
 # --- identity providers -----------------------------------------------------------------------

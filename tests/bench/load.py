@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.harness.kong import Kong, PluginEntity, PluginServerProcess, Response, kcauth_commands, process_tree
+from tests.harness.kong import Kong, PluginEntity, PluginServerProcess, Response, kcauth_commands, process_tree, rss_mb
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = str(Path(sys.executable).parent)
@@ -127,14 +127,7 @@ class Server:
 
     def rss_mb(self, field_name: str = "VmRSS") -> float:
         """Resident memory of the server's processes, summed."""
-        total = 0
-        for pid in process_tree(self.pid):
-            try:
-                with open(f"/proc/{pid}/status") as f:
-                    total += next(int(line.split()[1]) for line in f if line.startswith(field_name + ":"))
-            except (OSError, StopIteration):
-                continue
-        return total / 1024
+        return rss_mb(self.pid, field_name)
 
     def threads(self) -> int:
         with open(f"/proc/{self.pid}/status") as f:

@@ -86,6 +86,19 @@ def process_tree(pid: int) -> list[int]:
     return tree
 
 
+def rss_mb(pid: int, field: str = "VmRSS") -> float:
+    """The resident memory in MB of a process and its descendants (a plugin server: its
+    supervisor, hub and workers), summed; `VmHWM`: each one's peak so far, summed."""
+    total = 0
+    for member in process_tree(pid):
+        try:
+            with open(f"/proc/{member}/status") as status:
+                total += next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
+        except (OSError, StopIteration):
+            continue
+    return total / 1024
+
+
 def _socket_file(path: Path) -> tuple[int, int] | None:
     try:
         st = path.stat()

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 import requests
 
-from tests.conftest import bearer, free_port, guard_config, own_gateway, receiver_config, rss_mb
+from tests.conftest import bearer, free_port, guard_config, own_gateway, receiver_config
 from tests.harness.gateway import EchoUpstream, Gateway, Route
-from tests.harness.kong import Kong
+from tests.harness.kong import Kong, rss_mb
 from tests.harness.proxy import CountingProxy
 from tests.keycloak.actions import ACTIONS, PUSHED, REALM_WIDE, Victim, forget, new_victim, undo
 from tests.keycloak.admin import KeycloakAdmin

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import bearer, own_gateway, rss_mb, sensitive_config
+from tests.conftest import bearer, own_gateway, sensitive_config
 from tests.harness.idp import LocalIdP, Minter
+from tests.harness.kong import rss_mb
 
 SENT = 50 << 20
 

@@ -13,9 +13,9 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from tests.conftest import bearer, guard_config, rss_mb
+from tests.conftest import bearer, guard_config
 from tests.harness.idp import LocalIdP, Minter, SigningKey
-from tests.harness.kong import Kong
+from tests.harness.kong import Kong, rss_mb
 
 PER_KIND = 3_000
 WARM_UP = 900
