@@ -166,6 +166,18 @@ class PushRejected(Refusal):
         self.reason = reason
 
 
+class EventRejected(Refusal):
+    """A Security Event Token that is refused (tokens/secevent.py): `error` is an RFC 8935
+    error code, `reason` a fixed description, both returned to the transmitter."""
+
+    status = 400
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
 class MethodNotAllowed(Refusal):
     status = 405
     error = None
@@ -273,6 +285,8 @@ def answer(refusal: Refusal, realm: str, schemes: Schemes = BEARER_ONLY, dpop_us
     if isinstance(refusal, PushRejected):
         return Answer(400, {"error": refusal.error or "", "error_description": refusal.reason},
                       {"Cache-Control": "no-store"})
+    if isinstance(refusal, EventRejected):  # RFC 8935 section 2.3
+        return Answer(400, {"err": refusal.code, "description": refusal.reason}, {"Cache-Control": "no-store"})
     if isinstance(refusal, MethodNotAllowed):
         return Answer(405, {"message": refusal.message}, {"Allow": "POST"})
     headers: dict[str, str] = {}

@@ -7,7 +7,8 @@
   signature after its claim rules (a refused token costs no download);
 - `introspection.py`: RFC 7662, with its caches, breaker and sharing through Redis;
 - `events.py` (pure) and `feed.py`: the revocation feed: Keycloak's login and admin events
-  turned into revocations, one reader per cluster.
+  turned into revocations, one reader per cluster;
+- `signals.py` (pure): Shared Signals (CAEP) events from Keycloak's transmitter as revocations.
 
 May import: `revocation`, `tokens`, `config`, `ops`, `errors`.
 """

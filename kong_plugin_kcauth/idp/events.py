@@ -66,7 +66,7 @@ def _ended(user: str, t: float, cause: str) -> Revocation:
     return Revocation(Kind.SUBJECT, user, t, cause)
 
 
-def _changed(user: str, t: float, cause: str) -> Revocation:
+def changed(user: str, t: float, cause: str) -> Revocation:
     """The user may get new tokens at once: tokens issued before the event's second."""
     return Revocation(Kind.SUBJECT, user, math.floor(t) - 1, cause)
 
@@ -89,9 +89,9 @@ def from_login_event(event: Mapping[str, Any]) -> Revocation | None:
     details = event.get("details")
     credential = details.get("credential_type") if isinstance(details, dict) else None
     if kind == "UPDATE_PASSWORD" or (kind == "UPDATE_CREDENTIAL" and credential == "password"):
-        return _changed(user, t, "password changed")
+        return changed(user, t, "password changed")
     if kind == "REVOKE_GRANT":
-        return _changed(user, t, "consent revoked")
+        return changed(user, t, "consent revoked")
     if kind == "USER_DISABLED_BY_PERMANENT_LOCKOUT":
         return _ended(user, t, "user locked out")
     return None
@@ -124,9 +124,9 @@ def from_admin_event(event: Mapping[str, Any], role_changes: bool) -> Revocation
         if len(parts) == 3 and operation == "ACTION" and parts[2] == "logout":
             return Revocation(Kind.SIGNED_OUT, user, t, "user signed out")
         if len(parts) == 3 and operation == "ACTION" and parts[2] == "reset-password":
-            return _changed(user, t, "password reset")
+            return changed(user, t, "password reset")
         if len(parts) == 4 and operation == "DELETE" and parts[2] == "consents":
-            return _changed(user, t, "consent revoked")
+            return changed(user, t, "consent revoked")
         return None
     if resource == "USER_SESSION" and operation == "DELETE" and len(parts) == 2 and parts[0] == "sessions" and parts[1]:
         return Revocation(Kind.SESSION, parts[1], t, "session deleted")
@@ -137,7 +137,7 @@ def from_admin_event(event: Mapping[str, Any], role_changes: bool) -> Revocation
         not_before = time_of(rep.get("notBefore")) if isinstance(rep, dict) else None
         return Revocation(Kind.NOT_BEFORE, "", not_before, "realm not-before") if not_before else None
     if role_changes and operation == "DELETE" and user is not None and resource in ROLE_RESOURCES:
-        return _changed(user, t, "role removed" if resource != "GROUP_MEMBERSHIP" else "group removed")
+        return changed(user, t, "role removed" if resource != "GROUP_MEMBERSHIP" else "group removed")
     return None
 
 
