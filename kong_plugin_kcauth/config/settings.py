@@ -143,6 +143,31 @@ class FeedConfig:
     unusable: Unusable = unusable_fields()
 
 
+@dataclass(frozen=True)
+class SignalsConfig:
+    client_id: str | None = setting(
+        "Turns on the OpenID Shared Signals receiver for the realm of `issuer` (Keycloak 26.7+ with "
+        "`--features=ssf`, the realm's transmitter on): the client id of a confidential client of "
+        "that realm with SSF enabled, a service account and the scopes `ssf.read` and `ssf.manage` "
+        "(no realm-management role). kcauth polls that client's stream for CAEP session-revoked "
+        "and credential-change and enforces them on every guard of the issuer. Empty: off.",
+        None,
+    )
+    client_secret: str | None = setting(
+        "Secret of the receiver's `client_id` (client_secret_basic at the realm's token endpoint). "
+        "Referenceable: use a Kong vault reference; never logged.",
+        None, referenceable=True, encrypted=True,
+    )
+    poll_interval: int = setting(
+        "Seconds between two polls of the stream, for the whole cluster when `redis` is set (one "
+        "process polls, chosen through Redis), per node otherwise. A signal is enforced within "
+        "this plus about a second.",
+        2, between=[1, 300],
+    )
+    # Without a usable client_secret the receiver is off (decision/wiring.py signals).
+    unusable: Unusable = unusable_fields()
+
+
 # The issuers the feed can derive the realm's admin REST address from (Lua pattern).
 FEED_ISSUER_PATTERN = "^https?://[^/]+.*/realms/[^/]+$"
 
@@ -502,6 +527,11 @@ class Config:
         "revocations are seen, and how fast\").",
         FeedConfig(),
     )
+    ssf: SignalsConfig = setting(
+        "The Shared Signals (SSF/CAEP) receiver: revocations Keycloak's transmitter keeps until "
+        "kcauth has recorded them (README \"Which revocations are seen, and how fast\").",
+        SignalsConfig(),
+    )
     mode: str = setting(
         "`guard` protects the route. `revocation_receiver` makes the route the endpoint "
         "Keycloak sends back-channel logout tokens and not-before pushes to; every guard of "
@@ -559,6 +589,11 @@ class Config:
                     {"required": True, "match": FEED_ISSUER_PATTERN},
                     "the revocation feed reads the realm of `issuer`, a Keycloak realm issuer "
                     "(.../realms/<name>)"),
+        conditional("ssf.client_id", {"required": True}, "ssf.client_secret", {"required": True}),
+        conditional("ssf.client_id", {"required": True}, "issuer",
+                    {"required": True, "match": FEED_ISSUER_PATTERN},
+                    "the Shared Signals receiver reads the stream of the realm of `issuer`, a Keycloak realm "
+                    "issuer (.../realms/<name>)"),
     ]
     # Introspection credentials whose vault reference gave nothing usable, or a key that cannot
     # sign (`checked`): introspection answers 503 (or falls back, `introspection_failure`) and
@@ -600,6 +635,7 @@ class Config:
         out += [f"{why}: Redis is not used (caches, revocations and DPoP proofs stay in each process)"
                 for _, why in self.redis.unusable]
         out += [f"{why}: the revocation feed is off" for _, why in self.revocation_feed.unusable]
+        out += [f"{why}: the Shared Signals receiver is off" for _, why in self.ssf.unusable]
         return out
 
     @property
@@ -642,6 +678,7 @@ class Config:
         return replace(
             self, issuer=issuer, issuers=None, issuer_template=self.issuer_template if discovered else None,
             revocation_feed=FeedConfig(),  # the feed reads the realm of the plugin-level `issuer` only
+            ssf=SignalsConfig(),  # so does the Shared Signals receiver
             provider_url=own.provider_url or self.provider_url, jwks_uri=own.jwks_uri,
             introspection_endpoint=own.introspection_endpoint, client_id=own.client_id or self.client_id,
             client_secret=own.client_secret if own.client_secret is not None else self.client_secret,

@@ -168,6 +168,7 @@ class Realm:
         self.keys = wiring.key_set(config)
         self.revocations: RevocationStore | RealmRevocations = wiring.revocation_store(config)
         self.feed = wiring.revocation_feed(config)  # held: it reads while a guard or receiver needs it
+        self.signals = wiring.signals(config)  # held likewise: it polls while one needs it
         self.introspector = Introspector.from_config(
             config, replace(self.rules, defer_missing_audience=False),
             wiring.shared_store(config.redis, config.tls_ca_bundle), label, owners,

@@ -14,6 +14,7 @@ from typing import Any
 from ..config import Config, RedisConfig
 from ..idp.feed import Feed
 from ..idp.keys import KeySet, KeySource
+from ..idp.ssf import Signals
 from ..revocation.node import NodeClient, node_store
 from ..revocation.shared import SharedStore
 from ..revocation.store import RealmRevocations, RevocationStore
@@ -26,6 +27,7 @@ _SHARED: Registry[SharedStore] = Registry()
 _REVOCATIONS: Registry[RevocationStore] = Registry()
 _BY_CONFIG: Registry[Any] = Registry()
 _FEEDS: Registry[Feed] = Registry()
+_SIGNALS: Registry[Signals] = Registry()
 
 
 def key_set(config: Config) -> KeySet:
@@ -84,6 +86,21 @@ def revocation_feed(config: Config) -> Feed | None:
     feed = _FEEDS.get(key, lambda: Feed(config, store, shared_store(config.redis, config.tls_ca_bundle)))
     feed.start()
     return feed
+
+
+def signals(config: Config) -> Signals | None:
+    """The realm's Shared Signals receiver when the config asks for one (polling as long as an
+    instance holds it), feeding the issuer's revocation store."""
+    if not config.ssf.client_id or config.ssf.unusable:
+        return None
+    store = revocation_store(config)
+    assert isinstance(store, RevocationStore)  # only the plugin-level issuer, never a template realm
+    key = (config.the_issuer, config.ssf, config.provider_url, config.redis, config.tls_ca_bundle,
+           config.revocation_ttl, config.http_timeout, config.leeway, tuple(config.algorithms))
+    receiver = _SIGNALS.get(key, lambda: Signals(config, store, shared_store(config.redis, config.tls_ca_bundle),
+                                                 key_set(config)))
+    receiver.start()
+    return receiver
 
 
 def for_config(config: Config, build: Any) -> Any:

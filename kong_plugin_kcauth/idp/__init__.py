@@ -8,7 +8,10 @@
 - `introspection.py`: RFC 7662, with its caches, breaker and sharing through Redis;
 - `events.py` (pure) and `feed.py`: the revocation feed: Keycloak's login and admin events
   turned into revocations, one reader per cluster;
-- `signals.py` (pure): Shared Signals (CAEP) events from Keycloak's transmitter as revocations.
+- `signals.py` (pure) and `ssf.py`: the Shared Signals receiver: the realm's stream polled, each
+  CAEP event from Keycloak's transmitter recorded as a revocation, then acknowledged;
+- `reader.py`: what the background readers share: the realm's lease, the service account's
+  token, the reading thread.
 
 May import: `revocation`, `tokens`, `config`, `ops`, `errors`.
 """

@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
 import time
-import weakref
 from typing import Any
 
 from ..config import Config
@@ -34,8 +32,7 @@ from ..ops import metrics
 from ..ops.logs import Throttled, health
 from ..revocation.shared import Lease, SharedStore, SharedUnavailable
 from ..revocation.store import Kind, RevocationStore
-from . import http
-from .client_auth import client_authentication
+from . import http, reader
 from .events import (
     ADMIN_EVENTS,
     LOGIN_EVENTS,
@@ -48,69 +45,42 @@ from .events import (
     revocation_of,
     session_start_of,
 )
+from .reader import LocalLease, Refused, ServiceAccount
 
 log = logging.getLogger("kcauth.feed")
 
 PAGE = 100  # events per request
 MAX_PAGES = 10  # per list and read: a backlog is taken over several reads
-TOKEN_MARGIN = 30.0  # seconds before its expiry a service-account token is replaced
-MAX_PAUSE = 0.5  # seconds between two tries for the lease: a lapsed reader is replaced at once
 
-# Without Redis, per process: realm -> when its next read may start, and the positions.
-_local_leases: dict[str, float] = {}
+# Without Redis, per process: the positions.
 _local_positions: dict[tuple[str, str], Position] = {}
-_local_lock = threading.Lock()
-
-
-class Refused(http.FetchError):
-    """Keycloak refused the service account: its credentials at the token endpoint."""
 
 
 class EventsRefused(Refused):
     """The admin API refused the service account's token: its role, or its ended session."""
 
 
-class LocalLease:
-    """Without Redis: the process-wide lease of `_local_leases`, held for the whole read."""
+class Feed(reader.Background):
+    what, thread_name = "revocation feed", "kcauth-feed"
 
-    def renew(self) -> bool:
-        return True
-
-
-class Feed:
     def __init__(self, config: Config, store: RevocationStore, shared: SharedStore | None) -> None:
+        super().__init__(shared, config.http_timeout, log)
         feed = config.revocation_feed
         self.issuer = config.the_issuer
         self.store, self.shared = store, shared
         self.interval = float(feed.interval)
         self.role_changes = feed.role_changes
-        self._client_id, self._secret = feed.client_id or "", feed.client_secret or ""
+        self._client_id = feed.client_id or ""
+        self._account = ServiceAccount(self.issuer, self._client_id, feed.client_secret or "", "revocation_feed",
+                                       discovery_url=config.discovery_url, rewrite=config.provider_rewrite,
+                                       timeout=config.http_timeout, ca=config.tls_ca_bundle)
         self._admin = config.admin_url
-        self._discovery_url, self._rewrite = config.discovery_url, config.provider_rewrite
         self._timeout, self._ca = config.http_timeout, config.tls_ca_bundle
         self._ttl = float(config.revocation_ttl)
         realm = hashlib.sha256(self.issuer.encode()).hexdigest()[:32]
         self._realm_key = f"feed:{realm}"
-        self._token: tuple[str, float] | None = None
         self._component = f"revocation feed of {self.issuer} (client {self._client_id})"
         self._notes = Throttled(log, 300)
-        self._thread: threading.Thread | None = None
-        self._starting = threading.Lock()
-        self.first_read = threading.Event()
-
-    def start(self) -> None:
-        """Start reading. Without Redis, wait for the node's first read (at instance start, at
-        most `http_timeout`: this process's, or another worker's that holds the lease), so a
-        plugin server that just started does not accept a token revoked before it started; with
-        Redis, the revocation store's catch-up does that."""
-        with self._starting:
-            if self._thread is not None:
-                return
-            self._thread = threading.Thread(target=_run, args=(weakref.ref(self),), daemon=True,
-                                            name="kcauth-feed")
-            self._thread.start()
-        if self.shared is None or self.shared.local:
-            self.first_read.wait(self._timeout)
 
     # -- one try: take the lease, read both lists --
 
@@ -135,17 +105,7 @@ class Feed:
 
     def _take_lease(self) -> Lease | LocalLease | None:
         """The realm's lease for this read, or None when another holds it."""
-        if self.shared is not None:
-            try:
-                return self.shared.lease(self._realm_key + ":lease", self.interval)
-            except SharedUnavailable:
-                pass  # Redis down: read alone, like a process without Redis
-        now = time.monotonic()
-        with _local_lock:
-            if _local_leases.get(self._realm_key, 0.0) > now:
-                return None
-            _local_leases[self._realm_key] = now + self.interval
-        return LocalLease()
+        return reader.take_lease(self.shared, self._realm_key + ":lease", self.interval)
 
     def _read(self, kind: str, lease: Lease | LocalLease) -> None:
         read_ms = int(time.time() * 1000)  # the position never passes it (events.Position)
@@ -239,57 +199,16 @@ class Feed:
             return self._get(url, params)
 
     def _get(self, url: str, params: dict[str, Any]) -> list[Any]:
-        headers = {"Authorization": "Bearer " + self._bearer()}
+        headers = {"Authorization": "Bearer " + self._account.bearer()}
         try:
             return http.get_json_list(url, params, headers, self._timeout, self._ca)
         except http.FetchError as exc:
             if exc.status not in (401, 403):
                 raise
-            self._token = None
+            self._account.forget()
             raise EventsRefused(f"{url} answered HTTP {exc.status}: the service account needs the "
                                 "realm-management role view-events", exc.status) from None
-
-    def _bearer(self) -> str:
-        now = time.monotonic()
-        if self._token is not None and self._token[1] > now:
-            return self._token[0]
-        endpoint = http.discover(self._discovery_url, self.issuer, "token_endpoint", self._timeout,
-                                 self._rewrite, ca=self._ca)
-        form, headers = client_authentication("client_secret_basic", self._client_id, self._secret, None,
-                                              self.issuer, time.time())
-        form["grant_type"] = "client_credentials"
-        try:
-            answer = http.post_form(endpoint, form, headers, self._timeout, self._ca)
-        except http.FetchError as exc:
-            if exc.status in (400, 401):
-                raise Refused(f"the token endpoint refused the service account (HTTP {exc.status}): check "
-                              "revocation_feed.client_id, its secret, and that its service account is "
-                              "enabled", exc.status) from None
-            raise
-        token, lifetime = answer.get("access_token"), answer.get("expires_in")
-        if not isinstance(token, str) or not token:
-            raise http.FetchError("the token endpoint answered no access_token")
-        seconds = float(lifetime) if isinstance(lifetime, (int, float)) and not isinstance(lifetime, bool) else 60.0
-        self._token = (token, now + max(seconds - TOKEN_MARGIN, 1.0))
-        return token
 
 
 def _failure(exc: http.FetchError) -> str:
     return str(exc) if isinstance(exc, Refused) else f"cannot read Keycloak's events ({exc})"
-
-
-def _run(ref: weakref.ref[Feed]) -> None:
-    """The feed's thread: tries for the lease a few times an interval, until the feed is gone
-    (Kong removed every plugin instance that used it)."""
-    while True:
-        feed = ref()
-        if feed is None:
-            return
-        pause = min(feed.interval / 4, MAX_PAUSE)
-        try:
-            feed.step()
-        except Exception as exc:  # noqa: BLE001 - the feed must outlive any surprise; nothing is lost
-            log.error("revocation feed of %s: unexpected %s", feed.issuer, type(exc).__name__)
-            feed.first_read.set()
-        del feed
-        time.sleep(pause)

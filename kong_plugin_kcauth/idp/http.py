@@ -198,6 +198,25 @@ def get_json_list(url: str, params: dict[str, Any], headers: dict[str, str], tim
     return doc
 
 
+def send_json(method: str, url: str, body: dict[str, Any] | None, headers: dict[str, str], timeout: float,
+              ca: str | None = None) -> Any:
+    """A JSON request of an API (the Shared Signals transmitter's), never cached, up to
+    EVENTS_MAX_BODY: its JSON answer (None for 204), or FetchError with the status."""
+    try:
+        resp = _session("events", ca).request(method, url, json=body, headers=headers, timeout=(timeout, timeout),
+                                              allow_redirects=False, proxies=_proxies(url))
+    except requests.RequestException as exc:
+        raise FetchError(f"{method} {url} failed: {type(exc).__name__}") from None
+    if resp.status_code == 204:
+        return None
+    if resp.status_code not in (200, 201, 202):
+        raise FetchError(f"{method} {url} answered HTTP {resp.status_code}", resp.status_code)
+    doc = json_value(resp.content)
+    if doc is None:
+        raise FetchError(f"{method} {url} did not answer JSON")
+    return doc
+
+
 def _json_object(resp: requests.Response, what: str) -> dict[str, Any]:
     if resp.status_code != 200:
         raise FetchError(f"{what} answered HTTP {resp.status_code}", resp.status_code)

@@ -26,6 +26,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -429,14 +430,18 @@ class Bench:
                     server = Server(kind, "core", workers=count).start()
                     assert server.kong is not None
                     entity = server.entity(self.ctx.local(f"bench-workers-{count}") if kind == "kcauth" else {})
-                    nginx = [NginxWorker(server.process.socket_path, server.kong.info)
-                             for _ in range(NGINX_WORKERS)]
-                    prepared[(kind, count)] = (server, entity, nginx)
+                    prepared[(kind, count)] = (server, entity, [])
+            with ThreadPoolExecutor(8) as pool:  # the emulated nginx workers start in parallel (imports)
+                for server, _, nginx in prepared.values():
+                    assert server.kong is not None
+                    info = server.kong.info
+                    nginx.extend(pool.map(lambda _, s=server, i=info: NginxWorker(s.process.socket_path, i),
+                                          range(NGINX_WORKERS)))
             keys = list(prepared)
             seconds = self.p.seconds / self.p.rounds
             for key in keys:  # warm-up: instances started, keys held, every connection opened
                 server, entity, nginx = prepared[key]
-                self._drive_nginx(server, entity, nginx, headers, per_worker, min(seconds, 1.0))
+                self._drive_nginx(server, entity, nginx, headers, per_worker, min(seconds / 4, 1.0))
             for rnd in range(self.p.rounds):
                 for key in keys[rnd % len(keys):] + keys[:rnd % len(keys)]:
                     server, entity, nginx = prepared[key]

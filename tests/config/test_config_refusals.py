@@ -49,8 +49,11 @@ FORBIDDEN = [
     {"claim_headers": {"x_kong_request_id": "jti"}}, {"claim_headers": {"via": "sub"}},
     # the feed derives the realm's admin API from a Keycloak realm issuer:
     {"issuer": "https://login.example.com/tenant", "revocation_feed": {"client_id": "f", "client_secret": "s"}},
+    # the Shared Signals receiver: a secret, a Keycloak realm issuer, a poll interval in range
+    {"ssf": {"client_id": "kcauth-ssf"}}, {"ssf": {"client_id": "r", "client_secret": "s", "poll_interval": 0}},
+    {"issuer": "https://login.example.com/tenant", "ssf": {"client_id": "r", "client_secret": "s"}},
 ]
-RECORDS = ("redis", "revocation_feed")
+RECORDS = ("redis", "revocation_feed", "ssf")
 
 
 @pytest.mark.parametrize("bad", FORBIDDEN, ids=lambda c: str(c)[:48])

@@ -108,6 +108,11 @@ def feed_off(world: World, entity: PluginEntity) -> None:
     assert world.logged("config.revocation_feed.client_secret", "the revocation feed is off", entity.id)
 
 
+def signals_off(world: World, entity: PluginEntity) -> None:
+    assert world.kong.request(entity, bearer(world.minter.token())).status == 200
+    assert world.logged("config.ssf.client_secret", "the Shared Signals receiver is off", entity.id)
+
+
 def other_issuer_off(world: World, entity: PluginEntity) -> None:
     """An `issuers` entry whose own secret is unusable: its introspection is off, and the
     plugin-level secret is never sent for it; the plugin-level issuer's works."""
@@ -157,6 +162,9 @@ ROWS: list[Row] = [
     ("revocation_feed.client_id needs revocation_feed.client_secret; unresolved",
      lambda w: {"introspect": False, "revocation_feed": {"client_id": "kcauth-feed", "client_secret": w.ref(None)}},
      feed_off),
+    ("ssf.client_id needs ssf.client_secret; unresolved",
+     lambda w: {"introspect": False, "ssf": {"client_id": "kcauth-ssf", "client_secret": w.ref(None)}},
+     signals_off),
     ("issuers[].client_secret; unresolved: that issuer only, never the plugin-level secret",
      lambda w: {"issuers": [{"issuer": w.other.issuer, "client_secret": w.ref(None)}]}, other_issuer_off),
 ]

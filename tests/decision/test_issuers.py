@@ -22,11 +22,10 @@ from tests.conftest import (
     guard_config,
     own_gateway,
     receiver_config,
-    rss_mb,
     started_idp,
 )
 from tests.harness.idp import LocalIdP, Minter, SigningKey
-from tests.harness.kong import Kong
+from tests.harness.kong import Kong, rss_mb
 from tests.harness.pushes import RECEIVER_PATH, logout_token, post_logout, push_not_before
 
 BILLING = "billing-api"

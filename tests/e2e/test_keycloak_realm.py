@@ -90,7 +90,7 @@ def test_short_lived_client(kc_admin: KeycloakAdmin) -> None:
     answer = kc_admin.password_token(REALM, "test-cli-short", "bob", "bob-pass")
     token = claims(answer["access_token"])
     assert token["exp"] - token["iat"] == 5
-    assert answer["expires_in"] == 5
+    assert answer["expires_in"] in (4, 5), "exp minus Keycloak's clock when it answered: 4 past a second's turn"
 
 
 def test_resource_server_introspects_alices_token(kc_admin: KeycloakAdmin) -> None:

@@ -96,3 +96,21 @@ PUSHED = {
     "admin removes a realm role from the user": False,
     "admin sets the realm's not-before and pushes it": True,
 }
+
+# What Keycloak 26.7.3's Shared Signals transmitter sends about the user (`--features=ssf`, the
+# realm's transmitter on, every user's events): CAEP event types, checked by
+# tests/idp/test_keycloak_signals.py.
+SIGNALLED: dict[str, tuple[str, ...]] = {
+    "admin signs the user out": ("session-revoked",),
+    "admin deletes the user's session": (),
+    "admin disables the user": (),
+    "admin deletes the user": (),
+    "admin resets the password": ("credential-change",),
+    "user changes the password": ("credential-change",),
+    "user changes the password, signing out other devices": ("credential-change", "session-revoked"),
+    "admin signs out all sessions of the realm": (),
+    "user ends the session in the account console": (),
+    "user removes the client's access in the account console": (),
+    "admin removes a realm role from the user": (),
+    "admin sets the realm's not-before and pushes it": (),
+}

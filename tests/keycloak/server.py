@@ -275,6 +275,9 @@ class KeycloakServer:
             # Pinned: otherwise the issuer follows each request's Host header.
             "--hostname", f"http://127.0.0.1:{self._port}",
             "--db", "dev-mem", "--health-enabled", "true", "--import-realm",
+            # The Shared Signals transmitter (experimental in 26.7): off in every realm unless its
+            # `ssf.transmitterEnabled` attribute is set (tests/idp/test_keycloak_signals.py).
+            "--features=ssf",
         ]
         on_main_thread = threading.current_thread() is threading.main_thread()
         started = time.monotonic()
