@@ -217,3 +217,36 @@ def test_what_keycloak_signals_for_each_action(
             undo(kc_admin, action)
     print(f"signalled: {seen}")
     assert seen == {action: set(kinds) for action, kinds in SIGNALLED.items()}
+
+
+@pytest.mark.parametrize("fault", ["garbage", "status500", "hang"])
+def test_a_failing_poll_revokes_nothing_is_logged_once_and_loses_nothing(
+        fault: str, transmitter: None, keycloak: KeycloakServer, kc_admin: KeycloakAdmin) -> None:
+    """The transmitter's poll answering garbage, 500 or nothing (each hung poll within
+    `http_timeout`): valid tokens keep passing, Kong's log says so once, and what Keycloak kept
+    meanwhile is enforced once the polls succeed again."""
+    with CountingProxy(keycloak.base_url, fault_path_suffix=POLL, hang_seconds=5) as proxy, \
+            own_gateway() as gateway:
+        guard = gateway.plugin(signals_guard(keycloak, proxy, http_timeout=1))
+        valid, victim = new_victim(kc_admin, "valid"), new_victim(kc_admin, "outage")
+        try:
+            assert gateway.request(guard, bearer(valid.token)).status == 200  # a first good poll (at start)
+            proxy.mode = fault  # type: ignore[assignment]
+            ACTIONS["admin signs the user out"](kc_admin, victim)  # while no poll can succeed
+            line = f"Shared Signals receiver of {keycloak.issuer(REALM)} (client {CLIENT}):"
+            started = time.monotonic()
+            while time.monotonic() - started < 2 * INTERVAL or not [e for e in gateway.error_log if line in e]:
+                assert gateway.request(guard, bearer(valid.token)).status == 200, f"{fault}: a valid token refused"
+                assert time.monotonic() - started < 10, f"{fault}: no failure in Kong's log: {gateway.error_log}"
+                time.sleep(0.2)
+            time.sleep(2 * INTERVAL)  # more failed polls: still one line
+            assert gateway.request(guard, bearer(valid.token)).status == 200
+            assert len([e for e in gateway.error_log if line in e]) == 1, gateway.error_log
+            assert gateway.request(guard, bearer(victim.token)).status == 200, "nothing revoked by a failed poll"
+            proxy.mode = "pass"
+            refused_within([(gateway, guard)], victim.token, INTERVAL + 2)
+            assert gateway.request(guard, bearer(valid.token)).status == 200
+        finally:
+            proxy.mode = "pass"
+            forget(kc_admin, valid)
+            forget(kc_admin, victim)
