@@ -75,6 +75,7 @@ class Signals(reader.Background):
         self._algorithms = frozenset(config.algorithms)
         self._key = "ssf:" + hashlib.sha256(self.issuer.encode()).hexdigest()[:32]
         self._stream: Stream | None = None
+        self._expected: Expected | None = None  # what the stream's SETs must say, set with it
         self._acks: list[str] = []  # recorded, acknowledged with the next poll
         self._errs: dict[str, dict[str, str]] = {}  # refused, told with the next poll
         self._component = f"Shared Signals receiver of {self.issuer} (client {self.client_id})"
@@ -133,7 +134,7 @@ class Signals(reader.Background):
                            {"stream_id": stream.id, "state": stream.id[:8]})
             except http.FetchError:
                 pass  # rate-limited or refused: the stream works without
-        self._stream = stream
+        self._stream, self._expected = stream, Expected(self.issuer, stream.audiences, self._ttl, self._leeway)
         return stream
 
     def _poll(self, stream: Stream) -> dict[str, Any]:
@@ -159,11 +160,10 @@ class Signals(reader.Background):
     def _take(self, stream: Stream, jti: str, token: str) -> None:
         """Record what a SET revokes and queue its acknowledgement, or queue its refusal; raises
         http.FetchError (nothing acknowledged) when it cannot be recorded yet."""
-        now = time.time()
+        assert self._expected is not None  # set by _open with the stream
         try:
             signed = secevent.parse(token, MAX_SET_SIZE, self._algorithms)
-            refusal = secevent.set_refusal(signed, Expected(self.issuer, stream.audiences, self._ttl, self._leeway),
-                                           now)
+            refusal = secevent.set_refusal(signed, self._expected, time.time())
             self.keys.verify(signed, refusal)
         except errors.EventRejected as refused:
             return self._refuse(jti, refused.code, refused.reason)
