@@ -209,15 +209,18 @@ def receive(kong: Any, receiver: Receiver, config: Config) -> None:
         if method != "POST":
             raise errors.MethodNotAllowed()
         path = kong.request.get_path()
+        content_type = kong.request.get_header("content-type")
         body = kong.request.get_raw_body()
-        receiver.receive(path if isinstance(path, str) else "", body if isinstance(body, bytes) else b"",
-                         time.time())
-        if config.pass_logout_upstream:
+        if receiver.receive(path if isinstance(path, str) else "", body if isinstance(body, bytes) else b"",
+                            time.time(), content_type if isinstance(content_type, str) else ""):
+            reply = errors.Answer(202, None, {"Cache-Control": "no-store"})  # a SET, recorded (RFC 8935)
+        elif config.pass_logout_upstream:
             # Recorded: the application behind the route gets its own copy. The group lets an
             # ACL guard on this route refuse the push when kcauth did not record it.
             kong.ctx.shared.set("authenticated_groups", [config.authenticated_group])
             return
-        reply = errors.Answer(200, {"message": "recorded"}, {"Cache-Control": "no-store"})
+        else:
+            reply = errors.Answer(200, {"message": "recorded"}, {"Cache-Control": "no-store"})
     except Refusal as refusal:
         reply = errors.answer(refusal, config.realm)
     except SharedUnavailable:

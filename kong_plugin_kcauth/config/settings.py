@@ -144,13 +144,16 @@ class FeedConfig:
 
 
 @dataclass(frozen=True)
-class SignalsConfig:
+class SignalsClient:
+    """The realm's client the Shared Signals receiver works as (plugin level, and `issuers[]`)."""
+
     client_id: str | None = setting(
-        "Turns on the OpenID Shared Signals receiver for the realm of `issuer` (Keycloak 26.7+ with "
+        "Turns on the OpenID Shared Signals receiver for this realm (Keycloak 26.7+ with "
         "`--features=ssf`, the realm's transmitter on): the client id of a confidential client of "
-        "that realm with SSF enabled, a service account and the scopes `ssf.read` and `ssf.manage` "
-        "(no realm-management role). kcauth polls that client's stream for CAEP session-revoked "
-        "and credential-change and enforces them on every guard of the issuer. Empty: off.",
+        "the realm with SSF enabled, a service account and the scopes `ssf.read` and `ssf.manage` "
+        "(no realm-management role). kcauth adopts or creates that client's stream for CAEP "
+        "session-revoked and credential-change and enforces them on every guard of the issuer. "
+        "Empty: off.",
         None,
     )
     client_secret: str | None = setting(
@@ -158,14 +161,43 @@ class SignalsConfig:
         "Referenceable: use a Kong vault reference; never logged.",
         None, referenceable=True, encrypted=True,
     )
+    # Without a usable client_secret the receiver is off (decision/wiring.py signals).
+    unusable: Unusable = unusable_fields()
+
+    ENTITY_CHECKS: ClassVar[list[dict[str, Any]]] = [
+        conditional("client_id", {"required": True}, "client_secret", {"required": True}),
+    ]
+
+
+@dataclass(frozen=True)
+class SignalsConfig(SignalsClient):
+    delivery: str = setting(
+        "How Keycloak delivers the stream's events, for every realm of the config: `poll` (RFC "
+        "8936: kcauth asks, and acknowledges each event once recorded) or `push` (RFC 8935: "
+        "Keycloak posts each event to `push_url`, a `revocation_receiver` route, and retries "
+        "until it is recorded). README \"Revocation by Shared Signals\" compares them.",
+        "poll", one_of=["poll", "push"],
+    )
+    push_url: str | None = setting(
+        "With `delivery: push`: the URL Keycloak posts events to, the public address of this "
+        "`revocation_receiver` route (list it in the client's `ssf.validPushUrls`). One route "
+        "takes the events of every realm of the config.",
+        None, match=URL, match_none=_URL_RULES,
+    )
     poll_interval: int = setting(
         "Seconds between two polls of the stream, for the whole cluster when `redis` is set (one "
         "process polls, chosen through Redis), per node otherwise. A signal is enforced within "
-        "this plus about a second.",
+        "this plus about a second. With `delivery: push`: how soon a stream that could not be "
+        "set up is tried again.",
         2, between=[1, 300],
     )
-    # Without a usable client_secret the receiver is off (decision/wiring.py signals).
-    unusable: Unusable = unusable_fields()
+
+    ENTITY_CHECKS: ClassVar[list[dict[str, Any]]] = [
+        *SignalsClient.ENTITY_CHECKS,
+        conditional("delivery", {"eq": "push"}, "push_url", {"required": True}),
+        conditional("push_url", {"required": True}, "delivery", {"eq": "push"},
+                    "push_url is used only with delivery push"),
+    ]
 
 
 # The issuers the feed can derive the realm's admin REST address from (Lua pattern).
@@ -214,7 +246,18 @@ class IssuerEntry:
         "Accepted `azp` of this issuer's tokens. Empty: the plugin-level `authorized_parties`.",
         None, len_min=1,
     )
+    ssf: SignalsClient = setting(
+        "This realm's Shared Signals receiver: its client (`delivery`, `push_url` and "
+        "`poll_interval` are the plugin-level `ssf`'s).",
+        SignalsClient(),
+    )
     unusable: Unusable = unusable_fields()  # this issuer's client_secret, when its reference gave nothing usable
+
+    ENTITY_CHECKS: ClassVar[list[dict[str, Any]]] = [
+        conditional("ssf.client_id", {"required": True}, "issuer", {"match": FEED_ISSUER_PATTERN},
+                    "the Shared Signals receiver reads the stream of the entry's realm, a Keycloak realm "
+                    "issuer (.../realms/<name>)"),
+    ]
 
 
 @dataclass(frozen=True)
@@ -589,7 +632,9 @@ class Config:
                     {"required": True, "match": FEED_ISSUER_PATTERN},
                     "the revocation feed reads the realm of `issuer`, a Keycloak realm issuer "
                     "(.../realms/<name>)"),
-        conditional("ssf.client_id", {"required": True}, "ssf.client_secret", {"required": True}),
+        conditional("ssf.delivery", {"eq": "push"}, "mode", {"eq": "revocation_receiver"},
+                    "Shared Signals push delivery arrives at a revocation_receiver route: set it on that "
+                    "route's kcauth"),
         conditional("ssf.client_id", {"required": True}, "issuer",
                     {"required": True, "match": FEED_ISSUER_PATTERN},
                     "the Shared Signals receiver reads the stream of the realm of `issuer`, a Keycloak realm "
@@ -635,7 +680,8 @@ class Config:
         out += [f"{why}: Redis is not used (caches, revocations and DPoP proofs stay in each process)"
                 for _, why in self.redis.unusable]
         out += [f"{why}: the revocation feed is off" for _, why in self.revocation_feed.unusable]
-        out += [f"{why}: the Shared Signals receiver is off" for _, why in self.ssf.unusable]
+        out += [f"{why}: the Shared Signals receiver is off" for record in
+                (self.ssf, *(entry.ssf for entry in self.issuers or ())) for _, why in record.unusable]
         return out
 
     @property
@@ -678,7 +724,10 @@ class Config:
         return replace(
             self, issuer=issuer, issuers=None, issuer_template=self.issuer_template if discovered else None,
             revocation_feed=FeedConfig(),  # the feed reads the realm of the plugin-level `issuer` only
-            ssf=SignalsConfig(),  # so does the Shared Signals receiver
+            # The entry's own Shared Signals client, delivered as the plugin level's; none for a
+            # template realm (its realms come and go with requests: no stream is made for them).
+            ssf=replace(self.ssf, client_id=own.ssf.client_id, client_secret=own.ssf.client_secret,
+                        unusable=own.ssf.unusable),
             provider_url=own.provider_url or self.provider_url, jwks_uri=own.jwks_uri,
             introspection_endpoint=own.introspection_endpoint, client_id=own.client_id or self.client_id,
             client_secret=own.client_secret if own.client_secret is not None else self.client_secret,

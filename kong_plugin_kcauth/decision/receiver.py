@@ -1,13 +1,19 @@
 """The revocation receiver (`mode: revocation_receiver`): a route Keycloak pushes back-channel
-logout tokens and not-before actions to. Each push is checked (tokens/logout.py) with the keys of the
-issuer it comes from and recorded in that issuer's revocation store (revocation/store.py), which every
-guard of that issuer consults. One receiver serves every issuer of its config: a logout token
-names its issuer (`iss`, chosen as guards choose, issuers.py); a not-before push names none, so
-it belongs to the issuer whose held key signed it.
+logout tokens, not-before actions and (`ssf.delivery: push`) Security Event Tokens to. Each
+push is checked (tokens/logout.py) with the keys of the issuer it comes from and recorded in that
+issuer's revocation store (revocation/store.py), which every guard of that issuer consults. One
+receiver serves every issuer of its config: a logout token names its issuer (`iss`, chosen as
+guards choose, issuers.py); a not-before push names none, so it belongs to the issuer whose held
+key signed it.
 
 Answers, chosen so Keycloak logs a failed delivery (it never retries one): 200 when recorded,
 400 `invalid_request` with a reason category for a bad push, 405 for another method, 503 when it
 cannot be recorded (keys unavailable, Redis down: applied in this process anyway).
+
+A Security Event Token (`Content-Type: application/secevent+jwt`, RFC 8935) names its realm
+(`iss`): that realm's Shared Signals receiver (idp/ssf.py `Signals.receive`) checks and records
+it. Answers per RFC 8935: 202 when recorded, 400 `{"err", "description"}` when refused, 503 when
+it cannot be recorded yet (Keycloak retries it).
 """
 
 from __future__ import annotations
@@ -15,8 +21,10 @@ from __future__ import annotations
 from .. import errors
 from ..config import Config
 from ..idp.keys import KeySet
+from ..idp.ssf import MAX_SET_SIZE
 from ..ops.logs import Owners
 from ..revocation.store import Kind
+from ..tokens import secevent
 from ..tokens.access import Rules
 from ..tokens.jws import Signed
 from ..tokens.logout import (
@@ -30,6 +38,8 @@ from ..tokens.logout import (
 )
 from .issuers import Issuers, Realm, refuse_unlisted, signed_by_held
 
+SECEVENT_MEDIA_TYPE = "application/secevent+jwt"
+
 
 class Receiver:
     def __init__(self, config: Config) -> None:
@@ -38,16 +48,20 @@ class Receiver:
         self.ttl = config.revocation_ttl
         self._max_size, self._algorithms = config.max_token_size, frozenset(config.algorithms)
 
-    def receive(self, path: str, body: bytes, now: float) -> None:
-        """Check and record one POSTed push; raises a Refusal (PushRejected, ProviderUnavailable)
-        or shared.SharedUnavailable when Redis cannot take the record."""
+    def receive(self, path: str, body: bytes, now: float, content_type: str = "") -> bool:
+        """Check and record one POSTed push; True for a Security Event Token (answered 202).
+        Raises a Refusal (PushRejected, EventRejected, ProviderUnavailable) or
+        shared.SharedUnavailable when Redis cannot take the record."""
+        if content_type.split(";", 1)[0].strip().lower() == SECEVENT_MEDIA_TYPE:
+            self._security_event(body, now)
+            return True
         if path.rstrip("/").endswith("/" + PUSH_NOT_BEFORE_PATH):
             signed = parse_push(body.decode("utf-8", "replace").strip(), self._max_size, self._algorithms)
             source = self._signer(signed)
             _verify(source.keys, signed, not_before_refusal(signed, source.rules, source.audiences, now))
             push = not_before_of(signed)
             source.revocations.record(Kind.NOT_BEFORE, push.client, push.not_before, self.ttl)
-            return
+            return False
         signed = parse_push(logout_token_of(body), self._max_size, self._algorithms)
         source = self._issuer(signed, now)
         _verify(source.keys, signed, logout_refusal(signed, source.rules, source.audiences, now))
@@ -58,6 +72,17 @@ class Receiver:
             source.revocations.record(Kind.SESSION, logout.sid, logout.iat, self.ttl)
         else:
             source.revocations.record(Kind.SUBJECT, logout.sub or "", logout.iat, self.ttl)
+        return False
+
+    def _security_event(self, body: bytes, now: float) -> None:
+        """A pushed SET, to the pushed stream of the realm it names (a listed one)."""
+        signed = secevent.parse(body.decode("utf-8", "replace").strip(), MAX_SET_SIZE, self._algorithms)
+        iss = signed.claims.get("iss")
+        source = self.sources.listed.get(iss) if isinstance(iss, str) else None
+        signals = source.signals if source is not None else None
+        if signals is None or not signals.push:
+            raise errors.EventRejected("invalid_issuer", "no pushed stream of this issuer")
+        signals.receive(signed, now)
 
     def _issuer(self, signed: Signed, now: float) -> Realm:
         """A logout token's issuer, chosen by its `iss` before any key is fetched (a template

@@ -47,6 +47,7 @@ class Signal:
     change_type: str | None = None
     credential_type: str | None = None
     state: str | None = None  # a verification's
+    status: str | None = None  # a stream update's: enabled, paused or disabled
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,13 @@ def signal_of(signed: jws.Signed) -> Signal:
     user, session, unread = _subject(claims.get("sub_id"), claims["iss"])
     return Signal(event=event, jti=claims["jti"], at=at, user=user, session=session, subject_format=unread,
                   change_type=_text(payload.get("change_type")), credential_type=_text(payload.get("credential_type")),
-                  state=_text(payload.get("state")))
+                  state=_text(payload.get("state")), status=_status(payload) if event == STREAM_UPDATED else None)
+
+
+def _status(payload: dict[str, Any]) -> str | None:
+    status = payload.get("status")
+    status = status.get("status") if isinstance(status, dict) else status  # Keycloak nests it
+    return status if isinstance(status, str) and 0 < len(status) <= 20 else None
 
 
 def _subject(sub_id: Any, issuer: str) -> tuple[str | None, str | None, str | None]:

@@ -52,6 +52,13 @@ FORBIDDEN = [
     # the Shared Signals receiver: a secret, a Keycloak realm issuer, a poll interval in range
     {"ssf": {"client_id": "kcauth-ssf"}}, {"ssf": {"client_id": "r", "client_secret": "s", "poll_interval": 0}},
     {"issuer": "https://login.example.com/tenant", "ssf": {"client_id": "r", "client_secret": "s"}},
+    {"ssf": {"delivery": "sometimes"}}, {"ssf": {"push_url": "https://gw.example/kcauth/revocations"}},  # poll
+    {"ssf": {"client_id": "r", "client_secret": "s", "delivery": "push"}},  # no push_url
+    {"ssf": {"delivery": "push", "push_url": "https://gw.example/kcauth/revocations"}},  # on a guard
+    {"ssf": {"delivery": "push", "push_url": "https://gw.example/r?x=1"}},
+    # ... and an `issuers` entry's own client: a secret, a Keycloak realm issuer
+    {"issuers": [{"issuer": "https://sso.example.com/realms/b", "ssf": {"client_id": "r"}}]},
+    {"issuers": [{"issuer": "https://login.example.com/tenant", "ssf": {"client_id": "r", "client_secret": "s"}}]},
 ]
 RECORDS = ("redis", "revocation_feed", "ssf")
 

@@ -113,6 +113,11 @@ def signals_off(world: World, entity: PluginEntity) -> None:
     assert world.logged("config.ssf.client_secret", "the Shared Signals receiver is off", entity.id)
 
 
+def entry_signals_off(world: World, entity: PluginEntity) -> None:
+    assert world.kong.request(entity, bearer(world.minter.token())).status == 200
+    assert world.logged("config.issuers.1.ssf.client_secret", "the Shared Signals receiver is off", entity.id)
+
+
 def other_issuer_off(world: World, entity: PluginEntity) -> None:
     """An `issuers` entry whose own secret is unusable: its introspection is off, and the
     plugin-level secret is never sent for it; the plugin-level issuer's works."""
@@ -165,6 +170,10 @@ ROWS: list[Row] = [
     ("ssf.client_id needs ssf.client_secret; unresolved",
      lambda w: {"introspect": False, "ssf": {"client_id": "kcauth-ssf", "client_secret": w.ref(None)}},
      signals_off),
+    ("issuers[].ssf.client_id needs its client_secret; unresolved",
+     lambda w: {"introspect": False, "issuers": [{"issuer": w.other.issuer.replace("/realms/", "/realms/x-"),
+                                                   "ssf": {"client_id": "kcauth-ssf", "client_secret": w.ref(None)}}]},
+     entry_signals_off),
     ("issuers[].client_secret; unresolved: that issuer only, never the plugin-level secret",
      lambda w: {"issuers": [{"issuer": w.other.issuer, "client_secret": w.ref(None)}]}, other_issuer_off),
 ]

@@ -161,6 +161,10 @@ class LocalIdP:
         self.answer_override: dict[str, Any] = {}
         self.answer_without: set[str] = set()  # claims left out of active answers
         self.raw_answer: bytes | None = None
+        # A Shared Signals transmitter as Keycloak 26.7's answers (idp/ssf.py): on when `ssf` is
+        # set, the client's stream (None until created); every stream request's method and body.
+        self.ssf: dict[str, Any] | None = None
+        self.ssf_requests: list[tuple[str, dict[str, Any] | None]] = []
         self._lock = threading.Lock()
         idp = self
 
@@ -188,7 +192,15 @@ class LocalIdP:
                     with idp._lock:
                         idp.discovery_requests += 1
                     body = {"issuer": issuer, "jwks_uri": idp.discovery_jwks_uri or jwks_uri,
-                            "introspection_endpoint": issuer + "/protocol/openid-connect/token/introspect"}
+                            "introspection_endpoint": issuer + "/protocol/openid-connect/token/introspect",
+                            "token_endpoint": issuer + "/protocol/openid-connect/token"}
+                elif idp.ssf is not None and self.path.endswith("/.well-known/ssf-configuration"):
+                    body = {"issuer": issuer, "jwks_uri": jwks_uri,
+                            "configuration_endpoint": issuer + "/ssf/transmitter/streams"}
+                elif idp.ssf is not None and self.path.endswith("/ssf/transmitter/streams"):
+                    idp.ssf_requests.append(("GET", None))
+                    self._json(200, [idp.ssf["stream"]] if idp.ssf.get("stream") else [])  # type: ignore[arg-type]
+                    return
                 elif self.path.endswith("/certs"):
                     with idp._lock:
                         idp.jwks_requests += 1
@@ -204,7 +216,13 @@ class LocalIdP:
                     return
                 self._json(200, body)
 
+            def do_PATCH(self) -> None:
+                self.do_POST()
+
             def do_POST(self) -> None:
+                if idp.ssf is not None and self.path.endswith(("/openid-connect/token", "/ssf/transmitter/streams")):
+                    self._transmitter()
+                    return
                 if not self.path.endswith("/token/introspect"):
                     self.send_error(404)
                     return
@@ -229,6 +247,26 @@ class LocalIdP:
                     return
                 self._json(200, idp.introspect(form.get("token", "")))
 
+            def _transmitter(self) -> None:
+                """A client-credentials token, and the one stream: created (409 if it exists) or
+                updated, with `aud` `<client>/<stream id>` as Keycloak makes it."""
+                assert idp.ssf is not None
+                data = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if self.path.endswith("/token"):
+                    self._json(200, {"access_token": "ssf-" + uuid.uuid4().hex, "expires_in": 300})
+                    return
+                body = json.loads(data)
+                idp.ssf_requests.append((self.command, body))
+                stream = idp.ssf.get("stream")
+                if self.command == "POST" and stream:
+                    self._json(409, {"error": "stream_error"})
+                    return
+                stream_id = stream["stream_id"] if stream else str(uuid.uuid4())
+                idp.ssf["stream"] = {"stream_id": stream_id, "iss": idp.issuer, "aud": f"kcauth-ssf/{stream_id}",
+                                     "delivery": body["delivery"], "events_delivered": body.get(
+                                         "events_requested", (stream or {}).get("events_delivered", []))}
+                self._json(201 if self.command == "POST" else 200, idp.ssf["stream"])
+
             def _raw(self, data: bytes) -> None:
                 """`data` as a 200 JSON answer, whatever it holds."""
                 self.send_response(200)
@@ -237,7 +275,7 @@ class LocalIdP:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def _json(self, status: int, body: dict[str, Any]) -> None:
+            def _json(self, status: int, body: dict[str, Any] | list[Any]) -> None:
                 if idp.oversized is not None and self.path.split("?")[0].endswith(idp.oversized):
                     self._padded(status, body)
                     return

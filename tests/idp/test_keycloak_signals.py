@@ -18,7 +18,8 @@ import pytest
 import requests
 
 from kong_plugin_kcauth.tokens.secevent import REVOKING
-from tests.conftest import bearer, guard_config, own_gateway
+from tests.conftest import bearer, free_port, guard_config, own_gateway, receiver_config
+from tests.harness.gateway import EchoUpstream, Gateway, Route
 from tests.harness.kong import Kong
 from tests.harness.proxy import CountingProxy
 from tests.keycloak.actions import ACTIONS, SIGNALLED, Victim, forget, new_victim, undo
@@ -35,11 +36,24 @@ POLL = "/poll"
 INTROSPECT = "/token/introspect"
 
 
+def receiver_client(kc_admin: KeycloakAdmin, client_id: str, secret: str, **attributes: str) -> str:
+    """kcauth's receiver client, as README "Revocation by Shared Signals" says to set it up: a
+    confidential client with SSF enabled, a service account, the scopes ssf.read and ssf.manage,
+    and every user's events (`ssf.defaultSubjects` ALL). Returns its id."""
+    scopes = {s["name"]: s["id"] for s in kc_admin._admin("GET", REALM, "/client-scopes").json()}
+    kc_admin._admin("POST", REALM, "/clients", expect=(201,), json={
+        "clientId": client_id, "secret": secret, "publicClient": False, "serviceAccountsEnabled": True,
+        "standardFlowEnabled": False,
+        "attributes": {"ssf.enabled": "true", "ssf.defaultSubjects": "ALL", **attributes}})
+    client = str(kc_admin.get_client(REALM, client_id)["id"])
+    for name in ("ssf.read", "ssf.manage"):
+        kc_admin._admin("PUT", REALM, f"/clients/{client}/default-client-scopes/{scopes[name]}", expect=(204,))
+    return client
+
+
 @pytest.fixture(scope="module")
 def transmitter(kc_admin: KeycloakAdmin) -> Iterator[None]:
-    """The realm's transmitter on and kcauth's receiver client, as README "Revocation by Shared
-    Signals" says to set them up: a confidential client with SSF enabled, a service account, the
-    scopes ssf.read and ssf.manage, and every user's events (`ssf.defaultSubjects` ALL)."""
+    """The realm's transmitter on (its scopes created when missing), and the poll client."""
     realm = kc_admin._admin("GET", REALM, "").json()
     attributes = {**(realm.get("attributes") or {}), "ssf.transmitterEnabled": "true"}
     kc_admin._admin("PUT", REALM, "", expect=(204,), json={**realm, "attributes": attributes})  # GET, merge, PUT
@@ -49,13 +63,7 @@ def transmitter(kc_admin: KeycloakAdmin) -> Iterator[None]:
             kc_admin._admin("POST", REALM, "/client-scopes", expect=(201,), json={
                 "name": name, "protocol": "openid-connect",
                 "attributes": {"include.in.token.scope": "true", "display.on.consent.screen": "false"}})
-    scopes = {s["name"]: s["id"] for s in kc_admin._admin("GET", REALM, "/client-scopes").json()}
-    kc_admin._admin("POST", REALM, "/clients", expect=(201,), json={
-        "clientId": CLIENT, "secret": SECRET, "publicClient": False, "serviceAccountsEnabled": True,
-        "standardFlowEnabled": False, "attributes": {"ssf.enabled": "true", "ssf.defaultSubjects": "ALL"}})
-    client = kc_admin.get_client(REALM, CLIENT)["id"]
-    for name in ("ssf.read", "ssf.manage"):
-        kc_admin._admin("PUT", REALM, f"/clients/{client}/default-client-scopes/{scopes[name]}", expect=(204,))
+    client = receiver_client(kc_admin, CLIENT, SECRET)
     yield
     kc_admin._admin("DELETE", REALM, f"/clients/{client}", expect=(204,))  # its stream and queue go with it
 
@@ -239,7 +247,7 @@ def test_a_failing_poll_revokes_nothing_is_logged_once_and_loses_nothing(
                 assert gateway.request(guard, bearer(valid.token)).status == 200, f"{fault}: a valid token refused"
                 assert time.monotonic() - started < 10, f"{fault}: no failure in Kong's log: {gateway.error_log}"
                 time.sleep(0.2)
-            time.sleep(2 * INTERVAL)  # more failed polls: still one line
+            time.sleep(INTERVAL + 0.2)  # another failed poll: still one line
             assert gateway.request(guard, bearer(valid.token)).status == 200
             assert len([e for e in gateway.error_log if line in e]) == 1, gateway.error_log
             assert gateway.request(guard, bearer(victim.token)).status == 200, "nothing revoked by a failed poll"
@@ -250,3 +258,90 @@ def test_a_failing_poll_revokes_nothing_is_logged_once_and_loses_nothing(
             proxy.mode = "pass"
             forget(kc_admin, valid)
             forget(kc_admin, victim)
+
+
+# -- push delivery (RFC 8935) --
+
+PUSH_CLIENT = "kcauth-ssf-push"
+RECEIVER = "/kcauth/revocations"
+PUSH_WITHIN = 1.0  # seconds from an action to its refusal: Keycloak's drainer runs every 0.5 s here
+
+
+@pytest.fixture
+def push_url(transmitter: None, kc_admin: KeycloakAdmin) -> Iterator[str]:
+    """A push client whose `ssf.validPushUrls` names the receiver route of a gateway to come."""
+    url = f"http://127.0.0.1:{free_port()}{RECEIVER}"
+    client = receiver_client(kc_admin, PUSH_CLIENT, SECRET, **{"ssf.validPushUrls": url})
+    yield url
+    kc_admin._admin("DELETE", REALM, f"/clients/{client}", expect=(204,))
+
+
+def receiving_gateway(kong: Kong, keycloak: KeycloakServer, proxy: CountingProxy, url: str,
+                      upstream: EchoUpstream) -> Gateway:
+    """The receiver route as README "Revocation by Shared Signals" sets it up: kcauth with push
+    delivery, then request-termination answering 503 when kcauth could not."""
+    receiver = kong.plugin(receiver_config(keycloak.issuer(REALM), provider_url=proxy.url, ssf={
+        "client_id": PUSH_CLIENT, "client_secret": SECRET, "delivery": "push", "push_url": url}))
+    route = Route("revocations", [RECEIVER], upstream.url, kcauth=receiver,
+                  terminate=(503, "revocation receiver unavailable"))
+    return Gateway(kong, [route]).serve(port=int(url.split(":")[2].split("/")[0]))
+
+
+PUSHED_ACTIONS = {action: ENFORCED[action] for action in
+                  ("user logs out", "admin signs the user out", "admin resets the password")}
+
+
+def test_pushed_signals_are_enforced_within_a_second_and_none_is_lost_while_kcauth_is_down(
+        push_url: str, keycloak: KeycloakServer, kc_admin: KeycloakAdmin, proxy: CountingProxy) -> None:
+    """kcauth sets the push stream up and Keycloak verifies it through the route; a logout, an
+    administrator's sign-out and a password reset are refused on every guard within a second.
+    Then the plugin server stops: the route answers 503 (request-termination, as Kong proxies
+    then), Keycloak retries each SET, and the next plugin server records it, a sign-out in the
+    same second as the token's issue included."""
+    upstream = EchoUpstream()
+    issuer = keycloak.issuer(REALM)
+    bystander, down, same_second = (new_victim(kc_admin, name) for name in ("bystander", "down", "same"))
+    victims = [new_victim(kc_admin, "pushed") for _ in PUSHED_ACTIONS]
+    with own_gateway() as kong:
+        gateway = receiving_gateway(kong, keycloak, proxy, push_url, upstream)
+        guards = [(kong, kong.plugin(guard_config(issuer, provider_url=proxy.url))),
+                  (kong, kong.plugin(guard_config(issuer, provider_url=proxy.url, required_roles=["realm:user"])))]
+        try:
+            assert requests.get(push_url, timeout=10).status_code == 405  # the receiver's instance starts
+            deadline = time.monotonic() + 10
+            while " verified" not in kong.server.log():  # Keycloak pushed the verification to the route
+                assert time.monotonic() < deadline, f"the stream was not verified: {kong.server.log()}"
+                time.sleep(0.1)
+            time.sleep(1.1)  # password changes spare tokens of their own second (idp/signals.py)
+            taken = {}
+            for (action, act), victim in zip(PUSHED_ACTIONS.items(), victims, strict=True):
+                if act is None:
+                    token, done = user_logout(kc_admin, victim).token, time.monotonic()
+                else:
+                    assert statuses(guards, victim.token) == [200, 200], action
+                    act(kc_admin, victim)
+                    token, done = victim.token, time.monotonic()
+                taken[action] = refused_within(guards, token, PUSH_WITHIN, since=done)
+            assert statuses(guards, bystander.token) == [200, 200], "a bystander still passes"
+            print(f"refused after: {taken}")
+
+            kong.server.stop()  # no plugin server runs now
+            hits = gateway.routes[0].hits
+            ACTIONS["admin signs the user out"](kc_admin, down)
+            fresh = login(kc_admin, same_second.name)["access_token"]
+            ACTIONS["admin signs the user out"](kc_admin, same_second)  # within the second of `fresh`
+            deadline = time.monotonic() + 10
+            while gateway.routes[0].hits < hits + 2:  # both pushed, and answered 503
+                assert time.monotonic() < deadline, "Keycloak pushed nothing"
+                time.sleep(0.05)
+            kong.server.start()
+            for token in (down.token, fresh):  # Keycloak's first retry comes about a second later
+                refused_within(guards, token, 8)
+            assert statuses(guards, bystander.token) == [200, 200], "a bystander still passes"
+            assert proxy.count(INTROSPECT) == 0 and proxy.count(POLL) == 0, "no introspection, no poll"
+            assert upstream.hits == 0, "every push answered by kcauth or request-termination, none proxied"
+        finally:
+            gateway.stop()
+            upstream.stop()
+            for victim in [*victims, bystander, down, same_second]:
+                forget(kc_admin, victim)

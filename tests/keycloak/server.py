@@ -278,6 +278,10 @@ class KeycloakServer:
             # The Shared Signals transmitter (experimental in 26.7): off in every realm unless its
             # `ssf.transmitterEnabled` attribute is set (tests/idp/test_keycloak_signals.py).
             "--features=ssf",
+            # Push delivery (RFC 8935) to the test gateway: plain http on loopback, and the outbox
+            # drained every half second (30 s by default: the push delay in production).
+            "--spi-ssf-transmitter--default--allow-insecure-push-targets=true",
+            "--spi-ssf-transmitter--default--outbox-drainer-interval=500ms",
         ]
         on_main_thread = threading.current_thread() is threading.main_thread()
         started = time.monotonic()

@@ -2,8 +2,8 @@
 
 Kong sends no Step after `kong.response.exit`, so anything waiting for one waits forever: under
 kong-pdk's own gevent event handling every refused request parked a greenlet (~10 KB, never
-freed). These drive 3,000 refusals of each kind through the real plugin server and bound the
-growth of its RSS (that leak would be 30 MB a kind) and of its live handlers (none may remain).
+freed). These drive 1,500 refusals of each kind through the real plugin server and bound the
+growth of its RSS (that leak would be 15 MB a kind) and of its live handlers (none may remain).
 The 10-minute soak (`make soak`) runs the same at length."""
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from tests.conftest import bearer, guard_config
 from tests.harness.idp import LocalIdP, Minter, SigningKey
 from tests.harness.kong import Kong, rss_mb
 
-PER_KIND = 3_000
-WARM_UP = 900
+PER_KIND = 1_500
+WARM_UP = 600
 # Allocator noise and the bounded caches (the 403 verdict, consumer lookups, key set) only:
-# the leak this guards against was ~10 KB per refusal, 30 MB per kind here.
+# the leak this guards against was ~10 KB per refusal, 15 MB per kind here.
 MAX_GROWTH_MB = 8
 
 
