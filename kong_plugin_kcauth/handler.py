@@ -213,7 +213,7 @@ def receive(kong: Any, receiver: Receiver, config: Config) -> None:
         body = kong.request.get_raw_body()
         if receiver.receive(path if isinstance(path, str) else "", body if isinstance(body, bytes) else b"",
                             time.time(), content_type if isinstance(content_type, str) else ""):
-            reply = errors.Answer(202, None, {"Cache-Control": "no-store"})  # a SET, recorded (RFC 8935)
+            reply = errors.Answer(202, None, {})  # a SET, recorded (RFC 8935): no body
         elif config.pass_logout_upstream:
             # Recorded: the application behind the route gets its own copy. The group lets an
             # ACL guard on this route refuse the push when kcauth did not record it.
@@ -234,7 +234,12 @@ def receive(kong: Any, receiver: Receiver, config: Config) -> None:
 def _send(kong: Any, reply: errors.Answer) -> None:
     """The one `kong.response.exit` of a request; nothing may follow it."""
     try:
-        kong.response.exit(reply.status, reply.body, reply.headers)
+        if reply.body is None and not reply.headers:
+            # Status alone: Kong unpacks the RPC's arguments, and a nil before the headers
+            # would end them (kong/runloop/plugin_servers/rpc/mp_rpc.lua call_pdk_method).
+            kong.response.exit(reply.status)
+        else:
+            kong.response.exit(reply.status, reply.body, reply.headers)
     except Exception as exc:  # noqa: BLE001
         log.error("kcauth could not send its answer: %s", _where(exc))
 
