@@ -166,6 +166,9 @@ def test_any_claims_end_in_one_clean_answer(each_mode_kong: Kong, realm: tuple[L
     res = kong.request(entity, bearer(token) + [("X-Auth-Subject", "forged"), ("X-Consumer-ID", "forged")])
     assert res.errors == [], "every event is answered: no RPC error, no dropped connection"
     event("proxied" if res.proxied else f"refused {res.status}")
+    if not res.proxied and not res.pdk_calls:  # a token past nginx's header buffers: refused before Kong
+        assert res.status == 400 and "too large" in str(res.body), (res.status, res.body)
+        return
     if not res.proxied:
         assert res.status in (401, 403, 503), (res.status, res.body)
         assert res.pdk_calls[-1] == "kong.response.exit"
