@@ -166,6 +166,9 @@ def _load(cls: type[T], raw: Any, path: str) -> tuple[T, set[str]]:
             referenced.update(f"{f.name}.{n}" for n in inner)
             continue
         if spec["type"] == "array" and spec["elements"]["type"] == "record":
+            problem = field_problem(spec, value)  # the array's own rules (len_min); its records below
+            if problem is not None:
+                raise ConfigError(f"{name}{problem[0]}: {problem[1]}")
             values[f.name] = _load_records(typing.get_args(_strip_optional(hints[f.name]))[0], value, name)
             continue
         if spec.get("referenceable") and isinstance(value, str) and (f.name in refs or is_reference(value)):
@@ -233,7 +236,7 @@ def field_problem(spec: dict[str, Any], value: Any) -> tuple[str, str] | None:
     type_error = _TYPE_ERRORS[kind](value)
     if type_error:
         return "", type_error
-    if kind == "array":
+    if kind == "array" and spec["elements"].get("type") != "record":  # records: checked as they load
         for i, element in enumerate(value, 1):
             problem = field_problem({"type": "string", **spec["elements"]}, element)
             if problem is not None:

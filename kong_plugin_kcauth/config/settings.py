@@ -74,14 +74,47 @@ _CLAIM_PATH_RULES = [{"pattern": pattern, "err": "the claim path has an empty se
 
 
 @dataclass(frozen=True)
+class SentinelNode:
+    host: str = setting("A Sentinel's host name or address.", required=True)
+    port: int = setting("The Sentinel's port.", 26379, between=[1, 65535])
+
+
+@dataclass(frozen=True)
+class ClusterNode:
+    ip: str = setting("A cluster node's address or host name.", required=True)
+    port: int = setting("The node's port.", 6379, between=[1, 65535])
+
+
+@dataclass(frozen=True)
 class RedisConfig:
+    """Kong's names (kong/tools/redis/schema.lua for a standalone Redis and TLS; Kong
+    Enterprise's for Sentinel), so an operator points kcauth at the Redis Kong already uses."""
+
     host: str | None = setting(
-        "Redis host shared by all Kong nodes for introspection answers. Empty keeps the "
-        "cache in each plugin server process only.",
+        "A standalone Redis shared by every Kong node (or use `sentinel_master`). Empty, and no "
+        "Sentinel: caches and revocations stay in each plugin server process (shared by its "
+        "workers).",
         None,
     )
     port: int = setting("TCP port of the Redis server.", 6379, between=[1, 65535])
-    tls: bool = setting("Connect to Redis over TLS (certificates verified).", False)
+    ssl: bool = setting(
+        "Connect to Redis (and to the Sentinels) over TLS, trusting `tls_ca_bundle`.", False,
+    )
+    ssl_verify: bool = setting(
+        "Verify the server's certificate: its chain (`tls_ca_bundle`) and its name (`server_name`, "
+        "else the address connected to). On by default, unlike Kong's own record: kcauth keeps "
+        "revocations in Redis. Off only for a test Redis.",
+        True,
+    )
+    server_name: str | None = setting(
+        "The name sent in TLS (SNI) and verified in Redis's certificate, when it differs from the "
+        "address connected to (a load balancer, or the addresses Sentinel names).",
+        None, len_min=1,
+    )
+    tls: bool | None = setting(
+        "Deprecated, `ssl` says it: still turns TLS on; `tls: false` with `ssl: true` is refused.",
+        None,
+    )
     username: str | None = setting("Redis ACL user name, when Redis uses ACLs.", None)
     password: str | None = setting(
         "Redis password. Referenceable: use a Kong vault reference such as "
@@ -89,8 +122,40 @@ class RedisConfig:
         None, referenceable=True, encrypted=True,
     )
     database: int = setting("Redis logical database number.", 0, between=[0, 15])
+    sentinel_master: str | None = setting(
+        "Redis Sentinel: the name of the monitored primary (`sentinel monitor <name> ...`). kcauth asks "
+        "`sentinel_nodes` for its address and follows a failover to the promoted replica.",
+        None, len_min=1,
+    )
+    sentinel_role: str = setting(
+        "Which server of `sentinel_master` kcauth talks to: `master` (kcauth writes revocations, "
+        "so a replica will not do).",
+        "master", one_of=["master"],
+    )
+    sentinel_nodes: tuple[SentinelNode, ...] | None = setting(
+        "The Sentinels asked for the primary's address, each `{host, port}`.",
+        None, len_min=1,
+    )
+    sentinel_username: str | None = setting("ACL user name at the Sentinels, when they use ACLs.", None)
+    sentinel_password: str | None = setting(
+        "Password of the Sentinels (`requirepass` in sentinel.conf). Referenceable; never logged.",
+        None, referenceable=True, encrypted=True,
+    )
+    cluster_nodes: tuple[ClusterNode, ...] | None = setting(
+        "Redis Cluster: some of its nodes, each `{ip, port}`; kcauth learns the others and the "
+        "slots from them, and follows a replica's promotion. Database 0 only.",
+        None, len_min=1,
+    )
+    cluster_max_redirections: int = setting(
+        "Redis Cluster: how many MOVED/ASK redirections one call follows.", 5, between=[1, 16],
+    )
+    keepalive_pool_size: int = setting(
+        "Connections to Redis each plugin server process keeps at most (per Redis node). A call "
+        "that finds every one busy waits for one, at most `timeout`.",
+        256, between=[1, 4096],
+    )
     secret: str | None = setting(
-        "Required with `host`: a secret of at least 32 characters shared by every gateway (e.g. "
+        "Required with Redis: a secret of at least 32 characters shared by every gateway (e.g. "
         "`openssl rand -base64 32`), from which kcauth derives the key that encrypts and "
         "authenticates every entry it writes to Redis, so whoever can write to Redis cannot forge "
         "a verdict or read a claim. Referenceable; never logged.",
@@ -101,13 +166,46 @@ class RedisConfig:
         "kcauth:", len_min=1,
     )
     timeout: float = setting(
-        "Connect and read timeout in seconds for Redis. A slow or dead Redis is skipped "
-        "for a few seconds and the in-process cache carries on.",
+        "Connect and read timeout in seconds for Redis (and each Sentinel). A slow or dead Redis "
+        "is skipped for a few seconds and the in-process state carries on.",
         0.25, between=[0.01, 5],
     )
     # Referenceable fields whose vault reference gave nothing usable (schema.load): without a
     # usable password or secret, this config does not use Redis (decision/wiring.py shared_store).
     unusable: Unusable = unusable_fields()
+
+    ENTITY_CHECKS: ClassVar[list[dict[str, Any]]] = [
+        conditional("tls", {"eq": False}, "ssl", {"eq": False},
+                    "redis.tls is deprecated (redis.ssl says it) and disagrees with redis.ssl"),
+        conditional("sentinel_master", {"required": True}, "sentinel_nodes", {"required": True}),
+        conditional("sentinel_nodes", {"required": True}, "sentinel_master", {"required": True}),
+        conditional("sentinel_master", {"required": True}, "host", {"len_max": 0},
+                    "redis.host and redis.sentinel_master name two Redis: set one"),
+        conditional("cluster_nodes", {"required": True}, "host", {"len_max": 0},
+                    "redis.host and redis.cluster_nodes name two Redis: set one"),
+        conditional("cluster_nodes", {"required": True}, "sentinel_master", {"len_max": 0},
+                    "redis.sentinel_master and redis.cluster_nodes name two Redis: set one"),
+        conditional("cluster_nodes", {"required": True}, "database", {"eq": 0},
+                    "a Redis Cluster has database 0 only"),
+    ]
+
+    @property
+    def enabled(self) -> bool:
+        """Redis is configured (standalone or Sentinel) and its secrets usable."""
+        return bool(self.host or self.sentinel_master or self.cluster_nodes) and not self.unusable
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.ssl or bool(self.tls)
+
+    @property
+    def address(self) -> str:
+        """What the log names (never a secret)."""
+        if self.sentinel_master:
+            return f"sentinel master {self.sentinel_master}"
+        if self.cluster_nodes:
+            return "cluster " + ",".join(f"{node.ip}:{node.port}" for node in self.cluster_nodes)
+        return f"{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -621,6 +719,8 @@ class Config:
                     "accept_opaque_tokens needs introspect: only introspection can judge opaque tokens"),
         conditional("consumer_required", {"eq": True}, "consumer_claim", {"required": True}),
         conditional("redis.host", {"required": True}, "redis.secret", {"required": True}),
+        conditional("redis.sentinel_master", {"required": True}, "redis.secret", {"required": True}),
+        conditional("redis.cluster_nodes", {"required": True}, "redis.secret", {"required": True}),
         conditional_at_least_one_of(
             "mode", {"one_of": ["guard", "revocation_receiver"]}, ["issuer", "issuers", "issuer_template"],
             "at least one issuer is needed: one of %s"),

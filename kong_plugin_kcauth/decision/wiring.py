@@ -46,7 +46,7 @@ def shared_store(redis: RedisConfig, ca: str | None) -> SharedStore | None:
     """The process's one Redis client for these settings; without Redis (or without a usable
     password or secret: config.Config.problems logs it), the node's shared state when this process
     is one of a plugin server's workers (revocation/node.py), else None."""
-    if redis.host and not redis.unusable:
+    if redis.enabled:
         return _SHARED.get((redis, ca), lambda: SharedStore(redis, ca))
     node = node_store()
     if node is None:
@@ -58,7 +58,7 @@ def shared_store(redis: RedisConfig, ca: str | None) -> SharedStore | None:
 
 def shared_secret(redis: RedisConfig) -> str | None:
     """The secret every process sharing `shared_store(redis)` holds (DPoP nonces are keyed by it)."""
-    if redis.host and not redis.unusable:
+    if redis.enabled:
         return redis.secret
     node = node_store()
     return node[1] if node is not None else None

@@ -26,6 +26,7 @@ import hmac
 import json
 import logging
 import os
+import ssl
 import threading
 import time
 from collections.abc import Iterator
@@ -38,7 +39,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelManagedConnection
 
 from ..config import RedisConfig
 from ..ops.logs import Throttled, health
@@ -47,6 +51,9 @@ from ..tokens.claims import json_object
 log = logging.getLogger("kcauth.redis")
 
 SKIP_SECONDS = 5.0  # after a failure, how long Redis is left alone
+HEALTH_CHECK_SECONDS = 2
+# What a failed Redis call raises: redis-py's errors, the socket's, and its cluster client's own.
+FAILURES = (redis.RedisError, OSError, RedisClusterException)
 _NONCE = 12
 
 
@@ -55,13 +62,70 @@ class SharedUnavailable(Exception):
 
 
 def _ca_file(ca: str | None) -> str | None:
-    """redis-py's `ssl_ca_certs` for `tls_ca_bundle`: the same trust as for the identity provider
-    (None: the system store, redis-py's own default)."""
+    """The CA file for `tls_ca_bundle`: the same trust as for the identity provider (None: the
+    system store)."""
     if ca is None:
         import certifi
 
         return str(certifi.where())
     return None if ca == "system" else ca
+
+
+class TLSConnection(redis.SSLConnection):
+    """TLS as `redis` says: `tls_ca_bundle`'s trust, the certificate verified unless `ssl_verify`
+    is off, and `server_name` sent (SNI) and verified instead of the address connected to.
+    redis-py has no SNI setting; this is its hook for the handshake. The settings ride on a
+    subclass (`bound`): Redis Cluster hands its nodes' connections only redis-py's own arguments."""
+
+    server_name: str | None = None
+    verify = True
+    ca_file: str | None = None
+
+    @classmethod
+    def bound(cls, config: RedisConfig, ca: str | None) -> type[TLSConnection]:
+        return type(cls.__name__, (cls,), {"server_name": config.server_name, "verify": config.ssl_verify,
+                                           "ca_file": _ca_file(ca)})
+
+    def _wrap_socket_with_ssl(self, sock: Any) -> Any:
+        context = ssl.create_default_context(cafile=self.ca_file)
+        if not self.verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context.wrap_socket(sock, server_hostname=self.server_name or self.host)
+
+
+def connect(config: RedisConfig, ca: str | None) -> redis.Redis | RedisCluster:
+    """The client for `config`: a standalone Redis, the primary its Sentinels name (each new
+    connection asks them, so a failover is followed), or a Redis Cluster (its slot table is
+    read again when a node fails or redirects). One attempt per call, never redis-py's retries
+    with backoff, which turn a dead Redis into seconds of stall per request."""
+    tls = TLSConnection.bound(config, ca) if config.uses_tls else None
+    options: dict[str, Any] = {
+        "socket_timeout": config.timeout, "socket_connect_timeout": config.timeout, "retry": Retry(NoBackoff(), 0),
+        "max_connections": config.keepalive_pool_size, "username": config.username, "password": config.password}
+    # A connection idle this long is PINGed before use, and the revocation subscription every
+    # this often: a Redis gone without a reset (half-open) fails within the timeout, not never.
+    checked: dict[str, Any] = {"health_check_interval": HEALTH_CHECK_SECONDS}
+    if config.cluster_nodes:
+        extra: dict[str, Any] = {"connection_class": tls} if tls else {}
+        nodes = [ClusterNode(node.ip, node.port) for node in config.cluster_nodes]  # type: ignore[no-untyped-call]
+        cluster = RedisCluster(startup_nodes=nodes,
+                               require_full_coverage=False, **options, **extra)
+        cluster.RedisClusterRequestTTL = config.cluster_max_redirections
+        return cluster
+    if config.sentinel_master:
+        sentinel = Sentinel([], db=config.database, **options, **checked,  # type: ignore[no-untyped-call]
+                            connection_class=type("SentinelTLSConnection", (SentinelManagedConnection, tls), {})
+                            if tls else SentinelManagedConnection)
+        sentinel.sentinels = [redis.Redis(connection_pool=redis.ConnectionPool(
+            host=node.host, port=node.port, **{**options, "username": config.sentinel_username,
+                                               "password": config.sentinel_password},
+            connection_class=tls or redis.Connection)) for node in config.sentinel_nodes or ()]
+        client: redis.Redis = sentinel.master_for(config.sentinel_master)  # type: ignore[no-untyped-call]
+        return client
+    return redis.Redis(connection_pool=redis.ConnectionPool(
+        host=config.host or "", port=config.port, db=config.database, **options, **checked,
+        connection_class=tls or redis.Connection))
 
 
 def _b64(data: bytes) -> str:
@@ -82,20 +146,25 @@ class SharedStore:
         self._aead = AESGCM(_derive(secret, b"redis seal v1"))
         self._pseudonym_key = _derive(secret, b"redis pseudonym v1")
         self._record_key = _derive(secret, b"redis record v1")
-        self._client = client or redis.Redis(
-            host=config.host or "", port=config.port, db=config.database,
-            username=config.username, password=config.password, ssl=config.tls,
-            ssl_ca_certs=_ca_file(ca) if config.tls else None,
-            socket_timeout=config.timeout, socket_connect_timeout=config.timeout,
-            # redis-py retries with backoff by default, which turns a dead Redis into seconds
-            # of stall per request; one attempt, then the in-process state.
-            retry=Retry(NoBackoff(), 0),
-        )
+        self._ca = ca
+        self._connected: Any = client
         self._skip_until = 0.0
         self._lock = threading.Lock()
         self._forged = Throttled(log, 60)
         self.local = client is not None  # the node's: it starts empty with the plugin server
-        self._component = "the node's shared state" if self.local else f"redis {config.host}:{config.port}"
+        self._component = "the node's shared state" if self.local else f"redis {config.address}"
+
+    def _client(self) -> Any:
+        """The client, made on first use: a Redis Cluster client reads the slot table as it is
+        made, and raises while no node answers (a call that fails like any other)."""
+        if self._connected is None:
+            with self._lock:
+                if self._connected is None:
+                    try:
+                        self._connected = connect(self.config, self._ca)
+                    except RedisClusterException as exc:
+                        raise redis.ConnectionError("no cluster node answered") from exc
+        return self._connected
 
     # -- sealing --
 
@@ -127,8 +196,8 @@ class SharedStore:
             return None
         name = self.config.prefix + key
         try:
-            raw = self._client.get(name)
-        except (redis.RedisError, OSError) as exc:
+            raw = self._client().get(name)
+        except FAILURES as exc:
             self._failed("read", exc)
             return None
         self._ok()
@@ -140,15 +209,15 @@ class SharedStore:
             return
         name = self.config.prefix + key
         try:
-            self._client.set(name, self._seal(name, value), px=millis)
-        except (redis.RedisError, OSError) as exc:
+            self._client().set(name, self._seal(name, value), px=millis)
+        except FAILURES as exc:
             self._failed("write", exc)
 
     def set_if_absent(self, key: str, ttl: float) -> bool | None:
         """SET NX: True if this call created the key, False if it existed, None if Redis failed."""
         try:
-            return bool(self._client.set(self.config.prefix + key, b"1", nx=True, px=max(1, int(ttl * 1000))))
-        except (redis.RedisError, OSError) as exc:
+            return bool(self._client().set(self.config.prefix + key, b"1", nx=True, px=max(1, int(ttl * 1000))))
+        except FAILURES as exc:
             self._failed("write", exc)
             return None
 
@@ -160,40 +229,67 @@ class SharedStore:
     # records write back (`restore`).
 
     def publish_record(self, scope: str, channel: str, message: dict[str, Any], ttl: float) -> None:
-        """Store `message` for `ttl` and publish it on `channel`, atomically."""
+        """Store `message` for `ttl` and publish it on `channel` (atomically, but in a cluster)."""
         chan = self.config.prefix + channel
+        name, millis, sealed = self._record_name(scope, message), max(1, int(ttl * 1000)), self._seal(chan, message)
         try:
-            pipe = self._client.pipeline(transaction=True)
-            pipe.set(self._record_name(scope, message), b"", px=max(1, int(ttl * 1000)))
-            pipe.publish(chan, self._seal(chan, message))
-            pipe.execute()
-        except (redis.RedisError, OSError) as exc:
+            if isinstance(self._client(), RedisCluster):
+                # No transaction spans a key and a channel in a cluster: publish first, so a
+                # record that failed to store is still known to every process now (and
+                # written back by this one, `restore`), never stored yet unannounced.
+                self._client().publish(chan, sealed)
+                self._client().set(name, b"", px=millis)
+            else:
+                pipe = self._client().pipeline(transaction=True)
+                pipe.set(name, b"", px=millis)
+                pipe.publish(chan, sealed)
+                pipe.execute()
+        except FAILURES as exc:
             self._failed("write", exc)
+            self._refresh_cluster()
             raise SharedUnavailable() from None
 
-    def restore(self, scope: str, records: list[tuple[dict[str, Any], float]]) -> int:
-        """Write back records (message, ttl) that Redis lost, leaving those it holds; how many
-        were missing."""
-        live = [(self._record_name(scope, message), ttl) for message, ttl in records if ttl > 0.001]
+    def restore(self, scope: str, channel: str, records: list[tuple[dict[str, Any], float]]) -> int:
+        """Write back records (message, ttl) that Redis lost, leaving those it holds, and publish
+        each one written back (a process that reconnected before this one, after a failover or
+        an empty restart, learns it now); how many were missing."""
+        live = [(message, self._record_name(scope, message), ttl) for message, ttl in records if ttl > 0.001]
+        chan = self.config.prefix + channel
         try:
-            pipe = self._client.pipeline(transaction=False)
-            for name, ttl in live:
+            pipe = self._client().pipeline(transaction=False)
+            for _, name, ttl in live:
                 pipe.set(name, b"", px=int(ttl * 1000), nx=True)
-            return sum(1 for created in pipe.execute() if created)
-        except (redis.RedisError, OSError) as exc:
+            missing = [message for (message, _, _), created in zip(live, pipe.execute(), strict=True) if created]
+            if missing:
+                self._publish_all(chan, [self._seal(chan, message) for message in missing])
+            return len(missing)
+        except FAILURES as exc:
+            self._refresh_cluster()
             raise SharedUnavailable() from exc
+
+    def _publish_all(self, channel: str, sealed: list[bytes]) -> None:
+        client = self._client()
+        if isinstance(client, RedisCluster):  # a cluster pipeline refuses PUBLISH
+            for message in sealed:
+                client.publish(channel, message)
+            return
+        pipe = client.pipeline(transaction=False)
+        for message in sealed:
+            pipe.publish(channel, message)
+        pipe.execute()
 
     def records(self, scope: str) -> Iterator[dict[str, Any]]:
         """Every record of `scope` that Redis holds and that passes its MAC."""
         start = len(self.config.prefix) + len(scope) + len(":rec:")
         try:
-            for name in self._client.scan_iter(match=f"{self.config.prefix}{scope}:rec:*", count=500):
+            for name in self._client().scan_iter(match=f"{self.config.prefix}{scope}:rec:*", count=500):
                 text = name.decode("ascii", "replace") if isinstance(name, bytes) else str(name)
                 body, _, tag = text[start:].partition(".")
                 message = self._record_message(scope, body, tag)
                 if message is not None:
                     yield message
-        except (redis.RedisError, OSError) as exc:
+        except FAILURES as exc:
+            self._refresh_cluster()
             raise SharedUnavailable() from exc
 
     def _record_name(self, scope: str, message: dict[str, Any]) -> str:
@@ -224,13 +320,14 @@ class SharedStore:
         until = int((time.time() + seconds) * 1000)
         nonce = _b64(os.urandom(9))
         token = f"{until}.{nonce}.{self._tag(name, f'{until}.{nonce}')}"
-        lock = self._client.lock(name, timeout=seconds, blocking=False, thread_local=False)
+        lock = self._client().lock(name, timeout=seconds, blocking=False, thread_local=False)
         try:
             if lock.acquire(token=token):
                 return Lease(lock, seconds)
-            held = self._client.get(name)
-        except (redis.RedisError, OSError) as exc:
+            held = self._client().get(name)
+        except FAILURES as exc:
             self._failed("lease", exc)
+            self._refresh_cluster()
             raise SharedUnavailable() from None
         if held is None or self._genuine_lease(name, held, seconds):
             return None  # another process holds it (or it lapsed just now)
@@ -250,6 +347,18 @@ class SharedStore:
         return Subscription(self, self.config.prefix + channel)
 
     # -- failures --
+
+    def _refresh_cluster(self) -> None:
+        """After a failed call off the request path, in a cluster: read the slot table again and
+        leave a failed default node. redis-py does both only when it retries a call, and kcauth
+        never retries (a subscription would otherwise go on to the dead node it hashed to)."""
+        client = self._connected
+        if isinstance(client, RedisCluster):
+            try:
+                client.nodes_manager.initialize()
+                client.replace_default_node()
+            except FAILURES:
+                pass
 
     def _skipping(self) -> bool:
         return time.monotonic() < self._skip_until
@@ -277,7 +386,7 @@ class Lease:
         """Hold it `seconds` more; False when it lapsed and another took it (or Redis failed)."""
         try:
             return bool(self._lock.extend(self._seconds, replace_ttl=True))
-        except (redis.RedisError, OSError):
+        except FAILURES:
             return False
 
 
@@ -288,16 +397,18 @@ class Subscription:
         self._store = store
         self._channel = channel
         try:
-            self._pubsub = store._client.pubsub(ignore_subscribe_messages=True)
+            self._pubsub = store._client().pubsub(ignore_subscribe_messages=True)
             self._pubsub.subscribe(channel)
-        except (redis.RedisError, OSError) as exc:
+        except FAILURES as exc:
+            store._refresh_cluster()
             raise SharedUnavailable() from exc
 
     def next(self, timeout: float) -> dict[str, Any] | None:
         """The next message, or None when none came within `timeout` seconds."""
         try:
             message = self._pubsub.get_message(timeout=timeout)
-        except (redis.RedisError, OSError) as exc:
+        except FAILURES as exc:
+            self._store._refresh_cluster()
             raise SharedUnavailable() from exc
         if not message or message.get("type") != "message":
             return None
@@ -306,5 +417,5 @@ class Subscription:
     def close(self) -> None:
         try:
             self._pubsub.close()
-        except (redis.RedisError, OSError):
+        except FAILURES:
             pass

@@ -84,6 +84,7 @@ class RevocationStore:
         self._lock = threading.Lock()
         self._scope = "revocation:" + hashlib.sha256(issuer.encode()).hexdigest()[:32]
         self._follower: threading.Thread | None = None
+        self._unsaved = threading.Event()  # a record Redis could not take: write back at the next second
         self._starting = threading.Lock()
         self._component = f"revocations of {issuer}"
 
@@ -208,8 +209,12 @@ class RevocationStore:
         entry = Entry(at, until)
         self._apply(kind, key, entry)
         if self.shared is not None:
-            self.shared.publish_record(self._scope, self._channel, _message(kind, key, entry),
-                                       until - self._clock())
+            try:
+                self.shared.publish_record(self._scope, self._channel, _message(kind, key, entry),
+                                           until - self._clock())
+            except SharedUnavailable:
+                self._unsaved.set()  # the follower writes it back once Redis takes writes again
+                raise
 
     # -- internals --
 
@@ -252,7 +257,9 @@ class RevocationStore:
         while True:
             if subscription is None:
                 time.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+                # At most a second: after a failover every process must find the new primary
+                # within a second of its promotion; a refused connect costs nothing.
+                backoff = min(backoff * 2, 1.0)
                 subscription = self._connect()
                 continue
             backoff = 0.5
@@ -260,8 +267,9 @@ class RevocationStore:
                 while True:
                     self._restore()
                     until = time.monotonic() + RESTORE_INTERVAL
-                    while time.monotonic() < until:
+                    while time.monotonic() < until and not self._unsaved.is_set():
                         self._on_message(subscription.next(timeout=1.0))
+                    self._unsaved.clear()
             except SharedUnavailable as exc:
                 health.report(self._component, False, f"revocations from Redis interrupted ("
                               f"{type(exc.__cause__).__name__ if exc.__cause__ else 'unavailable'}); retrying")
@@ -275,7 +283,7 @@ class RevocationStore:
         with self._lock:
             held = [(_message(kind, key, entry), entry.until - now) for kind in Kind
                     for key, entry in self._entries[kind].items() if entry.until > now]
-        restored = self.shared.restore(self._scope, held)
+        restored = self.shared.restore(self._scope, self._channel, held)
         if restored:
             log.warning("wrote %d revocations back to Redis, which had lost them", restored)
 

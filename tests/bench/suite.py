@@ -64,7 +64,7 @@ class Profile:
 PROFILES = {
     "full": Profile("full", requests=5000, seconds=8.0, rounds=4, warmup=200, flood=100_000, flood_chunk=10_000),
     "quick": Profile("quick", requests=400, seconds=1.5, rounds=1, warmup=40, flood=10_000, flood_chunk=2_500),
-    "smoke": Profile("smoke", requests=12, seconds=1.0, rounds=1, warmup=4, flood=200, flood_chunk=100),
+    "smoke": Profile("smoke", requests=12, seconds=0.4, rounds=1, warmup=4, flood=200, flood_chunk=100),
 }
 
 

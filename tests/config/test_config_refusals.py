@@ -33,6 +33,21 @@ FORBIDDEN = [
     {"verify_audience": True, "audiences": []}, {"accept_opaque_tokens": True},
     {"consumer_required": True}, {"redis": {"host": "redis.internal"}},
     {"revocation_feed": {"client_id": "kcauth-feed"}},  # no secret
+    # Redis by Kong's names: `tls` (deprecated) must not contradict `ssl`; a Sentinel set up whole
+    {"redis": {"host": "r", "secret": "s" * 32, "tls": False, "ssl": True}},
+    {"redis": {"sentinel_master": "kc", "secret": "s" * 32}},  # no sentinel_nodes
+    {"redis": {"sentinel_nodes": [{"host": "s1"}], "secret": "s" * 32}},  # no sentinel_master
+    {"redis": {"sentinel_master": "kc", "sentinel_nodes": [{"host": "s1"}]}},  # no secret
+    {"redis": {"host": "r", "sentinel_master": "kc", "sentinel_nodes": [{"host": "s1"}], "secret": "s" * 32}},
+    {"redis": {"sentinel_master": "kc", "sentinel_role": "slave", "sentinel_nodes": [{"host": "s1"}],
+               "secret": "s" * 32}},
+    {"redis": {"sentinel_master": "kc", "sentinel_nodes": [{"port": 26379}], "secret": "s" * 32}},  # no host
+    {"redis": {"cluster_nodes": [{"ip": "c1"}]}},  # no secret
+    {"redis": {"cluster_nodes": [{"ip": "c1"}], "host": "r", "secret": "s" * 32}},
+    {"redis": {"cluster_nodes": [{"ip": "c1"}], "sentinel_master": "kc", "sentinel_nodes": [{"host": "s1"}],
+               "secret": "s" * 32}},
+    {"redis": {"cluster_nodes": [{"ip": "c1"}], "database": 1, "secret": "s" * 32}},
+    {"redis": {"cluster_nodes": [], "secret": "s" * 32}}, {"redis": {"keepalive_pool_size": 0}},
     {"revocation_feed": {"client_id": "kcauth-feed", "client_secret": "s", "interval": 0}},
     # URL fields: a host, no user-info, query, fragment, whitespace or backslash; origins nothing after:
     {"public_base_url": "https://api.example.com?x=1"}, {"public_base_url": "https://api.example.com#f"},

@@ -39,8 +39,8 @@ class PrivateCA:
         self.bundle = directory / "ca.pem"
         self.bundle.write_bytes(self._cert.public_bytes(serialization.Encoding.PEM))
 
-    def issue(self, name: str = "localhost") -> Issued:
-        """A server certificate for `name` (and 127.0.0.1), signed by this CA."""
+    def issue(self, name: str = "localhost", with_ip: bool = True) -> Issued:
+        """A server certificate for `name` (and 127.0.0.1 unless `with_ip` is off), signed by this CA."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.timezone.utc)
         cert = (x509.CertificateBuilder()
@@ -48,9 +48,9 @@ class PrivateCA:
                 .issuer_name(self._cert.subject).public_key(key.public_key())
                 .serial_number(x509.random_serial_number())
                 .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-                .add_extension(x509.SubjectAlternativeName([x509.DNSName(name),
-                                                            x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                               critical=False)
+                .add_extension(x509.SubjectAlternativeName(
+                    [x509.DNSName(name), *([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))] if with_ip else [])]),
+                    critical=False)
                 .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
                 .sign(self._key, hashes.SHA256()))
         issued = Issued(self.directory / f"{name}.crt", self.directory / f"{name}.key")

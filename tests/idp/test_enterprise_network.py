@@ -61,6 +61,32 @@ def test_redis_behind_a_private_ca(kong: Kong, idp: LocalIdP, minter: Minter, ca
         server.stop()
 
 
+def test_redis_by_name_behind_a_private_ca(kong: Kong, idp: LocalIdP, minter: Minter, ca: PrivateCA) -> None:
+    """Kong's TLS names: `ssl`, `server_name` (sent and verified instead of the address: a
+    certificate for `redis.internal` only) and `ssl_verify`. A certificate that fails
+    verification leaves Redis unused, never the route."""
+    issued = ca.issue("redis.internal", with_ip=False)
+    server = RedisServer(tls=(issued.cert, issued.key, ca.bundle))
+    server.start()
+    try:
+        client = server.client()
+        base = sensitive_config(idp, tls_ca_bundle=str(ca.bundle))
+
+        def shared(prefix: str, **redis: Any) -> bool:
+            entity = kong.plugin({**base, "redis": server.plugin_config(ssl=True, prefix=prefix, **redis)})
+            assert kong.request(entity, bearer(minter.token())).status == 200
+            return bool(client.keys(f"{prefix}introspection:*"))
+
+        assert shared("named:", server_name="redis.internal"), "verified by its name, over 127.0.0.1"
+        assert not shared("by-address:"), "the address is not in the certificate: Redis unused, the route works"
+        assert not shared("other-name:", server_name="cache.internal")
+        base = sensitive_config(idp)  # the Mozilla bundle: the private CA is not trusted...
+        assert not shared("untrusted:", server_name="redis.internal")
+        assert shared("unverified:", ssl_verify=False), "...unless verification is off"
+    finally:
+        server.stop()
+
+
 class ForwardProxy:
     """A plain HTTP forward proxy on loopback that counts what it forwards."""
 

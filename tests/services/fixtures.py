@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import pytest
 import redis
 
-from tests.services.redis import RedisServer
+from tests.services.redis import ClusterGroup, RedisServer, SentinelGroup
 
 
 @contextmanager
@@ -31,6 +31,20 @@ def started_redis(password: str | None = None) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@contextmanager
+def started_group(group: SentinelGroup | ClusterGroup) -> Iterator[SentinelGroup | ClusterGroup]:
+    """A running Sentinel or Cluster group, stopped on exit; pytest.fail (not skip) if it cannot start."""
+    try:
+        group.start()
+    except Exception as exc:  # noqa: BLE001 - any reason must surface as a failure message
+        group.stop()
+        pytest.fail(f"could not start {type(group).__name__}: {exc}", pytrace=False)
+    try:
+        yield group
+    finally:
+        group.stop()
 
 
 @pytest.fixture(scope="session")

@@ -38,9 +38,11 @@ def free_port() -> int:
 
 class RedisServer:
     def __init__(self, password: str | None = None, port: int | None = None, executable: str = "redis-server",
-                 tls: tuple[Path, Path, Path] | None = None) -> None:
-        """`tls`: (certificate, key, CA bundle) PEM files: serve TLS only (tests/harness/tls.py)."""
+                 tls: tuple[Path, Path, Path] | None = None, extra_args: tuple[str, ...] = ()) -> None:
+        """`tls`: (certificate, key, CA bundle) PEM files: serve TLS only (tests/harness/tls.py).
+        `extra_args`: more redis-server options (`--replicaof host port`)."""
         self._password = password
+        self._extra_args = extra_args
         self._tls = tls
         self._port = port
         # A caller-chosen port is kept even if busy; a picked one may be re-picked on a bind race.
@@ -100,7 +102,8 @@ class RedisServer:
             "retry": Retry(NoBackoff(), 0),
         }
         if self._tls is not None:
-            options.update(ssl=True, ssl_ca_certs=str(self._tls[2]))
+            # The chain only: a certificate may name the server otherwise than 127.0.0.1.
+            options.update(ssl=True, ssl_ca_certs=str(self._tls[2]), ssl_check_hostname=False)
         options.update(kwargs)
         return redis.Redis(**options)  # type: ignore[arg-type]
 
@@ -212,6 +215,7 @@ class RedisServer:
         ]
         if self._password is not None:
             args += ["--requirepass", self._password]
+        args += list(self._extra_args)
         # Own session/process group: signals reach the server only, and Ctrl-C in the test run
         # does not race our orderly stop().
         self._proc = subprocess.Popen(
@@ -273,3 +277,180 @@ class RedisServer:
         if self._dir is not None:
             shutil.rmtree(self._dir, ignore_errors=True)
             self._dir = None
+
+
+class SentinelGroup:
+    """Redis as Sentinel runs it: a primary, a replica and three Sentinels (quorum 2) watching
+    them as `MASTER`, all on loopback, the Sentinels `redis-server --sentinel` (Debian's
+    redis-server package; `redis-sentinel` is the same binary). Sentinels notice a dead primary
+    after `DOWN_AFTER_MS` and promote the replica."""
+
+    MASTER = "kcauth"
+    DOWN_AFTER_MS = 500
+
+    def __init__(self) -> None:
+        self.primary = RedisServer()
+        self.replica: RedisServer | None = None
+        self.sentinel_ports: list[int] = []
+        self._sentinels: list[subprocess.Popen[bytes]] = []
+        self._dir = Path(tempfile.mkdtemp(prefix="kcauth-sentinel-"))
+
+    def start(self) -> SentinelGroup:
+        self.primary.start()
+        self.replica = RedisServer(extra_args=("--replicaof", HOST, str(self.primary.port)))
+        self.replica.start()
+        _until(lambda: self.replica is not None and
+               self.replica.client().info("replication").get("master_link_status") == "up", "replication")
+        for i in range(3):
+            port = free_port()
+            conf = self._dir / f"sentinel-{i}.conf"
+            conf.write_text("\n".join([
+                f"port {port}", f"bind {HOST}", f"dir {self._dir}", f"logfile {self._dir}/sentinel-{i}.log",
+                f"sentinel monitor {self.MASTER} {HOST} {self.primary.port} 2",
+                f"sentinel down-after-milliseconds {self.MASTER} {self.DOWN_AFTER_MS}",
+                f"sentinel failover-timeout {self.MASTER} 2000", ""]))
+            self._sentinels.append(subprocess.Popen(
+                [shutil.which("redis-server") or "redis-server", str(conf), "--sentinel"], cwd=self._dir,
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                start_new_session=True))
+            self.sentinel_ports.append(port)
+        for port in self.sentinel_ports:  # each knows the replica and another Sentinel
+            client = redis.Redis(host=HOST, port=port, socket_timeout=1, retry=Retry(NoBackoff(), 0))
+            _until(lambda c=client: _sentinel_ready(c, self.MASTER), f"sentinel {port}")
+        return self
+
+    def plugin_config(self, **extra: object) -> dict[str, object]:
+        """kcauth's `redis` record for this group, by Kong's names."""
+        return {"sentinel_master": self.MASTER, "sentinel_nodes": [{"host": HOST, "port": port}
+                                                                    for port in self.sentinel_ports],
+                "secret": PLUGIN_SECRET, **extra}
+
+    def primary_port(self) -> int:
+        client = redis.Redis(host=HOST, port=self.sentinel_ports[0], socket_timeout=1, retry=Retry(NoBackoff(), 0))
+        address = client.sentinel_get_master_addr_by_name(self.MASTER)
+        return int(address[1])
+
+    def fail_over(self, timeout: float = 15.0) -> tuple[RedisServer, float]:
+        """Kill the primary; wait until the Sentinels promoted the replica and it takes writes.
+        Returns the new primary and the seconds without one (the failover window)."""
+        assert self.replica is not None
+        old = self.primary.port
+        started = time.monotonic()
+        self.primary.kill()
+        _until(lambda: self.primary_port() != old and
+               self.replica is not None and self.replica.client().info("replication").get("role") == "master",
+               "failover", timeout)
+        window = time.monotonic() - started
+        self.primary, self.replica = self.replica, self.primary
+        return self.primary, window
+
+    def stop(self) -> None:
+        for proc in self._sentinels:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(STOP_TIMEOUT)
+        self._sentinels.clear()
+        self.primary.stop()
+        if self.replica is not None:
+            self.replica.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _sentinel_ready(client: redis.Redis, master: str) -> bool:
+    try:
+        state = client.sentinel_master(master)
+        # A quorum of two can fail over once each Sentinel knows another: no need to wait the
+        # hello rounds for all three.
+        return int(state.get("num-slaves", 0)) >= 1 and int(state.get("num-other-sentinels", 0)) >= 1
+    except redis.RedisError:
+        return False
+
+
+def _until(condition: object, what: str, timeout: float = START_TIMEOUT * 2) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if condition():  # type: ignore[operator]
+                return
+        except redis.RedisError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: not ready within {timeout:.0f} s")
+        time.sleep(0.1)
+
+
+class ClusterGroup:
+    """A Redis Cluster on loopback: three primaries and a replica of each (`redis-server
+    --cluster-enabled yes`, joined by `redis-cli --cluster create`). A node is failed after
+    `NODE_TIMEOUT_MS`, and its replica promoted."""
+
+    NODE_TIMEOUT_MS = 500
+
+    def __init__(self) -> None:
+        self.nodes: list[RedisServer] = []
+
+    def start(self) -> ClusterGroup:
+        for _ in range(6):
+            node = RedisServer(port=_cluster_port(), extra_args=(
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", str(self.NODE_TIMEOUT_MS)))
+            node.start()
+            self.nodes.append(node)
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RuntimeError(f"redis-cli is not on PATH: {INSTALL_HINT}")
+        created = subprocess.run([cli, "--cluster", "create", *(f"{HOST}:{n.port}" for n in self.nodes),
+                                  "--cluster-replicas", "1", "--cluster-yes"], capture_output=True, text=True,
+                                 timeout=60)
+        if created.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed: {created.stdout[-2000:]}{created.stderr[-2000:]}")
+        _until(self.healthy, "cluster state ok", 30)
+        return self
+
+    def healthy(self) -> bool:
+        """Every live node says the cluster is ok, and three primaries each have a replica in sync."""
+        live = [n for n in self.nodes if n.running]
+        if not all(n.client().cluster("info").get("cluster_state") == "ok" for n in live):
+            return False
+        replicas = [n.client().info("replication") for n in live]
+        return len(self.primaries()) == 3 and all(
+            info.get("master_link_status") == "up" for info in replicas if info.get("role") == "slave")
+
+    def primaries(self) -> list[RedisServer]:
+        return [n for n in self.nodes if n.running and n.client().info("replication").get("role") == "master"]
+
+    def plugin_config(self, **extra: object) -> dict[str, object]:
+        """kcauth's `redis` record for this cluster (two seed nodes, by Kong Enterprise's names)."""
+        return {"cluster_nodes": [{"ip": HOST, "port": n.port} for n in self.nodes[:2]], "secret": PLUGIN_SECRET,
+                **extra}
+
+    def fail_over(self, victim: RedisServer, timeout: float = 20.0) -> float:
+        """Kill the primary `victim`; wait until its replica is promoted and the cluster is ok
+        again. Returns the seconds it took."""
+        started = time.monotonic()
+        victim.kill()
+        _until(lambda: len(self.primaries()) == 3 and all(
+            n.client().cluster("info").get("cluster_state") == "ok" for n in self.nodes if n.running),
+            "cluster failover", timeout)  # (the promoted replica has no replica of its own)
+        return time.monotonic() - started
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        self.nodes.clear()
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (10,000 above it, at most 65,535) is free too."""
+    import random
+
+    for _ in range(200):
+        port = random.randint(20000, 29999)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind((HOST, port))
+                b.bind((HOST, port + 10000))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair for a cluster node")
