@@ -1,9 +1,9 @@
 """Redis behind Sentinel (`redis.sentinel_master`, `redis.sentinel_nodes`, Kong Enterprise's
-names): a primary, a replica and three Sentinels (tests/services/redis.py SentinelGroup). Two
-plugin server processes share revocations and introspection answers through the primary the
-Sentinels name; when it dies under mixed traffic, the replica is promoted, no request gets a wrong
-answer or waits past the Redis timeout bound, and a logout taken while there was no primary
-reaches both processes within 2 s of the new one."""
+names), with passwords on Redis and on the Sentinels: a primary, a replica and three Sentinels
+(tests/services/redis.py SentinelGroup). Two plugin server processes share revocations and
+introspection answers through the primary the Sentinels name; when it dies under mixed traffic,
+the replica is promoted, no request gets a wrong answer or waits past the Redis timeout bound,
+and a logout taken while there was no primary reaches both processes within 2 s of the new one."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ SLOW = 1.0  # seconds: no request may take longer (a few Redis calls, each bound
 
 @pytest.fixture(scope="module")
 def sentinels() -> Iterator[SentinelGroup]:
-    with started_group(SentinelGroup()) as group:
+    # Passwords on both, as deployed: Redis's (`password`) and the Sentinels' own (`sentinel_password`).
+    with started_group(SentinelGroup(password="redis-pass-0123", sentinel_password="sentinel-pass-4567")) as group:
         assert isinstance(group, SentinelGroup)
         yield group
 

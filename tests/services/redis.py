@@ -288,8 +288,12 @@ class SentinelGroup:
     MASTER = "kcauth"
     DOWN_AFTER_MS = 500
 
-    def __init__(self) -> None:
-        self.primary = RedisServer()
+    def __init__(self, password: str | None = None, sentinel_password: str | None = None) -> None:
+        """`password`: the primary's and the replica's (`requirepass`, `masterauth`, and the
+        Sentinels' `auth-pass`); `sentinel_password`: the Sentinels' own (`requirepass`)."""
+        self.password, self.sentinel_password = password, sentinel_password
+        auth = ("--masterauth", password) if password else ()
+        self.primary = RedisServer(password=password, extra_args=auth)
         self.replica: RedisServer | None = None
         self.sentinel_ports: list[int] = []
         self._sentinels: list[subprocess.Popen[bytes]] = []
@@ -297,7 +301,9 @@ class SentinelGroup:
 
     def start(self) -> SentinelGroup:
         self.primary.start()
-        self.replica = RedisServer(extra_args=("--replicaof", HOST, str(self.primary.port)))
+        auth = ("--masterauth", self.password) if self.password else ()
+        self.replica = RedisServer(password=self.password,
+                                   extra_args=("--replicaof", HOST, str(self.primary.port), *auth))
         self.replica.start()
         _until(lambda: self.replica is not None and
                self.replica.client().info("replication").get("master_link_status") == "up", "replication")
@@ -308,26 +314,31 @@ class SentinelGroup:
                 f"port {port}", f"bind {HOST}", f"dir {self._dir}", f"logfile {self._dir}/sentinel-{i}.log",
                 f"sentinel monitor {self.MASTER} {HOST} {self.primary.port} 2",
                 f"sentinel down-after-milliseconds {self.MASTER} {self.DOWN_AFTER_MS}",
-                f"sentinel failover-timeout {self.MASTER} 2000", ""]))
+                f"sentinel failover-timeout {self.MASTER} 2000",
+                *([f"sentinel auth-pass {self.MASTER} {self.password}"] if self.password else []),
+                *([f"requirepass {self.sentinel_password}"] if self.sentinel_password else []), ""]))
             self._sentinels.append(subprocess.Popen(
                 [shutil.which("redis-server") or "redis-server", str(conf), "--sentinel"], cwd=self._dir,
                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
                 start_new_session=True))
             self.sentinel_ports.append(port)
         for port in self.sentinel_ports:  # each knows the replica and another Sentinel
-            client = redis.Redis(host=HOST, port=port, socket_timeout=1, retry=Retry(NoBackoff(), 0))
-            _until(lambda c=client: _sentinel_ready(c, self.MASTER), f"sentinel {port}")
+            _until(lambda p=port: _sentinel_ready(self._sentinel(p), self.MASTER), f"sentinel {port}")
         return self
+
+    def _sentinel(self, port: int) -> redis.Redis:
+        return redis.Redis(host=HOST, port=port, password=self.sentinel_password, socket_timeout=1,
+                           retry=Retry(NoBackoff(), 0))
 
     def plugin_config(self, **extra: object) -> dict[str, object]:
         """kcauth's `redis` record for this group, by Kong's names."""
+        auth = {"password": self.password, "sentinel_password": self.sentinel_password}
         return {"sentinel_master": self.MASTER, "sentinel_nodes": [{"host": HOST, "port": port}
                                                                     for port in self.sentinel_ports],
-                "secret": PLUGIN_SECRET, **extra}
+                "secret": PLUGIN_SECRET, **{k: v for k, v in auth.items() if v}, **extra}
 
     def primary_port(self) -> int:
-        client = redis.Redis(host=HOST, port=self.sentinel_ports[0], socket_timeout=1, retry=Retry(NoBackoff(), 0))
-        address = client.sentinel_get_master_addr_by_name(self.MASTER)
+        address = self._sentinel(self.sentinel_ports[0]).sentinel_get_master_addr_by_name(self.MASTER)
         return int(address[1])
 
     def fail_over(self, timeout: float = 15.0) -> tuple[RedisServer, float]:
