@@ -125,9 +125,24 @@ def kong(plugin_server: PluginServerProcess) -> Iterator[Kong]:
     gateway.rpc.close()
 
 
-@pytest.fixture(scope="module", params=list(SERVER_MODES))
+# Where the server mode itself is under test (event handling, memory, protocol faults) every mode
+# runs; elsewhere kcauth's core and kong-pdk's gevent mode, the two event loops (kong-pdk's
+# threads mode serves the same handler code as its gevent mode with plain threads).
+EVERY_MODE_MODULES = frozenset({"test_memory", "test_plugin_server_process", "test_protocol_faults"})
+MATRIX_MODES = ("core", "gevent")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "server_mode" in metafunc.fixturenames:
+        module = metafunc.module.__name__.rsplit(".", 1)[-1]
+        modes = list(SERVER_MODES) if module in EVERY_MODE_MODULES else list(MATRIX_MODES)
+        metafunc.parametrize("server_mode", modes, indirect=True, scope="module")
+
+
+@pytest.fixture(scope="module")
 def server_mode(request: pytest.FixtureRequest) -> str:
-    """Each of the plugin server's modes in turn: a test that asks for it runs once per mode."""
+    """Each of the plugin server's modes in turn (pytest_generate_tests): a test that asks for it
+    runs once per mode."""
     return str(request.param)
 
 

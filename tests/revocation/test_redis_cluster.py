@@ -21,15 +21,15 @@ from tests.harness.dpop import BASE, PATH, Client, bound_token, dpop_headers
 from tests.harness.idp import LocalIdP, Minter
 from tests.harness.kong import Kong
 from tests.harness.pushes import logout_token, post_logout
-from tests.services.fixtures import started_group
 from tests.services.redis import ClusterGroup
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[ClusterGroup]:
-    with started_group(ClusterGroup()) as group:
-        assert isinstance(group, ClusterGroup)
-        yield group
+@pytest.fixture
+def cluster(redis_cluster: ClusterGroup) -> ClusterGroup:
+    """The run's cluster (tests/services/fixtures.py): three primaries, each with its replica
+    until the failover test below kills one."""
+    assert redis_cluster.healthy(), "the cluster lost a node before this test"
+    return redis_cluster
 
 
 @pytest.fixture(scope="module")

@@ -1,35 +1,60 @@
 """Redis is a trust boundary: whoever can write to it cannot make an inactive or revoked token
 pass, nor change the identity sent upstream; what kcauth stores there reveals no claim; and
-revocations survive a Redis that restarts empty. Real redis-server, real plugin servers."""
+revocations survive a Redis that restarts empty. Real redis-server, real plugin servers; the
+trust tests run on a standalone Redis and on a Redis Cluster (`shared`). A cluster does not
+restart empty as one server does: what it loses in a failover is written back
+(tests/revocation/test_redis_cluster.py)."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
-import redis
 
 from tests.conftest import bearer, guard_config, own_gateway, receiver_config, sensitive_config
 from tests.harness.idp import LocalIdP, Minter
 from tests.harness.kong import Kong
 from tests.harness.pushes import logout_token, post_logout
-from tests.services.redis import RedisServer
+from tests.services.redis import ClusterGroup, RedisServer
+
+
+@dataclass
+class Shared:
+    """The Redis under test: kcauth's `redis` record for it, and a client for the test's own look."""
+
+    config: dict[str, object]
+    client: Any
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def shared(request: pytest.FixtureRequest) -> Iterator[Shared]:
+    if request.param == "standalone":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        yield Shared(server.plugin_config(), request.getfixturevalue("redis_client"))
+        return
+    cluster: ClusterGroup = request.getfixturevalue("redis_cluster")
+    client = cluster.client()
+    client.flushall(target_nodes=client.PRIMARIES)
+    yield Shared(cluster.plugin_config(), client)
+    client.close()
 
 
 @pytest.fixture
-def second(redis_client: redis.Redis) -> Iterator[Kong]:
+def second(shared: Shared) -> Iterator[Kong]:
     with own_gateway() as gateway:  # another Kong node: nothing in its own memory
         yield gateway
 
 
-def keys(client: redis.Redis, pattern: str) -> set[bytes]:
-    return set(client.keys(pattern))
+def keys(client: Any, pattern: str) -> set[bytes]:
+    return set(client.scan_iter(match=pattern))  # every node of a cluster
 
 
-def test_forged_verdicts_in_redis_are_ignored(kong: Kong, idp: LocalIdP, minter: Minter,
-                                              redis_server: RedisServer, redis_client: redis.Redis) -> None:
-    config = sensitive_config(idp, introspection_negative_ttl=60, redis=redis_server.plugin_config())
+def test_forged_verdicts_in_redis_are_ignored(kong: Kong, idp: LocalIdP, minter: Minter, shared: Shared) -> None:
+    redis_client = shared.client
+    config = sensitive_config(idp, introspection_negative_ttl=60, redis=shared.config)
     active, revoked = minter.token(), minter.token()
     idp.revoked.add(revoked)
     assert kong.request(kong.plugin(config), bearer(active)).status == 200
@@ -57,9 +82,8 @@ def test_forged_verdicts_in_redis_are_ignored(kong: Kong, idp: LocalIdP, minter:
 
 
 def test_revocations_cannot_be_forged_or_hidden_by_overwriting(
-        kong: Kong, second: Kong, idp: LocalIdP, minter: Minter, redis_server: RedisServer,
-        redis_client: redis.Redis) -> None:
-    redis_config = redis_server.plugin_config()
+        kong: Kong, second: Kong, idp: LocalIdP, minter: Minter, shared: Shared) -> None:
+    redis_config, redis_client = shared.config, shared.client
     token = minter.token(sid="session-w")
     receiver = kong.plugin(receiver_config(idp, redis=redis_config))
     assert post_logout(kong, receiver, logout_token(idp, sid="session-w")).status == 200
@@ -110,27 +134,28 @@ def test_revocation_is_checked_on_the_tokens_own_identifiers_too(kong: Kong, idp
     assert idp.introspection_requests == 1, "the answer itself was active"
 
 
-def test_the_feed_s_lease_is_one_holder_at_a_time_and_a_forged_one_stops_nothing(
-        redis_server: RedisServer, redis_client: redis.Redis) -> None:
-    from kong_plugin_kcauth.config import RedisConfig
+def test_the_feed_s_lease_is_one_holder_at_a_time_and_a_forged_one_stops_nothing(shared: Shared) -> None:
+    from kong_plugin_kcauth.config import Config
     from kong_plugin_kcauth.revocation.shared import SharedStore, SharedUnavailable
 
-    config = redis_server.plugin_config()
-    node, other = (SharedStore(RedisConfig(host=str(config["host"]), port=int(str(config["port"])),
-                                           secret=str(config["secret"]))) for _ in range(2))
-    held = node.lease("feed:r:lease", 1.0)
+    redis_client = shared.client
+    config = Config.from_kong({"issuer": "https://sso.example.com/realms/a", "audiences": ["a"],
+                               "redis": shared.config})
+    LEASE = 0.5  # seconds
+    node, other = SharedStore(config.redis), SharedStore(config.redis)
+    held = node.lease("feed:r:lease", LEASE)
     assert held is not None and held.renew()
-    assert other.lease("feed:r:lease", 1.0) is None, "one holder at a time"
-    time.sleep(1.2)
-    assert other.lease("feed:r:lease", 1.0) is not None, "it lapses: the next taker comes after it"
+    assert other.lease("feed:r:lease", LEASE) is None, "one holder at a time"
+    time.sleep(LEASE + 0.2)
+    assert other.lease("feed:r:lease", LEASE) is not None, "it lapses: the next taker comes after it"
     assert not held.renew(), "a lapsed lease cannot be renewed over another holder's"
     redis_client.set("kcauth:feed:s:lease", b"whatever")  # made up, without expiry
     with pytest.raises(SharedUnavailable):  # the caller works alone rather than never
-        node.lease("feed:s:lease", 1.0)
-    genuine = node.lease("feed:t:lease", 1.0)
+        node.lease("feed:s:lease", LEASE)
+    genuine = node.lease("feed:t:lease", LEASE)
     assert genuine is not None
     kept = redis_client.get("kcauth:feed:t:lease")
-    time.sleep(5 * 1.0 + 0.3)  # past its expiry and the renewals a holder may add (4 leases)
+    time.sleep(5 * LEASE + 0.3)  # past its expiry and the renewals a holder may add (4 leases)
     redis_client.set("kcauth:feed:t:lease", kept or b"")  # a genuine one, replayed and kept forever
     with pytest.raises(SharedUnavailable):
-        node.lease("feed:t:lease", 1.0)
+        node.lease("feed:t:lease", LEASE)

@@ -53,6 +53,14 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[ClusterGroup]:
+    """A Redis Cluster (three primaries, a replica each) for the whole run."""
+    with started_group(ClusterGroup()) as group:
+        assert isinstance(group, ClusterGroup)
+        yield group
+
+
 @pytest.fixture
 def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
     # A test may have crashed or paused the shared server through its own handle: bring it back.

@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import redis
+import redis.cluster
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -432,8 +433,13 @@ class ClusterGroup:
 
     def plugin_config(self, **extra: object) -> dict[str, object]:
         """kcauth's `redis` record for this cluster (two seed nodes, by Kong Enterprise's names)."""
-        return {"cluster_nodes": [{"ip": HOST, "port": n.port} for n in self.nodes[:2]], "secret": PLUGIN_SECRET,
-                **extra}
+        seeds = [n for n in self.nodes if n.running][:2]
+        return {"cluster_nodes": [{"ip": HOST, "port": n.port} for n in seeds], "secret": PLUGIN_SECRET, **extra}
+
+    def client(self) -> redis.cluster.RedisCluster:
+        """A cluster client for the test's own look at the keys (`scan_iter` covers every node)."""
+        seed = next(n for n in self.nodes if n.running)
+        return redis.cluster.RedisCluster(host=HOST, port=seed.port, socket_timeout=5)
 
     def fail_over(self, victim: RedisServer, timeout: float = 20.0) -> float:
         """Kill the primary `victim`; wait until its replica is promoted and the cluster is ok
