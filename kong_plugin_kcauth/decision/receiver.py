@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from .. import errors
 from ..config import Config
-from ..idp.keys import KeySet
 from ..idp.ssf import MAX_SET_SIZE
 from ..ops.logs import Owners
 from ..revocation.store import Kind
@@ -58,13 +57,15 @@ class Receiver:
         if path.rstrip("/").endswith("/" + PUSH_NOT_BEFORE_PATH):
             signed = parse_push(body.decode("utf-8", "replace").strip(), self._max_size, self._algorithms)
             source = self._signer(signed)
-            _verify(source.keys, signed, not_before_refusal(signed, source.rules, source.audiences, now))
+            source.keys.verify_pushed(signed, not_before_refusal(signed, source.rules, source.audiences, now),
+                                      errors.PushRejected("invalid signature"))
             push = not_before_of(signed)
             source.revocations.record(Kind.NOT_BEFORE, push.client, push.not_before, self.ttl)
             return False
         signed = parse_push(logout_token_of(body), self._max_size, self._algorithms)
         source = self._issuer(signed, now)
-        _verify(source.keys, signed, logout_refusal(signed, source.rules, source.audiences, now))
+        source.keys.verify_pushed(signed, logout_refusal(signed, source.rules, source.audiences, now),
+                                  errors.PushRejected("invalid signature"))
         logout = logout_of(signed)
         if not source.revocations.first_sighting(logout.jti, self.ttl):
             raise errors.PushRejected("replayed logout token")
@@ -114,14 +115,3 @@ class Receiver:
         if source is None:
             raise errors.PushRejected("invalid signature")
         return source
-
-
-def _verify(keys: KeySet, signed: Signed, refusal: errors.PushRejected | None) -> None:
-    """The push's signature after its claim rules (KeySet.verify); every refusal but a rule's
-    own and an unreachable provider is "invalid signature"."""
-    try:
-        keys.verify(signed, refusal)
-    except (errors.PushRejected, errors.ProviderUnavailable):
-        raise
-    except errors.Refusal:  # bad signature, unknown key, or a refused push no held key signed
-        raise errors.PushRejected("invalid signature") from None

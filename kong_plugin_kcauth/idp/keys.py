@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import Config
-from ..errors import InvalidToken, KeysUnavailable, Refusal, UnknownKey
+from ..errors import InvalidToken, KeysUnavailable, ProviderUnavailable, Refusal, UnknownKey
 from ..ops.logs import health
 from ..tokens import jws
 from ..tokens.jwk import Jwk, parse_jwks, select_key
@@ -88,6 +88,17 @@ class KeySet:
                 raise refusal
             raise InvalidToken()
         jws.verify(signed, self.key_for(signed.kid, signed.alg))
+
+    def verify_pushed(self, signed: jws.Signed, refusal: Refusal | None, invalid: Refusal) -> None:
+        """`verify` for what Keycloak pushes (logout tokens, not-before actions, SETs): a refusal
+        of the push's own kind (`invalid`'s class) and an unreachable provider stand; any other
+        (bad signature, unknown key, a refusal no held key signed) is `invalid`."""
+        try:
+            self.verify(signed, refusal)
+        except (type(invalid), ProviderUnavailable):
+            raise
+        except Refusal:
+            raise invalid from None
 
     def key_for(self, kid: str | None, alg: str) -> Any:
         """The verification key for a token header, downloaded when needed (rate-limited), or a

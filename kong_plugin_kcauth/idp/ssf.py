@@ -40,13 +40,13 @@ from .. import errors
 from ..config import Config
 from ..config.values import rewrite_origin
 from ..ops.logs import Throttled, health
-from ..revocation.shared import SharedStore, SharedUnavailable
+from ..revocation.shared import Lease, SharedStore, SharedUnavailable
 from ..revocation.store import RevocationStore
 from ..tokens import jws, secevent
 from ..tokens.secevent import REVOKING, STREAM_UPDATED, VERIFICATION, Expected
 from . import http, reader
 from .keys import KeySet
-from .reader import Refused, ServiceAccount
+from .reader import LocalLease, Refused, ServiceAccount
 from .signals import revocation_of
 
 log = logging.getLogger("kcauth.ssf")
@@ -99,50 +99,47 @@ class Signals(reader.Background):
 
     def step(self) -> None:
         if self.push:
-            return self._keep_stream()
-        lease = reader.take_lease(self.shared, self._key + ":lease", self.interval)
-        if lease is None:
-            return  # another process polls, records (shared) and acknowledges
+            work, lost = self._keep_stream, "pushed events are answered 503 (Keycloak retries them) until it recovers"
+        else:
+            lease = reader.take_lease(self.shared, self._key + ":lease", self.interval)
+            if lease is None:
+                return  # another process polls, records (shared) and acknowledges
+            work = lambda: self._poll_all(lease)  # noqa: E731
+            lost = "no new revocations until it recovers; what the guards know stays"
         try:
-            stream = self._stream or self._open()
-            for _ in range(MAX_POLLS):
-                if not lease.renew():
-                    break
-                sets = self._poll(stream)
-                if not sets:
-                    break
-                for jti, token in sets.items():
-                    self._take(stream, jti, token)
+            work()
             health.report(self._component, True, instance=self)
         except http.FetchError as exc:
             if exc.status in (401, 403, 404):
                 self._account.forget()
-                self._stream = None  # deleted, or replaced by an administrator: adopt it again
-            health.report(self._component, False, _failure(exc) + ": no new revocations until it "
-                          "recovers; what the guards know stays", instance=self)
+                if not self.push:
+                    self._stream = None  # deleted, or replaced by an administrator: adopt it again
+            health.report(self._component, False, f"{_failure(exc)}: {lost}", instance=self)
         finally:
             self.first_read.set()
         self._verify()
+
+    def _poll_all(self, lease: Lease | LocalLease) -> None:
+        """Poll: what the stream holds, a few polls a step, while this process holds the lease."""
+        stream = self._stream or self._open()
+        for _ in range(MAX_POLLS):
+            if not lease.renew():
+                break
+            sets = self._poll(stream)
+            if not sets:
+                break
+            for jti, token in sets.items():
+                self._take(stream, jti, token)
 
     # -- the stream --
 
     def _keep_stream(self) -> None:
         """Push: read (or create) the stream once, and again when a SET named another audience
         (an administrator replaced it); the route does the rest."""
-        try:
-            if self._stream is None or (self._reopen and time.monotonic() - self._opened_at >= REOPEN_AFTER):
-                self._reopen = False
-                self._opened_at = time.monotonic()
-                self._open()
-            health.report(self._component, True, instance=self)
-        except http.FetchError as exc:
-            if exc.status in (401, 403):
-                self._account.forget()
-            health.report(self._component, False, _failure(exc) + ": pushed events are answered 503 (Keycloak "
-                          "retries them) until it recovers", instance=self)
-        finally:
-            self.first_read.set()
-        self._verify()
+        if self._stream is None or (self._reopen and time.monotonic() - self._opened_at >= REOPEN_AFTER):
+            self._reopen = False
+            self._opened_at = time.monotonic()
+            self._open()
 
     def _open(self) -> Stream:
         meta = self._call("GET", rewrite_origin(self.issuer.rstrip("/") + "/.well-known/ssf-configuration",
@@ -285,12 +282,8 @@ class Signals(reader.Background):
 def _checked(signed: jws.Signed, expected: Expected, keys: KeySet, now: float) -> secevent.Signal:
     """What a SET says once its claim rules and its signature passed; raises errors.EventRejected
     or errors.ProviderUnavailable (the realm's keys cannot be had)."""
-    try:
-        keys.verify(signed, secevent.set_refusal(signed, expected, now))
-    except (errors.EventRejected, errors.ProviderUnavailable):
-        raise
-    except errors.Refusal:
-        raise errors.EventRejected("invalid_key", "invalid signature") from None
+    keys.verify_pushed(signed, secevent.set_refusal(signed, expected, now),
+                       errors.EventRejected("invalid_key", "invalid signature"))
     return secevent.signal_of(signed)
 
 

@@ -18,7 +18,7 @@ from tests.conftest import bearer, guard_config, own_gateway, receiver_config, s
 from tests.harness.idp import LocalIdP, Minter
 from tests.harness.kong import Kong
 from tests.harness.pushes import logout_token, post_logout
-from tests.services.fixtures import started_group
+from tests.services.fixtures import started
 from tests.services.redis import SentinelGroup
 
 TIMEOUT = 0.25  # redis.timeout
@@ -28,8 +28,7 @@ SLOW = 1.0  # seconds: no request may take longer (a few Redis calls, each bound
 @pytest.fixture(scope="module")
 def sentinels() -> Iterator[SentinelGroup]:
     # Passwords on both, as deployed: Redis's (`password`) and the Sentinels' own (`sentinel_password`).
-    with started_group(SentinelGroup(password="redis-pass-0123", sentinel_password="sentinel-pass-4567")) as group:
-        assert isinstance(group, SentinelGroup)
+    with started(SentinelGroup(password="redis-pass-0123", sentinel_password="sentinel-pass-4567")) as group:
         yield group
 
 

@@ -10,41 +10,41 @@ shared-cache test would hide exactly the setups where the cache is broken.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
+from typing import Protocol, TypeVar
 
 import pytest
 import redis
 
-from tests.services.redis import ClusterGroup, RedisServer, SentinelGroup
+from tests.services.redis import ClusterGroup, RedisServer
+
+
+class Service(Protocol):
+    def start(self) -> object: ...
+
+    def stop(self) -> None: ...
+
+
+S = TypeVar("S", bound=Service)
 
 
 @contextmanager
-def started_redis(password: str | None = None) -> Iterator[RedisServer]:
-    """A running RedisServer, stopped on exit; pytest.fail (not skip) if it cannot start."""
-    server = RedisServer(password=password)
+def started(service: S) -> Iterator[S]:
+    """A running RedisServer, SentinelGroup or ClusterGroup, stopped on exit; pytest.fail (not
+    skip) if it cannot start."""
     try:
-        server.start()
+        service.start()
     except Exception as exc:  # noqa: BLE001 - any reason must surface as a failure message
-        server.stop()
-        pytest.fail(f"could not start redis-server for the tests: {exc}", pytrace=False)
+        service.stop()
+        pytest.fail(f"could not start {type(service).__name__} for the tests: {exc}", pytrace=False)
     try:
-        yield server
+        yield service
     finally:
-        server.stop()
+        service.stop()
 
 
-@contextmanager
-def started_group(group: SentinelGroup | ClusterGroup) -> Iterator[SentinelGroup | ClusterGroup]:
-    """A running Sentinel or Cluster group, stopped on exit; pytest.fail (not skip) if it cannot start."""
-    try:
-        group.start()
-    except Exception as exc:  # noqa: BLE001 - any reason must surface as a failure message
-        group.stop()
-        pytest.fail(f"could not start {type(group).__name__}: {exc}", pytrace=False)
-    try:
-        yield group
-    finally:
-        group.stop()
+def started_redis(password: str | None = None) -> AbstractContextManager[RedisServer]:
+    return started(RedisServer(password=password))
 
 
 @pytest.fixture(scope="session")
@@ -56,8 +56,7 @@ def redis_server() -> Iterator[RedisServer]:
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[ClusterGroup]:
     """A Redis Cluster (three primaries, a replica each) for the whole run."""
-    with started_group(ClusterGroup()) as group:
-        assert isinstance(group, ClusterGroup)
+    with started(ClusterGroup()) as group:
         yield group
 
 
