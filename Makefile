@@ -18,8 +18,12 @@ PY     := $(VENV)/bin/python
 GATEWAY ?= http://127.0.0.1:8000
 ADMIN   ?= http://127.0.0.1:8001
 
+# Two workers (pytest-xdist): most tests wait on timers and sockets, so two run side by side on two
+# cores; tests that must not run side by side share a worker (tests/parallel.py).
+PYTEST_WORKERS ?= 2
+
 test: install lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 # ruff on the package and the tests, mypy (strict) on the package: both configured in pyproject.toml.
 lint: install

@@ -19,7 +19,7 @@ import pytest
 from tests.harness.idp import LocalIdP, Minter, SigningKey
 from tests.harness.kong import Kong, PluginServerProcess, Response, kcauth_commands
 
-pytest_plugins = ["tests.keycloak.fixtures", "tests.services.fixtures"]
+pytest_plugins = ["tests.parallel", "tests.keycloak.fixtures", "tests.services.fixtures"]
 
 T = TypeVar("T")
 REPO = Path(__file__).resolve().parent.parent

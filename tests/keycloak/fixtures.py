@@ -8,13 +8,17 @@ marking them explicitly is still good style.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests import parallel
 from tests.conftest import LOGIN_CLIENT, guard_config, sensitive_config
 from tests.harness.kong import Kong, PluginEntity
 from tests.harness.proxy import CountingProxy
@@ -28,21 +32,15 @@ REALM = "kcauth"  # kong/keycloak/kcauth-realm.json: users alice and bob, client
 INTROSPECT = "/token/introspect"
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers",
-        "keycloak: needs the real Keycloak (started once per session, or KCAUTH_KEYCLOAK_URL)",
-    )
-
-
 class _Starting:
     """The session's Keycloak, started in the background as soon as collection shows a test
     needs it: its start (half a minute of mostly waiting) overlaps the tests before the first
-    that needs it."""
+    that needs it. `done` runs in the starting thread once the server is ready or has failed."""
 
-    def __init__(self) -> None:
+    def __init__(self, done: Callable[[_Starting], None] | None = None) -> None:
         self.server = KeycloakServer()
         self.failure: str | None = None
+        self._done = done
         self._thread = threading.Thread(target=self._start, name="keycloak-start", daemon=True)
         self._thread.start()
 
@@ -51,6 +49,8 @@ class _Starting:
             self.server.start()  # stops what it started if it fails
         except Exception as exc:
             self.failure = f"{type(exc).__name__}: {exc}"
+        if self._done is not None:
+            self._done(self)
 
     def join(self) -> tuple[KeycloakServer, str | None]:
         self._thread.join()
@@ -59,20 +59,69 @@ class _Starting:
 
 _starting: _Starting | None = None
 
+# --- under pytest-xdist (`make test` runs two workers, tests/parallel.py) ------------------------
+# One Keycloak for the run, started by the controller as soon as a worker's collection shows a
+# test needs it, and handed to the workers through the run's shared directory: its URL and
+# admin, or why it did not start. The Keycloak tests all run on one worker (group "keycloak"):
+# they change realm-wide state (sign-outs, not-before, the SSF transmitter) that another test
+# running at the same moment would see.
+HANDOFF_WAIT_S = 240.0
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "keycloak: needs the real Keycloak (started once per session, or KCAUTH_KEYCLOAK_URL)",
+    )
+
+
+def _hand_over(starting: _Starting) -> None:
+    server, failure = starting.server, starting.failure
+    parallel.publish("keycloak.json", {"failure": failure} if failure is not None else {
+        "url": server.base_url, "user": server.admin_user, "password": server.admin_password})
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
+    global _starting
+    if _starting is None and "keycloak" in parallel.groups().values():
+        _starting = _Starting(done=_hand_over)
+
+
+def _handed_over(where: Path) -> tuple[KeycloakServer, str | None]:
+    """A worker's Keycloak: the one its controller started."""
+    path = where / "keycloak.json"
+    deadline = time.monotonic() + HANDOFF_WAIT_S
+    while not path.exists():
+        if time.monotonic() > deadline:
+            return KeycloakServer(), f"the test run did not start Keycloak within {HANDOFF_WAIT_S:.0f} s"
+        time.sleep(0.2)
+    found = json.loads(path.read_text())
+    if "failure" in found:
+        return KeycloakServer(), str(found["failure"])
+    server = KeycloakServer(external=(found["url"], found["user"], found["password"]))
+    server.start()  # checks the realms
+    return server, None
+
+
+def pytest_itemcollected(item: pytest.Item) -> None:
+    # Marked as each is collected: before any pytest_collection_modifyitems (xdist's reads the groups).
+    if KEYCLOAK_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+        item.add_marker(pytest.mark.keycloak)
+    if item.get_closest_marker("keycloak"):
+        item.add_marker(pytest.mark.xdist_group("keycloak"))
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     global _starting
-    needed = False
-    for item in items:
-        if KEYCLOAK_FIXTURES.intersection(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.keycloak)
-            needed = True
-    if needed and _starting is None and not config.option.collectonly:
+    needed = any(item.get_closest_marker("keycloak") for item in items)
+    if needed and _starting is None and not config.option.collectonly and parallel.shared_dir() is None:
         _starting = _Starting()
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Stop a Keycloak started in the background that no test ended up using (deselected)."""
+    """Stop a Keycloak started in the background that no test ended up using (deselected), and
+    the controller's."""
     if _starting is not None:
         _starting.join()[0].stop()  # safe to call twice
 
@@ -82,9 +131,12 @@ def keycloak() -> Iterator[KeycloakServer]:
     """The running Keycloak. A start failure fails every test that needs it (never a skip):
     a suite that silently skips its real-IdP tests proves nothing."""
     global _starting
-    if _starting is None:  # a test asked for it without being collected as needing it
-        _starting = _Starting()
-    server, failure = _starting.join()
+    if (where := parallel.shared_dir()) is not None:
+        server, failure = _handed_over(where)
+    else:
+        if _starting is None:  # a test asked for it without being collected as needing it
+            _starting = _Starting()
+        server, failure = _starting.join()
     if failure is not None:  # outside the except block: no chained tracebacks, just the reason
         pytest.fail(f"Keycloak is not available for the tests: {failure}", pytrace=False)
     log.info("Keycloak at %s, ready in %.1f s", server.base_url, server.startup_seconds or 0.0)

@@ -6,6 +6,8 @@
 If KCAUTH_KEYCLOAK_URL is set, that Keycloak is used instead and nothing is started; its realms
 must already be imported from kong/keycloak/ (for instance by docker compose), and
 KCAUTH_KEYCLOAK_ADMIN_USER (default "admin") / KCAUTH_KEYCLOAK_ADMIN_PASSWORD name its master admin.
+The same goes for `KeycloakServer(external=(url, user, password))`: how a pytest-xdist worker uses
+the Keycloak its controller started (tests/keycloak/fixtures.py).
 
 Keycloak's output goes to a temporary directory, removed on stop unless the start failed or
 KCAUTH_KEEP_KEYCLOAK_LOGS is set. Only one server per Keycloak home runs at a time (file lock).
@@ -107,7 +109,8 @@ class KeycloakServer:
 
     def __init__(self, realm_dir: Path = REALM_DIR, *, start_timeout: float = START_TIMEOUT_S,
                  heap_opts: str = DEFAULT_HEAP_OPTS, extra_java_opts: str = DEFAULT_EXTRA_JAVA_OPTS,
-                 keep_logs: bool | None = None) -> None:
+                 keep_logs: bool | None = None, external: tuple[str, str, str] | None = None,
+                 external_wait: float = 10.0) -> None:
         self.realm_dir = realm_dir
         self.realms: dict[str, Path] = realm_files(realm_dir)
         self.start_timeout = start_timeout
@@ -117,6 +120,12 @@ class KeycloakServer:
         self.external_url: str | None = os.environ.get("KCAUTH_KEYCLOAK_URL") or None
         self.admin_user = "admin"
         self._admin_password: str | None = None
+        if external is not None:
+            self.external_url, self.admin_user, self._admin_password = external
+        elif self.external_url is not None:
+            self.admin_user = os.environ.get("KCAUTH_KEYCLOAK_ADMIN_USER", "admin")
+            self._admin_password = os.environ.get("KCAUTH_KEYCLOAK_ADMIN_PASSWORD") or None
+        self.external_wait = external_wait
         self.home: Path | None = None
         self.log_path: Path | None = None
         self.startup_seconds: float | None = None
@@ -208,19 +217,20 @@ class KeycloakServer:
 
     # ------------------------------------------------------------------ internals
     def _use_external(self) -> None:
-        self.admin_user = os.environ.get("KCAUTH_KEYCLOAK_ADMIN_USER", "admin")
-        password = os.environ.get("KCAUTH_KEYCLOAK_ADMIN_PASSWORD")
-        if not password:
+        if not self._admin_password:
             raise RuntimeError("KCAUTH_KEYCLOAK_URL is set but KCAUTH_KEYCLOAK_ADMIN_PASSWORD is not: "
                                "name the master realm admin of that Keycloak")
-        self._admin_password = password
         started = time.monotonic()
         for realm in self.realms:
-            try:
-                self._check_realm(realm, timeout=10)
-            except (requests.RequestException, ValueError) as exc:
-                raise RuntimeError(f"the Keycloak at KCAUTH_KEYCLOAK_URL={self.external_url} does not serve realm "
-                                   f"{realm!r} (import {self.realms[realm]}): {exc}") from exc
+            while True:
+                try:
+                    self._check_realm(realm, timeout=10)
+                    break
+                except (requests.RequestException, ValueError) as exc:
+                    if time.monotonic() - started >= self.external_wait:
+                        raise RuntimeError(f"the Keycloak at {self.external_url} does not serve realm {realm!r} "
+                                           f"(import {self.realms[realm]}): {exc}") from exc
+                    time.sleep(0.5)
         self.startup_seconds = time.monotonic() - started
 
     def _take_home_lock(self, home: Path) -> None:

@@ -23,6 +23,9 @@ from tests.harness.kong import Kong
 from tests.harness.pushes import logout_token, post_logout
 from tests.services.redis import ClusterGroup
 
+# One cluster per run: its tests share a pytest-xdist worker (the cluster is session-scoped).
+pytestmark = pytest.mark.xdist_group("redis-cluster")
+
 
 @pytest.fixture
 def cluster(redis_cluster: ClusterGroup) -> ClusterGroup:

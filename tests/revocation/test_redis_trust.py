@@ -20,6 +20,9 @@ from tests.harness.kong import Kong
 from tests.harness.pushes import logout_token, post_logout
 from tests.services.redis import ClusterGroup, RedisServer
 
+# One cluster per run: its tests share a pytest-xdist worker (the cluster is session-scoped).
+pytestmark = pytest.mark.xdist_group("redis-cluster")
+
 
 @dataclass
 class Shared:
