@@ -150,8 +150,9 @@ class RedisConfig:
         "Redis Cluster: how many MOVED/ASK redirections one call follows.", 5, between=[1, 16],
     )
     keepalive_pool_size: int = setting(
-        "Connections to Redis each plugin server process keeps at most (per Redis node). A call "
-        "that finds every one busy waits for one, at most `timeout`.",
+        "Connections to Redis each plugin server process opens at most for requests (per Redis "
+        "node; each revocation subscription has one of its own). A call that finds every one "
+        "busy waits for one, at most `timeout`.",
         256, between=[1, 4096],
     )
     secret: str | None = setting(

@@ -42,7 +42,7 @@ from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
-from redis.sentinel import Sentinel, SentinelManagedConnection
+from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 
 from ..config import RedisConfig
 from ..ops.logs import Throttled, health
@@ -94,37 +94,66 @@ class TLSConnection(redis.SSLConnection):
         return context.wrap_socket(sock, server_hostname=self.server_name or self.host)
 
 
-def connect(config: RedisConfig, ca: str | None) -> redis.Redis | RedisCluster:
+class _BlockingSentinelPool(SentinelConnectionPool, redis.BlockingConnectionPool):
+    """The Sentinel's pool for the primary, with the blocking pool's bound (redis-py has no such
+    class: its Sentinel pool raises at once when full)."""
+
+
+def _waiting(pool: type[redis.ConnectionPool], seconds: float) -> type[redis.ConnectionPool]:
+    """`pool` (a blocking one) waiting at most `seconds` for a free connection. The cluster and
+    Sentinel clients build their pools from a class and connection arguments only, and the
+    cluster hands the same arguments to redis.Redis, which takes no `timeout`."""
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        pool.__init__(self, *args, timeout=seconds, **kwargs)
+    return type(pool.__name__, (pool,), {"__init__": __init__, "__module__": __name__})
+
+
+def connect(config: RedisConfig, ca: str | None, *, bounded: bool = True) -> redis.Redis | RedisCluster:
     """The client for `config`: a standalone Redis, the primary its Sentinels name (each new
     connection asks them, so a failover is followed), or a Redis Cluster (its slot table is
     read again when a node fails or redirects). One attempt per call, never redis-py's retries
-    with backoff, which turn a dead Redis into seconds of stall per request."""
+    with backoff, which turn a dead Redis into seconds of stall per request.
+
+    `bounded`: at most `keepalive_pool_size` connections (per node), and a call that finds them
+    all busy waits for one at most `timeout`, like Kong's pool with a backlog. Subscriptions are
+    made on an unbounded client of their own: each holds its connection for as long as it lives,
+    and must not take a place in the pool that requests use."""
     tls = TLSConnection.bound(config, ca) if config.uses_tls else None
     options: dict[str, Any] = {
         "socket_timeout": config.timeout, "socket_connect_timeout": config.timeout, "retry": Retry(NoBackoff(), 0),
-        "max_connections": config.keepalive_pool_size, "username": config.username, "password": config.password}
+        "username": config.username, "password": config.password}
+    # The pool's bound; a call waits for a connection at most `timeout` when every one is busy.
+    pool: dict[str, Any] = {"max_connections": config.keepalive_pool_size} if bounded else {}
     # A connection idle this long is PINGed before use, and the revocation subscription every
     # this often: a Redis gone without a reset (half-open) fails within the timeout, not never.
     checked: dict[str, Any] = {"health_check_interval": HEALTH_CHECK_SECONDS}
     if config.cluster_nodes:
         extra: dict[str, Any] = {"connection_class": tls} if tls else {}
         nodes = [ClusterNode(node.ip, node.port) for node in config.cluster_nodes]  # type: ignore[no-untyped-call]
-        cluster = RedisCluster(startup_nodes=nodes,
-                               require_full_coverage=False, **options, **extra)
+        # With a `url` (the first node's, plain: TLS comes from `connection_class`) redis-py builds
+        # every node's pool from `connection_pool_class`; without one, a pool that raises when full.
+        first = config.cluster_nodes[0]
+        cluster = RedisCluster(url=f"redis://{first.ip}:{first.port}", startup_nodes=nodes, require_full_coverage=False,
+                               **options, **extra, **pool,
+                               connection_pool_class=_waiting(redis.BlockingConnectionPool, config.timeout)
+                               if bounded else redis.ConnectionPool)
         cluster.RedisClusterRequestTTL = config.cluster_max_redirections
         return cluster
     if config.sentinel_master:
-        sentinel = Sentinel([], db=config.database, **options, **checked,  # type: ignore[no-untyped-call]
+        sentinel = Sentinel([], db=config.database, **options, **checked, **pool,  # type: ignore[no-untyped-call]
                             connection_class=type("SentinelTLSConnection", (SentinelManagedConnection, tls), {})
                             if tls else SentinelManagedConnection)
         sentinel.sentinels = [redis.Redis(connection_pool=redis.ConnectionPool(
             host=node.host, port=node.port, **{**options, "username": config.sentinel_username,
                                                "password": config.sentinel_password},
             connection_class=tls or redis.Connection)) for node in config.sentinel_nodes or ()]
-        client: redis.Redis = sentinel.master_for(config.sentinel_master)  # type: ignore[no-untyped-call]
+        client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+            config.sentinel_master,
+            connection_pool_class=_waiting(_BlockingSentinelPool, config.timeout) if bounded else SentinelConnectionPool)
         return client
-    return redis.Redis(connection_pool=redis.ConnectionPool(
-        host=config.host or "", port=config.port, db=config.database, **options, **checked,
+    standalone = _waiting(redis.BlockingConnectionPool, config.timeout) if bounded else redis.ConnectionPool
+    return redis.Redis(connection_pool=standalone(
+        host=config.host or "", port=config.port, db=config.database, **options, **checked, **pool,
         connection_class=tls or redis.Connection))
 
 
@@ -147,24 +176,25 @@ class SharedStore:
         self._pseudonym_key = _derive(secret, b"redis pseudonym v1")
         self._record_key = _derive(secret, b"redis record v1")
         self._ca = ca
-        self._connected: Any = client
+        # The requests' client, and the subscriptions' (connect's `bounded`); the node's hub serves both.
+        self._clients: dict[bool, Any] = {True: client, False: client}
         self._skip_until = 0.0
         self._lock = threading.Lock()
         self._forged = Throttled(log, 60)
         self.local = client is not None  # the node's: it starts empty with the plugin server
         self._component = "the node's shared state" if self.local else f"redis {config.address}"
 
-    def _client(self) -> Any:
+    def _client(self, bounded: bool = True) -> Any:
         """The client, made on first use: a Redis Cluster client reads the slot table as it is
         made, and raises while no node answers (a call that fails like any other)."""
-        if self._connected is None:
+        if self._clients[bounded] is None:
             with self._lock:
-                if self._connected is None:
+                if self._clients[bounded] is None:
                     try:
-                        self._connected = connect(self.config, self._ca)
+                        self._clients[bounded] = connect(self.config, self._ca, bounded=bounded)
                     except RedisClusterException as exc:
                         raise redis.ConnectionError("no cluster node answered") from exc
-        return self._connected
+        return self._clients[bounded]
 
     # -- sealing --
 
@@ -352,13 +382,13 @@ class SharedStore:
         """After a failed call off the request path, in a cluster: read the slot table again and
         leave a failed default node. redis-py does both only when it retries a call, and kcauth
         never retries (a subscription would otherwise go on to the dead node it hashed to)."""
-        client = self._connected
-        if isinstance(client, RedisCluster):
-            try:
-                client.nodes_manager.initialize()
-                client.replace_default_node()
-            except FAILURES:
-                pass
+        for client in self._clients.values():
+            if isinstance(client, RedisCluster):
+                try:
+                    client.nodes_manager.initialize()
+                    client.replace_default_node()
+                except FAILURES:
+                    pass
 
     def _skipping(self) -> bool:
         return time.monotonic() < self._skip_until
@@ -397,7 +427,7 @@ class Subscription:
         self._store = store
         self._channel = channel
         try:
-            self._pubsub = store._client().pubsub(ignore_subscribe_messages=True)
+            self._pubsub = store._client(bounded=False).pubsub(ignore_subscribe_messages=True)
             self._pubsub.subscribe(channel)
         except FAILURES as exc:
             store._refresh_cluster()

@@ -51,7 +51,9 @@ class PrivateCA:
                 .add_extension(x509.SubjectAlternativeName(
                     [x509.DNSName(name), *([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))] if with_ip else [])]),
                     critical=False)
-                .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+                # Client use too: Redis nodes present it to each other (replication, cluster bus).
+                .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH,
+                                                      x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
                 .sign(self._key, hashes.SHA256()))
         issued = Issued(self.directory / f"{name}.crt", self.directory / f"{name}.key")
         issued.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))

@@ -16,6 +16,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import redis
@@ -289,30 +290,38 @@ class SentinelGroup:
     MASTER = "kcauth"
     DOWN_AFTER_MS = 500
 
-    def __init__(self, password: str | None = None, sentinel_password: str | None = None) -> None:
+    def __init__(self, password: str | None = None, sentinel_password: str | None = None,
+                 tls: tuple[Path, Path, Path] | None = None) -> None:
         """`password`: the primary's and the replica's (`requirepass`, `masterauth`, and the
-        Sentinels' `auth-pass`); `sentinel_password`: the Sentinels' own (`requirepass`)."""
-        self.password, self.sentinel_password = password, sentinel_password
-        auth = ("--masterauth", password) if password else ()
-        self.primary = RedisServer(password=password, extra_args=auth)
+        Sentinels' `auth-pass`); `sentinel_password`: the Sentinels' own (`requirepass`); `tls`:
+        (certificate, key, CA bundle): every server and Sentinel speaks TLS only, to clients and
+        to each other."""
+        self.password, self.sentinel_password, self.tls = password, sentinel_password, tls
+        self.primary = RedisServer(password=password, tls=tls, extra_args=self._server_args())
         self.replica: RedisServer | None = None
         self.sentinel_ports: list[int] = []
         self._sentinels: list[subprocess.Popen[bytes]] = []
         self._dir = Path(tempfile.mkdtemp(prefix="kcauth-sentinel-"))
 
+    def _server_args(self) -> tuple[str, ...]:
+        return (*(("--masterauth", self.password) if self.password else ()),
+                *(("--tls-replication", "yes") if self.tls else ()))
+
     def start(self) -> SentinelGroup:
         self.primary.start()
-        auth = ("--masterauth", self.password) if self.password else ()
-        self.replica = RedisServer(password=self.password,
-                                   extra_args=("--replicaof", HOST, str(self.primary.port), *auth))
+        self.replica = RedisServer(password=self.password, tls=self.tls,
+                                   extra_args=("--replicaof", HOST, str(self.primary.port), *self._server_args()))
         self.replica.start()
         _until(lambda: self.replica is not None and
                self.replica.client().info("replication").get("master_link_status") == "up", "replication")
         for i in range(3):
             port = free_port()
             conf = self._dir / f"sentinel-{i}.conf"
+            listen = [f"port {port}"] if self.tls is None else [
+                "port 0", f"tls-port {port}", f"tls-cert-file {self.tls[0]}", f"tls-key-file {self.tls[1]}",
+                f"tls-ca-cert-file {self.tls[2]}", "tls-auth-clients no", "tls-replication yes"]
             conf.write_text("\n".join([
-                f"port {port}", f"bind {HOST}", f"dir {self._dir}", f"logfile {self._dir}/sentinel-{i}.log",
+                *listen, f"bind {HOST}", f"dir {self._dir}", f"logfile {self._dir}/sentinel-{i}.log",
                 f"sentinel monitor {self.MASTER} {HOST} {self.primary.port} 2",
                 f"sentinel down-after-milliseconds {self.MASTER} {self.DOWN_AFTER_MS}",
                 f"sentinel failover-timeout {self.MASTER} 2000",
@@ -328,8 +337,10 @@ class SentinelGroup:
         return self
 
     def _sentinel(self, port: int) -> redis.Redis:
+        tls: dict[str, Any] = {} if self.tls is None else {
+            "ssl": True, "ssl_ca_certs": str(self.tls[2]), "ssl_check_hostname": False}
         return redis.Redis(host=HOST, port=port, password=self.sentinel_password, socket_timeout=1,
-                           retry=Retry(NoBackoff(), 0))
+                           retry=Retry(NoBackoff(), 0), **tls)
 
     def plugin_config(self, **extra: object) -> dict[str, object]:
         """kcauth's `redis` record for this group, by Kong's names."""
@@ -398,22 +409,27 @@ class ClusterGroup:
 
     NODE_TIMEOUT_MS = 500
 
-    def __init__(self) -> None:
+    def __init__(self, replicas: int = 1, tls: tuple[Path, Path, Path] | None = None) -> None:
+        """`replicas` per primary; `tls`: (certificate, key, CA bundle): every node speaks TLS
+        only, to clients and on the cluster bus."""
+        self.replicas, self.tls = replicas, tls
         self.nodes: list[RedisServer] = []
 
     def start(self) -> ClusterGroup:
-        for _ in range(6):
-            node = RedisServer(port=_cluster_port(), extra_args=(
+        for _ in range(3 * (1 + self.replicas)):
+            node = RedisServer(port=_cluster_port(), tls=self.tls, extra_args=(
                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                "--cluster-node-timeout", str(self.NODE_TIMEOUT_MS)))
+                "--cluster-node-timeout", str(self.NODE_TIMEOUT_MS),
+                *(("--tls-cluster", "yes", "--tls-replication", "yes") if self.tls else ())))
             node.start()
             self.nodes.append(node)
         cli = shutil.which("redis-cli")
         if cli is None:
             raise RuntimeError(f"redis-cli is not on PATH: {INSTALL_HINT}")
-        created = subprocess.run([cli, "--cluster", "create", *(f"{HOST}:{n.port}" for n in self.nodes),
-                                  "--cluster-replicas", "1", "--cluster-yes"], capture_output=True, text=True,
-                                 timeout=60)
+        tls = ["--tls", "--cacert", str(self.tls[2])] if self.tls else []
+        created = subprocess.run([cli, *tls, "--cluster", "create", *(f"{HOST}:{n.port}" for n in self.nodes),
+                                  "--cluster-replicas", str(self.replicas), "--cluster-yes"], capture_output=True,
+                                 text=True, timeout=60)
         if created.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed: {created.stdout[-2000:]}{created.stderr[-2000:]}")
         _until(self.healthy, "cluster state ok", 30)
@@ -439,7 +455,9 @@ class ClusterGroup:
     def client(self) -> redis.cluster.RedisCluster:
         """A cluster client for the test's own look at the keys (`scan_iter` covers every node)."""
         seed = next(n for n in self.nodes if n.running)
-        return redis.cluster.RedisCluster(host=HOST, port=seed.port, socket_timeout=5)
+        tls: dict[str, Any] = {} if self.tls is None else {
+            "ssl": True, "ssl_ca_certs": str(self.tls[2]), "ssl_check_hostname": False}
+        return redis.cluster.RedisCluster(host=HOST, port=seed.port, socket_timeout=5, **tls)
 
     def fail_over(self, victim: RedisServer, timeout: float = 20.0) -> float:
         """Kill the primary `victim`; wait until its replica is promoted and the cluster is ok
