@@ -133,8 +133,8 @@ def connect(config: RedisConfig, ca: str | None, *, bounded: bool = True) -> red
         # With a `url` (the first node's, plain: TLS comes from `connection_class`) redis-py builds
         # every node's pool from `connection_pool_class`; without one, a pool that raises when full.
         first = config.cluster_nodes[0]
-        cluster = RedisCluster(url=f"redis://{first.ip}:{first.port}", startup_nodes=nodes, require_full_coverage=False,
-                               **options, **extra, **pool,
+        cluster = RedisCluster(url=f"redis://{first.ip}:{first.port}", startup_nodes=nodes,
+                               require_full_coverage=False, **options, **extra, **pool,
                                connection_pool_class=_waiting(redis.BlockingConnectionPool, config.timeout)
                                if bounded else redis.ConnectionPool)
         cluster.RedisClusterRequestTTL = config.cluster_max_redirections
@@ -147,9 +147,9 @@ def connect(config: RedisConfig, ca: str | None, *, bounded: bool = True) -> red
             host=node.host, port=node.port, **{**options, "username": config.sentinel_username,
                                                "password": config.sentinel_password},
             connection_class=tls or redis.Connection)) for node in config.sentinel_nodes or ()]
+        primary_pool = _waiting(_BlockingSentinelPool, config.timeout) if bounded else SentinelConnectionPool
         client: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
-            config.sentinel_master,
-            connection_pool_class=_waiting(_BlockingSentinelPool, config.timeout) if bounded else SentinelConnectionPool)
+            config.sentinel_master, connection_pool_class=primary_pool)
         return client
     standalone = _waiting(redis.BlockingConnectionPool, config.timeout) if bounded else redis.ConnectionPool
     return redis.Redis(connection_pool=standalone(
