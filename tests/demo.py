@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import sys
 import tempfile
 import threading
@@ -44,6 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--admin-port", type=int, default=8001, help="Admin API port (POST /config only)")
     parser.add_argument("--kong-yml", type=Path, default=KONG_YML)
     args = parser.parse_args(argv)
+    busy = _busy_ports({"gateway": ("DEMO_PORT", args.port), "Admin API": ("DEMO_ADMIN_PORT", args.admin_port)})
+    if busy:  # said before Keycloak's half minute of starting, not after it
+        print(f"demo: {busy}", file=sys.stderr)
+        return 2
     os.environ.setdefault("KCAUTH_CLIENT_SECRET", CLIENT_SECRET)
     os.environ.setdefault("KCAUTH_REDIS_SECRET", REDIS_SECRET)
     os.environ.setdefault("KCAUTH_FEED_SECRET", FEED_SECRET)
@@ -82,7 +87,8 @@ def main(argv: list[str] | None = None) -> int:
         receiver = gateway.url + "/kcauth/revocations"
         admin.update_client("kcauth", "test-cli", adminUrl=receiver)
         admin.set_client_attribute("kcauth", "test-cli", "backchannel.logout.url", receiver)
-        print(_instructions(gateway.url, keycloak.base_url, plugin_server.pid), flush=True)
+        logout = _logout_instructions(gateway.url, keycloak, admin.user_id("kcauth", "alice"))
+        print(_instructions(gateway.url, keycloak.base_url, plugin_server.pid, logout), flush=True)
         print("READY " + json.dumps({"gateway": gateway.url, "admin": admin_url, "keycloak": keycloak.base_url,
                                      "plugin_server_pid": plugin_server.pid}), flush=True)
         while not stop.wait(0.5):
@@ -102,7 +108,39 @@ def main(argv: list[str] | None = None) -> int:
         print("demo stopped", flush=True)
 
 
-def _instructions(gateway: str, keycloak: str, pid: int | None) -> str:
+def _busy_ports(wanted: dict[str, tuple[str, int]]) -> str | None:
+    """Which of the wanted ports another process holds, and how to choose others; None if free."""
+    busy = []
+    for what, (variable, port) in wanted.items():
+        if port == 0:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                busy.append(f"port {port} ({what}, {variable}) is in use")
+    if not busy:
+        return None
+    return ("; ".join(busy) + ". Choose free ones, for example: make demo DEMO_PORT=18000 DEMO_ADMIN_PORT=18001 "
+            "(python -m tests.demo --port 18000 --admin-port 18001; 0 picks any free port)")
+
+
+def _logout_instructions(gateway: str, keycloak: KeycloakServer, alice_id: str) -> str:
+    admin_token = (f"curl -s -d grant_type=password -d client_id=admin-cli -d username={keycloak.admin_user} "
+                   f"-d password='{keycloak.admin_password}' {keycloak.base_url}/realms/master/protocol/openid-connect/"
+                   "token | python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])'")
+    return f"""A revocation: sign alice out as Keycloak's administrator (this run's password, printed here only);
+Keycloak pushes a back-channel logout to kcauth's receiver route, and her token stops passing at once:
+
+  ADMIN=$({admin_token})
+  curl -i -X POST -H "Authorization: Bearer $ADMIN" \\
+    {keycloak.base_url}/admin/realms/kcauth/users/{alice_id}/logout   # 204
+  curl -i -H "Authorization: Bearer $ALICE" {gateway}/orders       # 401: her session was revoked
+  ALICE=$(token alice)                                             # a new login passes again
+"""
+
+
+def _instructions(gateway: str, keycloak: str, pid: int | None, logout: str) -> str:
     token = (f"token() {{ curl -s -d grant_type=password -d client_id=test-cli -d username=\"$1\" "
              f"-d password=\"$1-pass\" {keycloak}/realms/kcauth/protocol/openid-connect/token "
              "| python3 -c 'import json,sys; print(json.load(sys.stdin)[\"access_token\"])'; }")
@@ -118,7 +156,11 @@ In another terminal (tokens live 30 minutes):
   curl -i -H "Authorization: Bearer $ALICE" {gateway}/admin        # 200: alice has the realm role admin
   curl -i -H "Authorization: Bearer $BOB" {gateway}/admin          # 403: bob has not
   curl -i -H "Authorization: Bearer $ALICE" {gateway}/payments     # 200, checked by introspection
-  kill {pid}   # the plugin server dies: /orders answers 401 from Kong's ACL guard, never 200
+
+{logout}
+Last, the plugin server dies: /orders answers 401 from Kong's ACL guard, never 200:
+
+  kill {pid}
 
 Ctrl-C stops everything.
 """

@@ -47,7 +47,9 @@ INTROSPECTION_DELAY = 0.005  # LocalIdP's fixed think time per introspection cal
 BURST_DELAY = 0.2  # long enough that all 64 requests are in flight during the one call
 SECRET = "orders-api-secret"
 EXTRA_REALMS = tuple(f"extra-{i}" for i in range(9))  # the other issuers of the 10-issuer route
-DEFAULT_OUT = Path(__file__).resolve().parent / "RESULTS.md"
+#: Where a run writes unless told (`--out`): ignored by git, so a quick run never overwrites the
+#: committed full run (tests/bench/RESULTS.md: `make bench BENCH_ARGS="--out tests/bench/RESULTS.md"`).
+DEFAULT_OUT = Path(__file__).resolve().parents[2] / ".run" / "bench-results.md"
 
 
 @dataclass(frozen=True)

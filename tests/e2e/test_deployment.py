@@ -8,6 +8,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -72,6 +73,8 @@ def test_compose_stack_has_what_the_issue_asks() -> None:
     assert "--import-realm" in services["keycloak"]["command"] and "healthcheck" in services["keycloak"]
     assert services["kong"]["build"] == {"context": ".", "dockerfile": "kong/Dockerfile"}
     assert services["kong"]["environment"]["KONG_DECLARATIVE_CONFIG"] == "/kong/kong.yml"
+    published = [port for service in services.values() for port in service.get("ports", [])]
+    assert published and all(str(port).startswith("127.0.0.1:") for port in published), "loopback only"
 
 
 def kong_yml_plugins() -> list[dict[str, Any]]:
@@ -202,6 +205,18 @@ def demo(keycloak: KeycloakServer, kc_admin: KeycloakAdmin) -> Iterator[dict[str
                                       previous.get("attributes", {}).get("backchannel.logout.url"))
 
 
+def test_a_busy_port_is_named_before_anything_starts() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "tests.demo", "--port", str(port), "--admin-port", "0"],
+                              cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"port {port} (gateway, DEMO_PORT) is in use" in done.stderr and "make demo DEMO_PORT=" in done.stderr
+    assert "starting Keycloak" not in done.stdout
+
+
 def test_demo_end_to_end(demo: dict[str, Any], kc_admin: KeycloakAdmin) -> None:
     gateway = demo["gateway"]
     assert "curl" in demo["output"] and "BOB=$(token bob)" in demo["output"], "it prints how to get tokens"
@@ -219,6 +234,14 @@ def test_demo_end_to_end(demo: dict[str, Any], kc_admin: KeycloakAdmin) -> None:
     bad_push = requests.post(f"{gateway}/kcauth/revocations", data={"logout_token": "x.y.z"}, timeout=30)
     assert bad_push.status_code == 400  # the receiver's instance now runs in the plugin server
 
+    # The revocation it prints, typed as printed: alice signed out by the admin, her token refused.
+    orders = f'Bearer $ALICE" {gateway}/orders '
+    script = [printed(demo["output"], mark) for mark in ("token() {", "ALICE=$(token alice)", orders,
+                                                         "ADMIN=$(", "Bearer $ADMIN", orders)]
+    done = subprocess.run(["bash", "-ec", "\n".join(script)], capture_output=True, text=True, timeout=60)
+    statuses = [line.split()[1] for line in done.stdout.splitlines() if line.startswith("HTTP/")]
+    assert statuses == ["200", "204", "401"], (statuses, done.stderr[-2000:])
+
     os.kill(demo["plugin_server_pid"], signal.SIGKILL)
     time.sleep(0.3)
     guarded = requests.get(f"{gateway}/orders/1", headers={"Authorization": f"Bearer {token}"}, timeout=30)
@@ -232,6 +255,18 @@ def test_demo_end_to_end(demo: dict[str, Any], kc_admin: KeycloakAdmin) -> None:
 
     demo["process"].send_signal(signal.SIGINT)
     assert demo["process"].wait(30) == 0, "Ctrl-C stops it cleanly"
+
+
+def printed(output: str, mark: str) -> str:
+    """The first command the demo printed that contains `mark`, with its continuation lines and
+    without its comment."""
+    lines = output.splitlines()
+    at = next(i for i, line in enumerate(lines) if mark in line)
+    command = lines[at].strip()
+    while command.endswith("\\"):
+        at += 1
+        command = command[:-1] + lines[at].strip()
+    return command.split("  # ")[0]
 
 
 def demo_echo_hits(gateway: str) -> int:
@@ -263,7 +298,7 @@ def test_the_package_is_what_a_maintained_pypi_project_ships(tmp_path: Path) -> 
     declared = {d.split("==")[0].split(">")[0].split("<")[0].split("[")[0].lower().replace("_", "-")
                 for d in project["dependencies"]}
     imported = set()
-    for path in (REPO / "kong_plugin_kcauth").glob("*.py"):
+    for path in (REPO / "kong_plugin_kcauth").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 imported.update(alias.name.split(".")[0] for alias in node.names)
@@ -271,7 +306,7 @@ def test_the_package_is_what_a_maintained_pypi_project_ships(tmp_path: Path) -> 
                 imported.add(node.module.split(".")[0])
     stdlib = set(sys.stdlib_module_names) | {"__future__", "_typeshed"}  # _typeshed: for type checkers only
     names_on_pypi = {"jwt": "pyjwt", "requests_cache": "requests-cache", "kong_pdk": "kong-pdk",
-                     "prometheus_client": "prometheus-client", "greenlet": "gevent"}
+                     "prometheus_client": "prometheus-client"}
     missing = {names_on_pypi.get(m, m) for m in imported - stdlib} - declared
     assert missing == set(), f"imported but not declared: {missing}"
     version = project["version"]

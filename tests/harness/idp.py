@@ -127,6 +127,13 @@ def forge(header: dict[str, Any], claims: dict[str, Any], signature: bytes = b""
                      b64url(signature)])
 
 
+class _Listener(ThreadingHTTPServer):
+    # A provider's backlog, not socketserver's 5: past it Linux drops the SYNs of simultaneous
+    # connections and clients retry a second later, longer than kcauth's `http_timeout` allows.
+    request_queue_size = 128
+    daemon_threads = True
+
+
 class LocalIdP:
     """Serves discovery and a mutable JWKS on 127.0.0.1, counting requests."""
 
@@ -302,8 +309,7 @@ class LocalIdP:
                 except OSError:
                     pass  # the reader stopped reading: what it should do
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        self._server = _Listener(("127.0.0.1", 0), Handler)
         self.port = self._server.server_address[1]
         self.scheme = "http"
         if tls is not None:
