@@ -2,8 +2,9 @@
 # plugin server when `pluginserver_kcauth_start_cmd` is unset, and connects to the socket).
 # Build from the repository root:
 #   docker build -f kong/pluginserver.Dockerfile -t kcauth/kcauth-pluginserver:0.2.0 .
-# It serves on /kong_prefix/kcauth.socket: mount Kong's prefix volume there (Kong's Helm chart
-# mounts its emptyDir at /kong_prefix), and see deploy/kubernetes/.
+# It serves on /kcauth/kcauth.socket: mount a volume there that Kong's container mounts too, and
+# point `pluginserver_kcauth_socket` at it (deploy/kubernetes/: an emptyDir of the pod; a probe
+# runs `kcauth-pluginserver --ready --kong-prefix /kcauth`).
 FROM python:3.12-slim AS wheel
 WORKDIR /src
 COPY pyproject.toml README.md CHANGELOG.md LICENSE MANIFEST.in ./
@@ -19,4 +20,6 @@ RUN python -m venv /opt/kcauth \
 # The same uid and gid as Kong's image: the socket is created with the process's umask (0755
 # for others), so Kong's user must own it to connect.
 USER 1000:1000
-ENTRYPOINT ["/opt/kcauth/bin/kcauth-pluginserver", "--kong-prefix", "/kong_prefix", "--socket-name", "kcauth.socket"]
+ENV PATH=/opt/kcauth/bin:$PATH
+ENTRYPOINT ["kcauth-pluginserver"]
+CMD ["--kong-prefix", "/kcauth", "--socket-name", "kcauth.socket"]

@@ -8,6 +8,10 @@ kong.conf (or KONG_* environment), with both socket settings explicit:
     pluginserver_kcauth_start_cmd = kcauth-pluginserver --kong-prefix /usr/local/kong --socket-name kcauth.socket
     pluginserver_kcauth_query_cmd = kcauth-pluginserver --dump
 
+`kcauth-pluginserver --ready` (with the same --kong-prefix and --socket-name) is the kubelet's
+probe of a plugin server run beside Kong (a sidecar): exit 0 once the server answers Kong's
+protocol, else non-zero with one line saying why.
+
 It is kong-pdk's dedicated server for the one plugin `kcauth`, with deliberate changes:
 - kcauth's own event handling and listener (pluginserver/bridge.py): nothing an event carries can drop Kong's
   connection (Kong would proxy the request), and no event leaves a thread or greenlet behind;
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sys
 import threading
 import time
@@ -43,6 +48,11 @@ PRIORITY = 980
 _PARENT = os.getppid()  # read as early as possible: Kong may already be gone when serving starts
 
 PluginInfo = tuple[type, dict[str, Any], str]  # the class, its config record, its version
+
+# How long `--ready` waits for the answer in all. Well under the probe's timeoutSeconds
+# (deploy/kubernetes/ sets 5; the kubelet's default of 1 s is too short for Python's start plus
+# this), so the probe fails with the reason rather than the kubelet's bare timeout.
+READY_TIMEOUT = 2.0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -68,6 +78,11 @@ def options(argv: list[str], name: str, priority: int) -> argparse.Namespace:
     parser.add_argument("--socket-name", dest="socket_name", default=f"{name}.socket",
                         help="socket file name, Kong's default for this server (default: %(default)s)")
     parser.add_argument("--dump", "-dump", action="store_true", help="print the plugin's info for Kong and exit")
+    parser.add_argument("--ready", action="store_true",
+                        help="exit 0 if the server on the socket answers Kong's protocol within "
+                             "--ready-timeout, else 1 with the reason (a probe for a sidecar)")
+    parser.add_argument("--ready-timeout", type=float, default=READY_TIMEOUT, metavar="SECONDS",
+                        help="how long --ready waits for the answer (default: %(default)s)")
     parser.add_argument("--server", choices=("core", "kong-pdk"), default="core",
                         help="core (default): kcauth's own single-threaded core on gevent; kong-pdk: "
                              "kong-pdk's server, in threads or, with -g, gevent mode")
@@ -89,7 +104,7 @@ def options(argv: list[str], name: str, priority: int) -> argparse.Namespace:
     if args.multiprocessing:
         parser.exit(2, f"{parser.prog}: multiprocessing mode loses the key and token caches between "
                        "requests; use the default core, or --server kong-pdk with or without -g\n")
-    if not args.dump and not os.path.isdir(args.prefix):
+    if not (args.dump or args.ready) and not os.path.isdir(args.prefix):
         parser.exit(2, f"{parser.prog}: the Kong prefix {args.prefix} does not exist\n")
     args.gevent = args.gevent or args.server == "core"
     return args
@@ -101,6 +116,8 @@ def run(argv: list[str] | None, load_plugin: Callable[[], PluginInfo], name: str
     so that its imports are patched) returns the class, its config record and its version; the
     benchmark and the fault tests serve their plugins through this too."""
     args = options(list(sys.argv[1:] if argv is None else argv), name, priority)
+    if args.ready:
+        raise SystemExit(_report_readiness(os.path.join(args.prefix, args.socket_name), args.ready_timeout, name))
     if args.server == "core" and not args.dump:
         return _supervise(args, load_plugin, name)
     if args.gevent:
@@ -128,6 +145,65 @@ def run(argv: list[str] | None, load_plugin: Callable[[], PluginInfo], name: str
                                 listen_queue_size=args.listen_queue_size).serve_forever()
     except KeyboardInterrupt:
         pass
+
+
+def _report_readiness(path: str, timeout: float, name: str) -> int:
+    reason = readiness(path, timeout)
+    if reason is None:
+        return 0
+    sys.stderr.write(f"{name}-pluginserver: not ready: {reason}\n")
+    return 1
+
+
+def readiness(path: str, timeout: float = READY_TIMEOUT) -> str | None:
+    """None when the plugin server at `path` answers one harmless call of Kong's protocol
+    (`plugin.GetStatus`: kcauth's core and kong-pdk's server both answer it; no instance or event
+    is touched) within `timeout` seconds in all; else why not, in one line. The socket file alone
+    proves nothing: a killed server leaves it behind."""
+    import msgpack
+
+    deadline = time.monotonic() + timeout
+    silent = f"no answer from {path} within {timeout:g} s"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.settimeout(timeout)
+        try:
+            conn.connect(path)
+            conn.sendall(msgpack.packb([0, 1, "plugin.GetStatus", []]))
+        except FileNotFoundError:
+            return f"no socket at {path}"
+        except ConnectionRefusedError:
+            return f"nothing listens at {path} (a stale socket file)"
+        except TimeoutError:
+            return silent
+        except OSError as exc:
+            return f"cannot reach {path}: {exc.strerror or exc}"
+        unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+        while (left := deadline - time.monotonic()) > 0:
+            conn.settimeout(left)
+            try:
+                chunk = conn.recv(65536)
+            except TimeoutError:
+                return silent
+            except OSError as exc:
+                return f"connection to {path} lost: {exc.strerror or exc}"
+            if not chunk:
+                return f"{path} closed the connection without an answer"
+            unpacker.feed(chunk)
+            for message in unpacker:
+                if not _notification(message):  # kcauth's core announces its pid first
+                    return _verdict(message)
+        return silent
+
+
+def _notification(message: Any) -> bool:
+    return isinstance(message, list) and len(message) == 3 and message[0] == 2
+
+
+def _verdict(message: Any) -> str | None:
+    """None for the answer to request 1 without an error, else what is wrong with it."""
+    if not (isinstance(message, list) and len(message) == 4 and message[:2] == [1, 1]):
+        return "the answer is not Kong's MessagePack-RPC"
+    return None if message[2] is None else f"the server answered with an error: {str(message[2])[:200]}"
 
 
 def _supervise(args: argparse.Namespace, load_plugin: Callable[[], PluginInfo], name: str) -> None:
