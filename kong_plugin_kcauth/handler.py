@@ -45,7 +45,7 @@ from .decision.headers import (
 )
 from .decision.receiver import Receiver
 from .errors import Refusal
-from .ops import logs, metrics
+from .ops import logs, metrics, tracing
 from .revocation.shared import SharedUnavailable
 
 log = logging.getLogger("kcauth")
@@ -67,9 +67,13 @@ class Plugin:
                 logs.config_error(self.stage.owners, problem)
 
     def access(self, kong: Any) -> None:
-        if isinstance(self.stage, Receiver):
-            return receive(kong, self.stage, self.config)
-        return authenticate(kong, self.stage)
+        try:
+            if isinstance(self.stage, Receiver):
+                return receive(kong, self.stage, self.config)
+            return authenticate(kong, self.stage)
+        finally:
+            if tracing.ON:
+                tracing.leave()  # the request's trace ends with it: handler greenlets are reused
 
 
 def authenticate(kong: Any, guard: Guard) -> None:
@@ -77,6 +81,8 @@ def authenticate(kong: Any, guard: Guard) -> None:
     used_dpop = False
     try:
         request_headers = kong.request.get_headers(MAX_REQUEST_HEADERS)
+        if tracing.ON:  # the calls this request makes join its trace (ops/tracing.py)
+            tracing.join(request_headers.get("traceparent"), request_headers.get("tracestate"))
         tell_kong(kong, guard.owners)
         if not all_seen(request_headers):
             raise errors.TooManyHeaders()
@@ -205,6 +211,8 @@ def set_identity(kong: Any, guard: Guard, request_headers: dict[str, Any], grant
 def receive(kong: Any, receiver: Receiver, config: Config) -> None:
     try:
         method = kong.request.get_method()
+        if tracing.ON:  # one more round trip, with traces on only (pushes are few)
+            tracing.join(kong.request.get_header("traceparent"))
         tell_kong(kong, receiver.owners)
         if method != "POST":
             raise errors.MethodNotAllowed()

@@ -13,6 +13,10 @@ Trust: the Mozilla CA bundle (certifi, requests' default), or `tls_ca_bundle` (a
 `system` for the operating system's store). Proxies: `HTTPS_PROXY`, `HTTP_PROXY` and `NO_PROXY`
 of the plugin server's environment, read once (Kong's nginx clears the environment of the
 processes it starts: pass them in the start command, see the README).
+
+Every call goes through `_request`, the one place for its session, its proxies and, when traces
+are on (ops/tracing.py), its client span named by the call's purpose: `discovery`, `keys`,
+`introspection`, `token` (the service account's), `events` (the feed's pages), `ssf`.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import requests_cache
 import urllib3.exceptions
 
 from ..config.values import rewrite_origin
+from ..ops import tracing
 from ..tokens.claims import json_object, json_value
 
 MAX_BODY = 1 << 20  # a key set, discovery document or introspection answer is a few KB
@@ -157,12 +162,25 @@ def _proxies(url: str) -> dict[str, str]:
     return _PROXIES
 
 
+def _request(kind: str, ca: str | None, purpose: str, method: str, url: str, **kwargs: Any) -> requests.Response:
+    """One call to the provider on the session of `kind`; with traces on, in a client span
+    naming `purpose`, whose traceparent the provider receives (its own spans join the trace)."""
+    session = _session(kind, ca)
+    if not tracing.ON:
+        return session.request(method, url, proxies=_proxies(url), **kwargs)
+    with tracing.http_call(purpose, method, url) as call:
+        kwargs["headers"] = call.headers(kwargs.get("headers"))
+        response = session.request(method, url, proxies=_proxies(url), **kwargs)
+        call.answered(response.status_code)
+        return response
+
+
 def get_json(url: str, timeout: float, *, revalidate: bool, ca: str | None = None) -> dict[str, Any]:
     """GET a JSON object. `revalidate` asks the provider every time (conditionally when it sent
     validators); otherwise a cached copy up to DISCOVERY_MAX_AGE old is used."""
+    kind = "keys" if revalidate else "discovery"
     try:
-        resp = _session("keys" if revalidate else "discovery", ca).get(
-            url, timeout=(timeout, timeout), proxies=_proxies(url))
+        resp = _request(kind, ca, kind, "GET", url, timeout=(timeout, timeout))
     except requests.RequestException as exc:
         raise FetchError(f"GET {url} failed: {type(exc).__name__}") from None
     return _json_object(resp, f"GET {url}")
@@ -172,9 +190,11 @@ def post_form(url: str, form: dict[str, str], headers: dict[str, str], timeout: 
               ca: str | None = None) -> dict[str, Any]:
     """POST a form and read a JSON object (introspection). Never cached: every call reaches the
     provider."""
+    # The form's names tell the call apart: a token to introspect, or a grant (a service account's).
+    purpose = "introspection" if "token" in form else "token"
     try:
-        resp = _session("post", ca).post(url, data=form, headers=headers, timeout=(timeout, timeout),
-                                         allow_redirects=False, proxies=_proxies(url))
+        resp = _request("post", ca, purpose, "POST", url, data=form, headers=headers, timeout=(timeout, timeout),
+                        allow_redirects=False)
     except requests.RequestException as exc:
         raise FetchError(f"POST {url} failed: {type(exc).__name__}") from None
     return _json_object(resp, f"POST {url}")
@@ -186,8 +206,8 @@ def get_json_list(url: str, params: dict[str, Any], headers: dict[str, str], tim
     item Keycloak could not have meant (a lone UTF-16 surrogate in a string) does not make the
     page unreadable: such characters become U+FFFD, in that item only."""
     try:
-        resp = _session("events", ca).get(url, params=params, headers=headers, timeout=(timeout, timeout),
-                                          allow_redirects=False, proxies=_proxies(url))
+        resp = _request("events", ca, "events", "GET", url, params=params, headers=headers,
+                        timeout=(timeout, timeout), allow_redirects=False)
     except requests.RequestException as exc:
         raise FetchError(f"GET {url} failed: {type(exc).__name__}") from None
     if resp.status_code != 200:
@@ -203,8 +223,8 @@ def send_json(method: str, url: str, body: dict[str, Any] | None, headers: dict[
     """A JSON request of an API (the Shared Signals transmitter's), never cached, up to
     EVENTS_MAX_BODY: its JSON answer (None for 204), or FetchError with the status."""
     try:
-        resp = _session("events", ca).request(method, url, json=body, headers=headers, timeout=(timeout, timeout),
-                                              allow_redirects=False, proxies=_proxies(url))
+        resp = _request("events", ca, "ssf", method, url, json=body, headers=headers, timeout=(timeout, timeout),
+                        allow_redirects=False)
     except requests.RequestException as exc:
         raise FetchError(f"{method} {url} failed: {type(exc).__name__}") from None
     if resp.status_code == 204:

@@ -45,6 +45,7 @@ import msgpack
 from gevent.server import StreamServer
 from greenlet import getcurrent, greenlet
 
+from ..ops import tracing
 from .bridge import EVENT_METHODS, FAULT, RET, TERMINAL, TOO_SLOW
 
 log = logging.getLogger("kcauth.core")
@@ -424,6 +425,7 @@ def _exit_when_drained(core: Core) -> None:
     while core.connections or core.events:
         gevent.sleep(0.05)
         core.tidy()
+    tracing.flush()  # os._exit skips the exporter's own exit hook
     os._exit(0)
 
 

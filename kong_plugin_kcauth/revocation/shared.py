@@ -16,21 +16,26 @@ time, is ignored, and every process then reads alone.
 For the request path Redis is an optimisation, never a dependency: a failure (Redis down, slow,
 refusing the password) is logged, Redis is skipped for a few seconds, and the caller carries on
 with its in-process state and the identity provider. Key names are digests, never tokens.
+
+With traces on (ops/tracing.py), each call of a `SharedStore` method to Redis is a span named by
+its command (`_traced`); off, the methods are left as they are. The node's hub is not traced.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
+import inspect
 import json
 import logging
 import os
 import ssl
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import redis
 import redis.lock
@@ -45,6 +50,7 @@ from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 
 from ..config import RedisConfig
+from ..ops import tracing
 from ..ops.logs import Throttled, health
 from ..tokens.claims import json_object
 
@@ -165,6 +171,48 @@ def _derive(secret: str, purpose: bytes) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"kcauth " + purpose).derive(secret.encode())
 
 
+P = ParamSpec("P")
+R = TypeVar("R")
+Method = Callable[Concatenate["SharedStore", P], R]
+
+
+def _traced(operation: str, *, skips: bool = False) -> Callable[[Method[P, R]], Method[P, R]]:
+    """A span (`operation`: the Redis command, by OpenTelemetry's conventions) around each call
+    of a SharedStore method to Redis, over a generator's whole iteration; with traces off, the
+    method itself, so that nothing is added to a call. `skips`: the method asks nothing of Redis
+    while it is left alone after a failure (no span then)."""
+    if not tracing.ON:
+        return lambda method: method
+
+    def wrap(method: Method[P, R]) -> Method[P, R]:
+        def traced(store: SharedStore, *args: P.args, **kwargs: P.kwargs) -> R:
+            if store.local or (skips and store._skipping()):  # the node's hub; or no call at all
+                return method(store, *args, **kwargs)
+            host, port = _server(store.config)
+            with tracing.redis_call(method.__name__, operation, host, port):
+                return method(store, *args, **kwargs)
+
+        def traced_iteration(store: SharedStore, *args: P.args, **kwargs: P.kwargs) -> Iterator[Any]:
+            if store.local:
+                yield from cast(Iterator[Any], method(store, *args, **kwargs))
+                return
+            host, port = _server(store.config)
+            with tracing.redis_call(method.__name__, operation, host, port):
+                yield from cast(Iterator[Any], method(store, *args, **kwargs))
+
+        generator = inspect.isgeneratorfunction(method)
+        return functools.wraps(method)(cast(Method[P, R], traced_iteration) if generator else traced)
+
+    return wrap
+
+
+def _server(config: RedisConfig) -> tuple[str | None, int | None]:
+    """The server a standalone Redis is at; none for Sentinel and Cluster (each call picks it)."""
+    if config.sentinel_master or config.cluster_nodes:
+        return None, None
+    return config.host, config.port
+
+
 class SharedStore:
     """Redis for the cluster, or `client`: the node's hub (node.py), shared by the workers of one
     plugin server when no Redis is configured, through this same code."""
@@ -221,6 +269,7 @@ class SharedStore:
 
     # -- the request path: best effort --
 
+    @_traced("GET", skips=True)
     def get(self, key: str) -> dict[str, Any] | None:
         if self._skipping():
             return None
@@ -233,6 +282,7 @@ class SharedStore:
         self._ok()
         return None if raw is None else self._open(name, raw)
 
+    @_traced("SET", skips=True)
     def put(self, key: str, value: dict[str, Any], ttl: float) -> None:
         millis = int(ttl * 1000)
         if millis <= 0 or self._skipping():
@@ -243,6 +293,7 @@ class SharedStore:
         except FAILURES as exc:
             self._failed("write", exc)
 
+    @_traced("SET")
     def set_if_absent(self, key: str, ttl: float) -> bool | None:
         """SET NX: True if this call created the key, False if it existed, None if Redis failed."""
         try:
@@ -258,6 +309,7 @@ class SharedStore:
     # MAC; what a Redis writer can still do is delete names, which the processes holding the
     # records write back (`restore`).
 
+    @_traced("PUBLISH")
     def publish_record(self, scope: str, channel: str, message: dict[str, Any], ttl: float) -> None:
         """Store `message` for `ttl` and publish it on `channel` (atomically, but in a cluster)."""
         chan = self.config.prefix + channel
@@ -279,6 +331,7 @@ class SharedStore:
             self._refresh_cluster()
             raise SharedUnavailable() from None
 
+    @_traced("SET")
     def restore(self, scope: str, channel: str, records: list[tuple[dict[str, Any], float]]) -> int:
         """Write back records (message, ttl) that Redis lost, leaving those it holds, and publish
         each one written back (a process that reconnected before this one, after a failover or
@@ -308,6 +361,7 @@ class SharedStore:
             pipe.publish(channel, message)
         pipe.execute()
 
+    @_traced("SCAN")
     def records(self, scope: str) -> Iterator[dict[str, Any]]:
         """Every record of `scope` that Redis holds and that passes its MAC."""
         start = len(self.config.prefix) + len(scope) + len(":rec:")
@@ -340,6 +394,7 @@ class SharedStore:
 
     # -- leases: one holder at a time across every process --
 
+    @_traced("SET")
     def lease(self, key: str, seconds: float) -> Lease | None:
         """Take `key` for `seconds` unless another process holds it: the Lease, or None when
         held. It is not given back: it lapses, so the next taker comes `seconds` after this one.
@@ -394,6 +449,7 @@ class SharedStore:
         return time.monotonic() < self._skip_until
 
     def _failed(self, what: str, exc: BaseException) -> None:
+        tracing.failed(exc)  # the call's span, when traced: the caller carries on without raising
         with self._lock:
             if self._skipping():
                 return
