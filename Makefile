@@ -65,7 +65,7 @@ pluginserver: install  ## the plugin server as Kong runs it, on ./.run/kcauth.so
 	mkdir -p .run
 	PATH="$(abspath $(VENV))/bin:$$PATH" kcauth-pluginserver --kong-prefix "$(abspath .run)" --socket-name kcauth.socket
 
-reference: install  ## print the config reference table that README.md carries
+reference: install  ## print the config reference table of docs/configuration.md
 	@$(PY) -m kong_plugin_kcauth.config
 
 dist: install  ## the wheel and sdist into dist/, as a release publishes them

@@ -6,7 +6,7 @@ one place the upstream's identity is set, like key-auth's `set_consumer`) or sen
 (errors.py). In `revocation_receiver` mode the route receives Keycloak's pushes instead
 (decision/receiver.py).
 
-Two properties of Kong's plugin-server bridge shape it (see README, "Security model"):
+Two properties of Kong's plugin-server bridge shape it (see docs/security.md, "Security model"):
 - Kong proxies the request when the plugin server fails (fail-open), so nothing here may raise,
   hang or crash: every outcome is either "identity set, proceed" or one `kong.response.exit`.
 - The first statement is a PDK call carrying all the input the request path needs (one round

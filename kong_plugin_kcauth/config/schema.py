@@ -8,7 +8,7 @@ attributes (`setting`). From that one definition:
   type, then the validators in Kong's order, with Kong's messages and flattened paths, such as
   `config.leeway: value should be between 0 and 300`) and builds the typed, frozen object, so the
   plugin never runs with a config its own schema forbids, whoever sent it;
-- `reference_markdown` renders the README's config reference.
+- `reference_markdown` renders the config reference of docs/configuration.md.
 
 Vault references (`{vault://...}` in a `referenceable` field): Kong skips that field's validators
 and every entity check naming it (kong/db/schema/init.lua `validate_field`, `run_entity_check`),
@@ -411,7 +411,7 @@ def canonical(obj: Any) -> str:
     return json.dumps(dataclasses.asdict(obj), sort_keys=True, separators=(",", ":"))
 
 
-# --- the README's reference --------------------------------------------------------------------
+# --- the documented reference --------------------------------------------------------------------
 
 def reference_markdown(fields: list[dict[str, Any]]) -> str:
     """The config reference table of `kong_fields(Config)`."""

@@ -1,8 +1,8 @@
 """kcauth's configuration: every field, its Kong attributes and description, the rules
 between fields, and what is derived from them.
 
-The machinery that turns this one definition into Kong's schema, the typed config and the README
-reference is schema.py.
+The machinery that turns this one definition into Kong's schema, the typed config and the
+reference in docs/configuration.md is schema.py.
 """
 
 from __future__ import annotations
@@ -274,7 +274,7 @@ class SignalsConfig(SignalsClient):
         "How Keycloak delivers the stream's events, for every realm of the config: `poll` (RFC "
         "8936: kcauth asks, and acknowledges each event once recorded) or `push` (RFC 8935: "
         "Keycloak posts each event to `push_url`, a `revocation_receiver` route, and retries "
-        "until it is recorded). README \"Revocation by Shared Signals\" compares them.",
+        "until it is recorded). docs/revocation.md \"Revocation by Shared Signals\" compares them.",
         "poll", one_of=["poll", "push"],
     )
     push_url: str | None = setting(
@@ -665,13 +665,13 @@ class Config:
         None, match=ORIGIN, match_none=_ORIGIN_RULES,
     )
     revocation_feed: FeedConfig = setting(
-        "The revocation feed: Keycloak's own record of what it does not push (README \"Which "
-        "revocations are seen, and how fast\").",
+        "The revocation feed: Keycloak's own record of what it does not push (docs/revocation.md "
+        "\"Which revocations are seen, and how fast\").",
         FeedConfig(),
     )
     ssf: SignalsConfig = setting(
         "The Shared Signals (SSF/CAEP) receiver: revocations Keycloak's transmitter keeps until "
-        "kcauth has recorded them (README \"Which revocations are seen, and how fast\").",
+        "kcauth has recorded them (docs/revocation.md \"Which revocations are seen, and how fast\").",
         SignalsConfig(),
     )
     mode: str = setting(

@@ -1,4 +1,4 @@
-"""The config definition: Kong's schema, the typed config and the README reference agree."""
+"""The config definition: Kong's schema, the typed config and the documented reference agree."""
 
 from __future__ import annotations
 
@@ -93,11 +93,12 @@ def test_fingerprint_changes_with_any_setting() -> None:
     assert base.fingerprint() != other.fingerprint()
 
 
-def test_readme_reference_matches_the_schema() -> None:
-    readme = (REPO / "README.md").read_text()
-    start = readme.index("<!-- config-reference:start -->\n") + len("<!-- config-reference:start -->\n")
-    end = readme.index("<!-- config-reference:end -->")
-    assert readme[start:end] == reference_markdown(kong_schema()), "run `make reference` and paste it into README.md"
+def test_the_documented_reference_matches_the_schema() -> None:
+    page = (REPO / "docs" / "configuration.md").read_text()
+    start = page.index("<!-- config-reference:start -->\n") + len("<!-- config-reference:start -->\n")
+    end = page.index("<!-- config-reference:end -->")
+    assert page[start:end] == reference_markdown(kong_schema()), \
+        "run `make reference` and paste it into docs/configuration.md"
 
 
 def test_version_is_the_package_version() -> None:

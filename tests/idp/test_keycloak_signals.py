@@ -37,7 +37,7 @@ INTROSPECT = "/token/introspect"
 
 
 def receiver_client(kc_admin: KeycloakAdmin, client_id: str, secret: str, **attributes: str) -> str:
-    """kcauth's receiver client, as README "Revocation by Shared Signals" says to set it up: a
+    """kcauth's receiver client, as docs/revocation.md "Revocation by Shared Signals" says to set it up: a
     confidential client with SSF enabled, a service account, the scopes ssf.read and ssf.manage,
     and every user's events (`ssf.defaultSubjects` ALL). Returns its id."""
     scopes = {s["name"]: s["id"] for s in kc_admin._admin("GET", REALM, "/client-scopes").json()}
@@ -278,7 +278,7 @@ def push_url(transmitter: None, kc_admin: KeycloakAdmin) -> Iterator[str]:
 
 def receiving_gateway(kong: Kong, keycloak: KeycloakServer, proxy: CountingProxy, url: str,
                       upstream: EchoUpstream) -> Gateway:
-    """The receiver route as README "Revocation by Shared Signals" sets it up: kcauth with push
+    """The receiver route as docs/revocation.md "Revocation by Shared Signals" sets it up: kcauth with push
     delivery, then request-termination answering 503 when kcauth could not."""
     receiver = kong.plugin(receiver_config(keycloak.issuer(REALM), provider_url=proxy.url, ssf={
         "client_id": PUSH_CLIENT, "client_secret": SECRET, "delivery": "push", "push_url": url}))

@@ -2,7 +2,7 @@
 test realm the way an administrator or the user would (admin REST API, Keycloak's own pages, the
 account API), and what Keycloak 26.7.3 does about each: push it to the receiver, or only record
 it as an event the revocation feed reads. tests/revocation/test_keycloak_pushes.py checks PUSHED,
-tests/idp/test_keycloak_feed.py the feed; README "Which revocations are seen, and how fast" carries
+tests/idp/test_keycloak_feed.py the feed; docs/revocation.md "Which revocations are seen, and how fast" carries
 both."""
 
 from __future__ import annotations

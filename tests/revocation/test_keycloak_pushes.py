@@ -2,7 +2,7 @@
 tests/keycloak/actions.py is done to a fresh user of the test realm while test-cli's back-channel
 logout URL and admin URL point at a receiver route (over real HTTP, tests/harness/gateway.py); the
 user's access token is then checked on a plain guard. `PUSHED` records what Keycloak 26.7.3
-does, and README "Which revocations are seen, and how fast" carries it: an action that is not
+does, and docs/revocation.md "Which revocations are seen, and how fast" carries it: an action that is not
 pushed leaves the token passing every non-sensitive route until it expires, unless the
 revocation feed reads it (tests/idp/test_keycloak_feed.py). (The user's own logout at Keycloak's
 logout endpoint is pushed: tests/revocation/test_keycloak_revocation.py.)"""
