@@ -152,6 +152,38 @@ def test_pluginserver_settings_agree_with_the_package() -> None:
     assert {p["name"] for p in kong_yml_plugins()} <= {dump[0]["Name"], "acl", "request-termination"}
 
 
+def dockerfile_stages(name: str) -> list[list[str]]:
+    """Each build stage's instructions (continuations joined), in order."""
+    text = (REPO / "kong" / name).read_text().replace("\\\n", " ")
+    stages: list[list[str]] = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("FROM "):
+            stages.append([])
+        if line and not line.startswith("#") and stages:
+            stages[-1].append(line)
+    return stages
+
+
+@pytest.mark.parametrize("name", ["Dockerfile", "pluginserver.Dockerfile"])
+def test_each_image_installs_a_built_wheel_and_runs_unprivileged(name: str) -> None:
+    stages = dockerfile_stages(name)
+    builder, final = stages[0], stages[-1]
+    assert any(i.startswith("RUN pip wheel") and "--no-deps" in i for i in builder), "a wheel is built first"
+    assert any(i.startswith("COPY --from=wheel") for i in final), "the image gets the wheel, not the source"
+    assert any("pip install" in i and ".whl" in i for i in final)
+    assert not [i for i in final if i.startswith("COPY kong_plugin_kcauth")], "no source tree in the image"
+    users = [i.split()[1] for i in final if i.startswith("USER ")]
+    assert users and users[-1] in ("kong", "1000:1000"), f"the last USER is Kong's unprivileged one: {users}"
+    text = (REPO / "kong" / name).read_text()
+    if name == "Dockerfile":
+        assert "ARG KONG_IMAGE=kong:3.9.3-ubuntu" in text and "FROM ${KONG_IMAGE}" in text, "Kong 3.9.3, or another"
+    else:
+        entry = next(i for i in final if i.startswith("ENTRYPOINT"))
+        scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+        assert json.loads(entry.split(" ", 1)[1])[0] in scripts
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ({"upstreams": []}, "upstreams not emulated"),
     ({"services": [{"name": "s", "url": "http://x", "routes": [{"name": "r", "paths": ["/"], "hosts": ["a"]}]}]},
