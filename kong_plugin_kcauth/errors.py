@@ -264,7 +264,7 @@ class Answer:
     """What Kong sends the client: the arguments of `kong.response.exit`."""
 
     status: int
-    body: dict[str, str] | None  # None: no body (202 to a pushed SET)
+    body: dict[str, str] | str | None  # None: no body (202 to a pushed SET); str: sent as is
     headers: dict[str, str]
 
 

@@ -4,7 +4,8 @@ Read it top to bottom, as Kong's own jwt and key-auth handlers: read the request
 decision (decision/guard.py `Guard.decide`, one call), then either apply it (`set_identity`, the
 one place the upstream's identity is set, like key-auth's `set_consumer`) or send the refusal
 (errors.py). In `revocation_receiver` mode the route receives Keycloak's pushes instead
-(decision/receiver.py).
+(decision/receiver.py); in `assertion_keys` mode it publishes the upstream assertion's JWK Set
+(decision/assertion.py).
 
 Two properties of Kong's plugin-server bridge shape it (see docs/security.md, "Security model"):
 - Kong proxies the request when the plugin server fails (fail-open), so nothing here may raise,
@@ -15,6 +16,7 @@ Two properties of Kong's plugin-server bridge shape it (see docs/security.md, "S
 
 PDK round trips: 2 on the reject path (read headers, exit), 3 on the allow path (read headers,
 set upstream headers unless nothing changes, hand groups to Kong's ACL plugin), plus
+the request's method and path (2) when the upstream assertion is on (`upstream_assertion`),
 `kong.client.authenticate` (and a `load_consumer` per minute per consumer) when consumers are
 mapped, `kong.client.get_credential` when a client sends one of Kong's identity headers, and the
 request's method and URL (5, or 2 with `public_base_url`) when the DPoP scheme is used. Nothing
@@ -34,9 +36,13 @@ from . import errors
 from .config import Config
 from .config.values import KONG_IDENTITY_HEADERS
 from .decision import wiring
+from .decision.assertion import KEYS_CACHE_CONTROL, KEYS_MEDIA_TYPE, KeysPublisher
+from .decision.assertion import Request as Bound
 from .decision.guard import Grant, Guard, Presented, presented_token
 from .decision.headers import (
     MAX_REQUEST_HEADERS,
+    REMOVE,
+    HeaderValue,
     all_seen,
     changes,
     cleared_headers,
@@ -60,8 +66,8 @@ class Plugin:
         # Raising here fails StartInstance: Kong then answers the route's requests with 500,
         # which is closed, and logs the message, which names the bad setting.
         self.config = Config.from_kong(config)
-        self.receiver = self.config.mode == "revocation_receiver"
-        self.stage: Guard | Receiver = wiring.for_config(self.config, Receiver if self.receiver else Guard)
+        build = {"revocation_receiver": Receiver, "assertion_keys": KeysPublisher}.get(self.config.mode, Guard)
+        self.stage: Guard | Receiver | KeysPublisher = wiring.for_config(self.config, build)
         if self.stage.owners.add(config):
             for problem in self.config.problems():  # settings that cannot be used: Kong's error log
                 logs.config_error(self.stage.owners, problem)
@@ -70,6 +76,8 @@ class Plugin:
         try:
             if isinstance(self.stage, Receiver):
                 return receive(kong, self.stage, self.config)
+            if isinstance(self.stage, KeysPublisher):
+                return publish(kong, self.stage)
             return authenticate(kong, self.stage)
         finally:
             if tracing.ON:
@@ -198,6 +206,7 @@ def set_identity(kong: Any, guard: Guard, request_headers: dict[str, Any], grant
         headers.update(kong_identity_headers(consumer, credential, anonymous=grant is None))
     elif not _KONG_IDENTITY.isdisjoint(request_headers) and kong.client.get_credential() is None:
         headers.update(kong_identity_headers(None, None))
+    headers[guard.config.upstream_assertion.header] = assertion(kong, guard, grant, consumer)
     headers.update(spelling_variants(request_headers, guard.managed_headers))
     headers = changes(headers, request_headers)
     if headers:
@@ -206,6 +215,32 @@ def set_identity(kong: Any, guard: Guard, request_headers: dict[str, Any], grant
         kong.client.authenticate(consumer, credential)
     if grant is not None:
         kong.ctx.shared.set("authenticated_groups", grant.groups)
+
+
+def assertion(kong: Any, guard: Guard, grant: Grant | None, consumer: dict[str, Any] | None) -> HeaderValue:
+    """The upstream assertion of an accepted token, bound to this request's method and path (two
+    round trips); removed (a client's copy with it) when it is off or no token was accepted."""
+    if guard.signer is None or grant is None or grant.identity is None:
+        return REMOVE
+    method, path = kong.request.get_method(), kong.request.get_path()
+    bound = Bound(method if isinstance(method, str) else "", path if isinstance(path, str) else "")
+    return guard.signer.sign(grant.identity, consumer, bound, time.time())
+
+
+def publish(kong: Any, publisher: KeysPublisher) -> None:
+    """`mode: assertion_keys`: the JWK Set to GET (and HEAD), cacheable; 405 otherwise."""
+    try:
+        method = kong.request.get_method()
+        if method not in ("GET", "HEAD"):
+            raise errors.MethodNotAllowed()
+        reply = errors.Answer(200, publisher.body, {"Content-Type": KEYS_MEDIA_TYPE,
+                                                    "Cache-Control": KEYS_CACHE_CONTROL})
+    except Refusal as refusal:
+        reply = errors.answer(refusal, "kong")
+    except Exception as exc:  # noqa: BLE001 - an escaping exception would wedge or fail open
+        reply = errors.answer(errors.InternalFault(), "kong")
+        _report_fault(kong, exc)
+    _send(kong, reply)
 
 
 def receive(kong: Any, receiver: Receiver, config: Config) -> None:

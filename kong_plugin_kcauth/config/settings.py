@@ -28,14 +28,16 @@ from .values import (
     ASYMMETRIC_ALGORITHMS,
     KONG_IDENTITY_HEADERS,
     RESERVED_HEADERS,
+    load_assertion_key,
     load_ca_bundle,
+    load_public_key,
     load_signing_key,
     rewrite_origin,
 )
 
 SYSTEM_CA_STORE = "system"
 
-__all__ = ["REALM_NAME_MAX", "Config", "ConfigError", "FeedConfig", "IssuerEntry", "RedisConfig",
+__all__ = ["REALM_NAME_MAX", "AssertionConfig", "Config", "ConfigError", "FeedConfig", "IssuerEntry", "RedisConfig",
            "kong_config_record", "kong_schema"]
 
 
@@ -296,6 +298,61 @@ class SignalsConfig(SignalsClient):
         conditional("delivery", {"eq": "push"}, "push_url", {"required": True}),
         conditional("push_url", {"required": True}, "delivery", {"eq": "push"},
                     "push_url is used only with delivery push"),
+    ]
+
+
+ASSERTION_ALGORITHMS = ("ES256", "EdDSA", "RS256", "PS256")
+_PEM_PRIVATE = "^%-%-%-%-%-BEGIN [%u ]*PRIVATE KEY%-%-%-%-%-"
+_PEM_PUBLIC = "^%-%-%-%-%-BEGIN PUBLIC KEY%-%-%-%-%-"
+
+
+@dataclass(frozen=True)
+class AssertionConfig:
+    """The identity assertion signed for the upstream (docs/upstream-identity.md)."""
+
+    audience: str | None = setting(
+        "Turns the upstream assertion on: the upstream service's name, the assertion's `aud`. Each "
+        "accepted request then carries `header`, a JWS signed by the gateway with `private_key` over "
+        "the identity kcauth forwards, the request's method and path, for `ttl` seconds. Empty: off "
+        "(a client's copy of `header` is still removed).",
+        None,
+    )
+    header: str = setting(
+        "The upstream header carrying the assertion (lower case). A client's copy of it, in any "
+        "spelling, never reaches the upstream.",
+        "x-auth-assertion", match="^[%l%d!#$%%&'*+.^_`|~-]+$", match_none=_RESERVED_NAME_RULES,
+    )
+    issuer: str = setting(
+        "The assertion's `iss`: the gateway's name, which upstreams check.",
+        "kcauth",
+    )
+    algorithm: str = setting(
+        "The assertion's signature algorithm, matching `private_key`: `ES256` (EC P-256), `EdDSA` "
+        "(Ed25519), `RS256` or `PS256` (RSA of 2048 bits or more). A key of another type is refused.",
+        "ES256", one_of=list(ASSERTION_ALGORITHMS),
+    )
+    private_key: str | None = setting(
+        "PEM private key (PKCS#8) the assertion is signed with, the same on every node. Its "
+        "public key is published, with its RFC 7638 thumbprint as `kid`, by the `assertion_keys` "
+        "route. Referenceable: use a Kong vault reference; never logged.",
+        None, referenceable=True, encrypted=True, match=_PEM_PRIVATE,
+        err="expected a PEM private key (-----BEGIN PRIVATE KEY-----)",
+    )
+    public_keys: tuple[str, ...] | None = setting(
+        "`assertion_keys` route: more PEM public keys (`-----BEGIN PUBLIC KEY-----`) published beside "
+        "`private_key`'s, for a rotation: the next key before any node signs with it, the previous "
+        "one until its last assertions expired.",
+        None, elements={"match": _PEM_PUBLIC, "err": "expected a PEM public key (-----BEGIN PUBLIC KEY-----)"},
+    )
+    ttl: int = setting(
+        "Seconds an assertion is valid (`exp` - `iat`): short, it is made for one request.",
+        30, between=[1, 300],
+    )
+    unusable: Unusable = unusable_fields()  # a private_key reference that gave nothing: refused at start
+
+    ENTITY_CHECKS: ClassVar[list[dict[str, Any]]] = [
+        conditional("audience", {"required": True}, "private_key", {"required": True},
+                    "upstream_assertion.audience needs upstream_assertion.private_key to sign with"),
     ]
 
 
@@ -674,11 +731,17 @@ class Config:
         "kcauth has recorded them (docs/revocation.md \"Which revocations are seen, and how fast\").",
         SignalsConfig(),
     )
+    upstream_assertion: AssertionConfig = setting(
+        "An identity the upstream can verify: a gateway-signed JWS beside the claim headers "
+        "(docs/upstream-identity.md).",
+        AssertionConfig(),
+    )
     mode: str = setting(
         "`guard` protects the route. `revocation_receiver` makes the route the endpoint "
         "Keycloak sends back-channel logout tokens and not-before pushes to; every guard of "
-        "the same issuer then refuses the revoked sessions' tokens.",
-        "guard", one_of=["guard", "revocation_receiver"],
+        "the same issuer then refuses the revoked sessions' tokens. `assertion_keys` makes the "
+        "route publish the public keys of `upstream_assertion` as a JWK Set (GET).",
+        "guard", one_of=["guard", "revocation_receiver", "assertion_keys"],
     )
     pass_logout_upstream: bool = setting(
         "Receiver: after recording a valid logout, proxy the request on so the application "
@@ -740,6 +803,10 @@ class Config:
                     {"required": True, "match": FEED_ISSUER_PATTERN},
                     "the Shared Signals receiver reads the stream of the realm of `issuer`, a Keycloak realm "
                     "issuer (.../realms/<name>)"),
+        conditional("mode", {"eq": "assertion_keys"}, "upstream_assertion.private_key", {"required": True},
+                    "an assertion_keys route publishes the public key of upstream_assertion.private_key"),
+        conditional("upstream_assertion.audience", {"required": True}, "mode", {"eq": "guard"},
+                    "upstream_assertion.audience is set on guard routes (assertion_keys routes publish keys)"),
     ]
     # Introspection credentials whose vault reference gave nothing usable, or a key that cannot
     # sign (`checked`): introspection answers 503 (or falls back, `introspection_failure`) and
@@ -760,6 +827,7 @@ class Config:
                 load_ca_bundle(self.tls_ca_bundle)
             except ValueError as exc:
                 raise ConfigError(f"config.tls_ca_bundle: {exc}") from None
+        self.upstream_assertion_checked()
         if self.client_private_key and self.problem("client_private_key") is None:
             try:
                 load_signing_key(self.client_private_key)
@@ -767,6 +835,29 @@ class Config:
                 return replace(self, unusable=(*self.unusable, ("client_private_key",
                                                                 f"config.client_private_key: {exc}")))
         return self
+
+    def upstream_assertion_checked(self) -> None:
+        """The assertion's key must sign with its algorithm, and its header be no claim header's:
+        refused at instance start (the route then answers 500, closed) rather than proxying
+        requests without the identity their upstream verifies."""
+        record = self.upstream_assertion
+        wanted = record.audience is not None or self.mode == "assertion_keys"
+        if not wanted:
+            return
+        where = "config.upstream_assertion"
+        for _, why in record.unusable:
+            raise ConfigError(f"{why}: the upstream assertion cannot be signed")
+        if record.header in {name.lower() for name in self.claim_headers}:
+            raise ConfigError(f"{where}.header: {record.header!r} is already a claim header")
+        try:
+            load_assertion_key(record.private_key or "", record.algorithm)
+        except ValueError as exc:
+            raise ConfigError(f"{where}.private_key: {exc}") from None
+        for i, pem in enumerate(record.public_keys or (), 1):
+            try:
+                load_public_key(pem)
+            except ValueError as exc:
+                raise ConfigError(f"{where}.public_keys.{i}: {exc}") from None
 
     def problem(self, name: str) -> str | None:
         """Why the field `name` (of this record) cannot be used, or None."""

@@ -47,6 +47,51 @@ def load_signing_key(pem: str) -> tuple[Any, str]:
     raise ValueError("must be an RSA key of 2048 bits or more, or an EC P-256 key")
 
 
+def load_assertion_key(pem: str, algorithm: str) -> Any:
+    """The private key of a PEM, if it signs with `algorithm` (ES256: EC P-256, EdDSA: Ed25519,
+    RS256 and PS256: RSA of 2048 bits or more); ValueError naming what is wrong, never the key."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        key = load_pem_private_key(pem.encode(), password=None)
+    except (ValueError, TypeError):
+        raise ValueError("not an unencrypted PEM private key") from None
+    if not fits(key, algorithm):
+        raise ValueError(f"the key does not sign {algorithm} ({_FITS[algorithm]})")
+    return key
+
+
+def load_public_key(pem: str) -> Any:
+    """The public key of a PEM that signs one of the assertion's algorithms (ValueError otherwise)."""
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        key = load_pem_public_key(pem.encode())
+    except (ValueError, TypeError):
+        raise ValueError("not a PEM public key") from None
+    if not any(fits(key, algorithm) for algorithm in _FITS):
+        raise ValueError("must be an EC P-256, Ed25519 or RSA (2048 bits or more) public key")
+    return key
+
+
+_FITS = {"ES256": "an EC P-256 key", "EdDSA": "an Ed25519 key", "RS256": "an RSA key of 2048 bits or more",
+         "PS256": "an RSA key of 2048 bits or more"}
+
+
+def fits(key: Any, algorithm: str) -> bool:
+    """Whether `key` (private or public) is of the type, curve and size `algorithm` signs with."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    if algorithm == "ES256":
+        return isinstance(key, (ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey)) and \
+            key.curve.name == "secp256r1"
+    if algorithm == "EdDSA":
+        return isinstance(key, (ed25519.Ed25519PrivateKey, ed25519.Ed25519PublicKey))
+    if algorithm in ("RS256", "PS256"):
+        return isinstance(key, (rsa.RSAPrivateKey, rsa.RSAPublicKey)) and key.key_size >= 2048
+    return False
+
+
 def load_ca_bundle(path: str) -> str:
     """A PEM file of CA certificates that TLS can use (ValueError otherwise)."""
     if not os.path.isfile(path):

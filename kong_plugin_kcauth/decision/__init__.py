@@ -7,7 +7,9 @@
   not-before);
 - its stages and state: `issuers.py` (which issuer: listed, or template realms within bounds),
   `policy.py` (scopes, roles), `headers.py` (what the upstream receives), `consumers.py` (Kong
-  consumers), `proofs.py` (DPoP single use and nonces), `cache.py` (expiring maps, single-flight);
+  consumers), `proofs.py` (DPoP single use and nonces), `cache.py` (expiring maps, single-flight),
+  `assertion.py` (the gateway-signed identity for the upstream, and the JWK Set an
+  `assertion_keys` route publishes);
 - `wiring.py`: the objects every plugin instance of the process shares, keyed by what they
   depend on (key sets, Redis clients, revocation stores, feeds, one guard per config).
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from .. import errors
 from ..config import Config
@@ -38,6 +39,7 @@ from ..revocation.store import Subject
 from ..tokens import access, dpop, jws
 from ..tokens.claims import Claims, parse_claim_path
 from . import wiring
+from .assertion import Signer, identity_of
 from .cache import ExpiringCache, SingleFlight, token_key
 from .consumers import ConsumerMap, credential_for
 from .headers import HeaderPlan, HeaderValue, dropped_headers, groups_for, upstream_headers
@@ -59,6 +61,7 @@ class Grant:
     jkt: str | None = None  # DPoP: the thumbprint of the key the token is bound to (tokens/dpop.py)
     consumer: str | None = None  # the consumer_claim value, when consumer mapping is on
     credential: dict[str, str] | None = None
+    identity: dict[str, Any] | None = None  # the upstream assertion's claims of the token (assertion.py)
 
 
 @dataclass(frozen=True)
@@ -116,7 +119,9 @@ class Guard:
         self.config = config
         self.policy = Policy.from_config(config)
         self.plan = HeaderPlan.from_config(config)
-        self.managed_headers = self.plan.managed
+        # The upstream assertion (assertion.py): its header is kcauth's on every guard, on or off.
+        self.signer = Signer(config) if config.upstream_assertion.audience else None
+        self.managed_headers = self.plan.managed | {config.upstream_assertion.header}
         self.groups_path = parse_claim_path(config.groups_claim) if config.groups_claim else None
         self.consumers = ConsumerMap.from_config(config)
         self.owners = logs.Owners()  # the plugin entities with this config, named in its log lines
@@ -255,9 +260,10 @@ class Guard:
         groups = groups_for(claims, self.config.authenticated_group, self.config.roles_as_groups, self.groups_path)
         if self.config.issuer_groups:
             groups.append(realm.group)
+        identity = identity_of(claims.get("sub"), realm.issuer, self.plan, claims, headers) if self.signer else None
         return Grant(
             headers=headers, groups=groups, subject=realm.revocations.subject(token_claims, claims), realm=realm,
-            jkt=jkt, consumer=consumer, credential=credential,
+            jkt=jkt, consumer=consumer, credential=credential, identity=identity,
         )
 
 

@@ -15,10 +15,8 @@ addressed (handler.request_url), which it asks Kong for only when a DPoP token c
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -30,24 +28,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from .. import errors
 from . import jws
 from .claims import time_of
-from .jwk import MIN_RSA_BITS, Jwk, key_agrees
+from .jwk import _THUMBPRINT_MEMBERS, MIN_RSA_BITS, Jwk, key_agrees, thumbprint
+from .jwk import b64url as b64url
 
 PROOF_TYPE = "dpop+jwt"
 MAX_PROOF_SIZE = 8192
-# RFC 7638 section 3.2: the required members of each key type, the only ones hashed.
-_THUMBPRINT_MEMBERS = {"RSA": ("e", "kty", "n"), "EC": ("crv", "kty", "x", "y"), "OKP": ("crv", "kty", "x")}
 _PRIVATE_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def thumbprint(jwk: dict[str, Any]) -> str:
-    """RFC 7638: base64url SHA-256 of the key's required members, in order, no whitespace."""
-    members = _THUMBPRINT_MEMBERS[jwk["kty"]]
-    canonical = json.dumps({name: jwk[name] for name in members}, separators=(",", ":"), sort_keys=True)
-    return b64url(hashlib.sha256(canonical.encode("utf-8")).digest())
 
 
 def token_hash(token: str) -> str:

@@ -11,7 +11,8 @@ refused token may cost a download: never).
 - Nothing in the header but `alg`, `kid` and `typ` is ever read; keys come from the realm's key set
   by `kid`, never from `jku`, `x5u`, `jwk` or `x5c` (a DPoP proof's own `jwk` aside, `parse_proof`,
   which proves possession of the key a realm-signed token is bound to).
-- The signature itself is checked by PyJWT's algorithm implementations.
+- The signature itself is checked by PyJWT's algorithm implementations, which also make kcauth's
+  own signatures (`sign`: the upstream assertion, decision/assertion.py).
 """
 
 from __future__ import annotations
@@ -95,6 +96,18 @@ def signed_by(signed: Signed, key: Any) -> bool:
         return bool(_VERIFIERS[signed.alg].verify(signed.signing_input, key, signed.signature))
     except Exception:  # noqa: BLE001 - a key/alg mismatch inside the library is a bad signature
         return False
+
+
+def sign(header_segment: str, payload: bytes, key: Any, alg: str) -> str:
+    """A compact JWS of `payload` under the encoded protected header (kcauth's own assertions:
+    decision/assertion.py); `key` is a private key of `alg`, checked when the config loaded."""
+    signing_input = f"{header_segment}.{b64(payload)}"
+    signature = _VERIFIERS[alg].sign(signing_input.encode("ascii"), key)
+    return f"{signing_input}.{b64(signature)}"
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 def _json_segment(segment: str) -> dict[str, Any]:

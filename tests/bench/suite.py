@@ -18,6 +18,7 @@ Phases, in order (each can be picked with --only):
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import signal
 import sys
@@ -133,6 +134,17 @@ class Scenario:
     check: Callable[[Any], str | None]
 
 
+@functools.cache
+def assertion_key(algorithm: str) -> str:
+    """A signing key for the upstream assertion's scenarios (PKCS#8 PEM), one per run."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+    key = ec.generate_private_key(ec.SECP256R1()) if algorithm == "ES256" else ed25519.Ed25519PrivateKey.generate()
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
+
+
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario("floor", "floor: same PDK calls, no work", "floor",
              lambda c: {}, lambda c, n: Tokens.same(c.hit_token), expect_allowed),
@@ -150,6 +162,10 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("dpop-hit", "kcauth local: DPoP-bound token, cache hit, a fresh proof each", "kcauth",
              lambda c: c.local("bench-dpop", public_base_url=DPOP_BASE),
              lambda c, n: DPoPProofs(c.dpop_token, c.dpop_key, DPOP_BASE + "/"), expect_allowed),
+    *(Scenario(f"assert-{alg.lower()}", f"kcauth local: cache hit, upstream assertion {alg}", "kcauth",
+               lambda c, alg=alg: c.local(f"bench-assert-{alg.lower()}", upstream_assertion={
+                   "audience": "orders-backend", "algorithm": alg, "private_key": assertion_key(alg)}),
+               lambda c, n: Tokens.same(c.hit_token), expect_allowed) for alg in ("ES256", "EdDSA")),
     Scenario("local-first", "kcauth local: first-seen tokens", "kcauth",
              lambda c: c.local("bench-local-first"),
              lambda c, n: Tokens(c.mint.valid(c.key, n), cycle=False), expect_allowed),
