@@ -18,7 +18,7 @@ ADMIN   ?= http://127.0.0.1:8001
 # cores; tests that must not run side by side share a worker (tests/parallel.py).
 PYTEST_WORKERS ?= 2
 
-test: install lint  ## install (venv, packages, Maven for Keycloak), lint, the whole suite (~7 min, 2 cores)
+test: install lint  ## install (venv, packages, Maven for Keycloak), lint, the whole suite (~8 min, 2 cores)
 	$(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 # ruff on the package and the tests, mypy (strict) on the package: both configured in pyproject.toml.
