@@ -84,9 +84,25 @@ class Plugin:
                 tracing.leave()  # the request's trace ends with it: handler greenlets are reused
 
 
+class Asked:
+    """What is asked of Kong about the request besides its headers, each at most once (a round
+    trip each): the method, for the preflight check, a DPoP proof and the upstream assertion."""
+
+    def __init__(self, kong: Any) -> None:
+        self._kong = kong
+        self._method: str | None = None
+
+    def method(self) -> str:
+        if self._method is None:
+            method = self._kong.request.get_method()
+            self._method = method if isinstance(method, str) else ""
+        return self._method
+
+
 def authenticate(kong: Any, guard: Guard) -> None:
     config = guard.config
     used_dpop = False
+    asked = Asked(kong)
     try:
         request_headers = kong.request.get_headers(MAX_REQUEST_HEADERS)
         if tracing.ON:  # the calls this request makes join its trace (ops/tracing.py)
@@ -95,27 +111,26 @@ def authenticate(kong: Any, guard: Guard) -> None:
         if not all_seen(request_headers):
             raise errors.TooManyHeaders()
         if (config.anonymous and kong.client.get_credential() is not None) or \
-                (not config.run_on_preflight and kong.request.get_method() == "OPTIONS"):
+                (not config.run_on_preflight and asked.method() == "OPTIONS"):
             # Another auth plugin authenticated the request, and anonymous makes the auth
             # plugins a logical OR (as key-auth and jwt do); or a CORS preflight left alone.
             # Either way kcauth's own identity headers carry nothing of the client's.
             observe(kong, guard, None, "skipped")
-            return set_identity(kong, guard, request_headers, None, None)
+            return set_identity(kong, guard, request_headers, None, None, asked)
         try:
             scheme, token = presented_token(request_headers)
             used_dpop = scheme == "dpop"
             presented = Presented(token, dpop=used_dpop)
             if used_dpop and config.dpop != "off":  # what its proof must be about: asked for this scheme only
-                method = kong.request.get_method()
                 presented = replace(presented, proofs=request_headers.get("dpop"), url=request_url(kong, config),
-                                    method=method if isinstance(method, str) else "")
+                                    method=asked.method())
             grant = guard.decide(presented, time.time())
         except Refusal as refusal:
             if refusal.status == 401 and guard.consumers and guard.consumers.anonymous:
                 anonymous = guard.consumers.find_anonymous(kong)
                 if anonymous is not None:
                     observe(kong, guard, None, "anonymous")
-                    return set_identity(kong, guard, request_headers, None, anonymous)
+                    return set_identity(kong, guard, request_headers, None, anonymous, asked)
                 missing_anonymous(kong, guard)
             raise
         consumer = None
@@ -124,7 +139,7 @@ def authenticate(kong: Any, guard: Guard) -> None:
         if consumer is None and config.consumer_required:
             raise errors.UnknownConsumer()
         observe(kong, guard, grant, "allowed")
-        return set_identity(kong, guard, request_headers, grant, consumer)
+        return set_identity(kong, guard, request_headers, grant, consumer, asked)
     except Refusal as refusal:
         observe(kong, guard, None, type(refusal).__name__, refusal.status)
         reply = errors.answer(refusal, config.realm, guard.schemes, dpop_used=used_dpop)
@@ -187,7 +202,7 @@ def tell_kong(kong: Any, owners: logs.Owners) -> None:
 
 
 def set_identity(kong: Any, guard: Guard, request_headers: dict[str, Any], grant: Grant | None,
-                 consumer: dict[str, Any] | None) -> None:
+                 consumer: dict[str, Any] | None, asked: Asked) -> None:
     """What the upstream learns, all in one `set_headers`: the claim headers of `grant` (or all
     removed for the anonymous consumer), Kong's identity headers, and the removal of every other
     spelling of either; a removal only where the request carries that header (the map holds all
@@ -206,7 +221,7 @@ def set_identity(kong: Any, guard: Guard, request_headers: dict[str, Any], grant
         headers.update(kong_identity_headers(consumer, credential, anonymous=grant is None))
     elif not _KONG_IDENTITY.isdisjoint(request_headers) and kong.client.get_credential() is None:
         headers.update(kong_identity_headers(None, None))
-    headers[guard.config.upstream_assertion.header] = assertion(kong, guard, grant, consumer)
+    headers[guard.config.upstream_assertion.header] = assertion(kong, guard, grant, consumer, asked)
     headers.update(spelling_variants(request_headers, guard.managed_headers))
     headers = changes(headers, request_headers)
     if headers:
@@ -217,13 +232,15 @@ def set_identity(kong: Any, guard: Guard, request_headers: dict[str, Any], grant
         kong.ctx.shared.set("authenticated_groups", grant.groups)
 
 
-def assertion(kong: Any, guard: Guard, grant: Grant | None, consumer: dict[str, Any] | None) -> HeaderValue:
-    """The upstream assertion of an accepted token, bound to this request's method and path (two
-    round trips); removed (a client's copy with it) when it is off or no token was accepted."""
+def assertion(kong: Any, guard: Guard, grant: Grant | None, consumer: dict[str, Any] | None,
+              asked: Asked) -> HeaderValue:
+    """The upstream assertion of an accepted token, bound to this request's method and path (a
+    round trip each, the method unless already asked); removed (a client's copy with it) when it
+    is off or no token was accepted."""
     if guard.signer is None or grant is None or grant.identity is None:
         return REMOVE
-    method, path = kong.request.get_method(), kong.request.get_path()
-    bound = Bound(method if isinstance(method, str) else "", path if isinstance(path, str) else "")
+    path = kong.request.get_path()
+    bound = Bound(asked.method(), path if isinstance(path, str) else "")
     return guard.signer.sign(grant.identity, consumer, bound, time.time())
 
 

@@ -27,7 +27,7 @@ from ..config.values import fits, load_assertion_key, load_public_key
 from ..ops.logs import Owners
 from ..tokens import jws
 from ..tokens.claims import Claims, claim_at
-from ..tokens.jwk import published
+from ..tokens.jwk import b64url, published
 from .headers import REMOVE, HeaderPlan, HeaderValue
 
 TYP = "kcauth-assertion+jwt"
@@ -75,7 +75,7 @@ class Signer:
         self.algorithm = record.algorithm
         self._key = load_assertion_key(record.private_key or "", record.algorithm)
         self.kid = published(self._key.public_key(), record.algorithm)["kid"]
-        self._protected = jws.b64(json.dumps({"alg": record.algorithm, "kid": self.kid, "typ": TYP},
+        self._protected = b64url(json.dumps({"alg": record.algorithm, "kid": self.kid, "typ": TYP},
                                              separators=(",", ":")).encode())
         self._fixed = {"iss": record.issuer, "aud": record.audience}
         self.ttl = record.ttl

@@ -11,7 +11,8 @@ import time
 
 from .. import errors
 from ..revocation.shared import SharedStore
-from ..tokens.dpop import Proof, b64url
+from ..tokens.dpop import Proof
+from ..tokens.jwk import b64url
 from .cache import ExpiringCache
 
 _SEEN_HELD = 200_000  # proofs remembered in a process at most (each for its window only)

@@ -53,6 +53,7 @@ from ..config import RedisConfig
 from ..ops import tracing
 from ..ops.logs import Throttled, health
 from ..tokens.claims import json_object
+from ..tokens.jwk import b64url
 
 log = logging.getLogger("kcauth.redis")
 
@@ -161,10 +162,6 @@ def connect(config: RedisConfig, ca: str | None, *, bounded: bool = True) -> red
     return redis.Redis(connection_pool=standalone(
         host=config.host or "", port=config.port, db=config.database, **options, **checked, **pool,
         connection_class=tls or redis.Connection))
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 def _derive(secret: str, purpose: bytes) -> bytes:
@@ -377,7 +374,7 @@ class SharedStore:
             raise SharedUnavailable() from exc
 
     def _record_name(self, scope: str, message: dict[str, Any]) -> str:
-        body = _b64(json.dumps(message, sort_keys=True, separators=(",", ":")).encode())
+        body = b64url(json.dumps(message, sort_keys=True, separators=(",", ":")).encode())
         return f"{self.config.prefix}{scope}:rec:{body}.{self._tag(scope, body)}"
 
     def _record_message(self, scope: str, body: str, tag: str) -> dict[str, Any] | None:
@@ -390,7 +387,7 @@ class SharedStore:
             return None
 
     def _tag(self, scope: str, body: str) -> str:
-        return _b64(hmac.new(self._record_key, f"{scope}:{body}".encode(), hashlib.sha256).digest()[:16])
+        return b64url(hmac.new(self._record_key, f"{scope}:{body}".encode(), hashlib.sha256).digest()[:16])
 
     # -- leases: one holder at a time across every process --
 
@@ -403,7 +400,7 @@ class SharedStore:
         stop the work is ignored, and the caller works alone)."""
         name = self.config.prefix + key
         until = int((time.time() + seconds) * 1000)
-        nonce = _b64(os.urandom(9))
+        nonce = b64url(os.urandom(9))
         token = f"{until}.{nonce}.{self._tag(name, f'{until}.{nonce}')}"
         lock = self._client().lock(name, timeout=seconds, blocking=False, thread_local=False)
         try:

@@ -28,8 +28,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from .. import errors
 from . import jws
 from .claims import time_of
-from .jwk import _THUMBPRINT_MEMBERS, MIN_RSA_BITS, Jwk, key_agrees, thumbprint
-from .jwk import b64url as b64url
+from .jwk import MIN_RSA_BITS, THUMBPRINT_MEMBERS, Jwk, b64url, key_agrees, thumbprint
 
 PROOF_TYPE = "dpop+jwt"
 MAX_PROOF_SIZE = 8192
@@ -147,8 +146,8 @@ def check_proof(proof: str, *, method: str, url: str, token: str, jkt: str, algo
 def _public_key(jwk: dict[str, Any], alg: str) -> Any:
     """The proof's embedded `jwk`: a public key of a type the algorithm uses, nothing private."""
     kty = jwk.get("kty")
-    if not isinstance(kty, str) or kty not in _THUMBPRINT_MEMBERS or _PRIVATE_MEMBERS & set(jwk) or \
-            not all(isinstance(jwk.get(m), str) for m in _THUMBPRINT_MEMBERS[kty]):
+    if not isinstance(kty, str) or kty not in THUMBPRINT_MEMBERS or _PRIVATE_MEMBERS & set(jwk) or \
+            not all(isinstance(jwk.get(m), str) for m in THUMBPRINT_MEMBERS[kty]):
         raise errors.InvalidDPoPProof("The DPoP proof's jwk is not a public key")
     try:
         key = jwt.PyJWK(jwk).key

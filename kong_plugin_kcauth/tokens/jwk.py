@@ -25,7 +25,7 @@ log = logging.getLogger("kcauth.keys")
 MIN_RSA_BITS = 2048
 _EC_CURVES = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
 # RFC 7638 section 3.2: the required members of each key type, the only ones hashed.
-_THUMBPRINT_MEMBERS = {"RSA": ("e", "kty", "n"), "EC": ("crv", "kty", "x", "y"), "OKP": ("crv", "kty", "x")}
+THUMBPRINT_MEMBERS = {"RSA": ("e", "kty", "n"), "EC": ("crv", "kty", "x", "y"), "OKP": ("crv", "kty", "x")}
 
 
 def b64url(data: bytes) -> str:
@@ -34,7 +34,7 @@ def b64url(data: bytes) -> str:
 
 def thumbprint(jwk: dict[str, Any]) -> str:
     """RFC 7638: base64url SHA-256 of the key's required members, in order, no whitespace."""
-    members = _THUMBPRINT_MEMBERS[jwk["kty"]]
+    members = THUMBPRINT_MEMBERS[jwk["kty"]]
     canonical = json.dumps({name: jwk[name] for name in members}, separators=(",", ":"), sort_keys=True)
     return b64url(hashlib.sha256(canonical.encode("utf-8")).digest())
 
@@ -43,7 +43,7 @@ def published(public_key: Any, alg: str) -> dict[str, Any]:
     """The JWK kcauth publishes for one of its own public keys: `kid` its RFC 7638 thumbprint,
     so every node computes the same one from the same key, and `use`, `alg` for verifiers."""
     jwk = get_default_algorithms()[alg].to_jwk(public_key, as_dict=True)
-    public = {name: jwk[name] for name in _THUMBPRINT_MEMBERS[jwk["kty"]]}
+    public = {name: jwk[name] for name in THUMBPRINT_MEMBERS[jwk["kty"]]}
     return {**public, "kid": thumbprint(public), "use": "sig", "alg": alg}
 
 

@@ -28,6 +28,7 @@ from jwt.algorithms import get_default_algorithms
 from .. import errors
 from ..config.values import ASYMMETRIC_ALGORITHMS
 from .claims import json_object
+from .jwk import b64url
 
 _SEGMENT = re.compile(r"^[A-Za-z0-9_-]+$")
 _VERIFIERS = {name: algo for name, algo in get_default_algorithms().items() if name in ASYMMETRIC_ALGORITHMS}
@@ -101,13 +102,9 @@ def signed_by(signed: Signed, key: Any) -> bool:
 def sign(header_segment: str, payload: bytes, key: Any, alg: str) -> str:
     """A compact JWS of `payload` under the encoded protected header (kcauth's own assertions:
     decision/assertion.py); `key` is a private key of `alg`, checked when the config loaded."""
-    signing_input = f"{header_segment}.{b64(payload)}"
+    signing_input = f"{header_segment}.{b64url(payload)}"
     signature = _VERIFIERS[alg].sign(signing_input.encode("ascii"), key)
-    return f"{signing_input}.{b64(signature)}"
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    return f"{signing_input}.{b64url(signature)}"
 
 
 def _json_segment(segment: str) -> dict[str, Any]:
