@@ -289,6 +289,7 @@ class Supervisor:
                 ahead.close()
 
     def _fork(self, main: Callable[[], None], keep: socket.socket | None = None) -> int:
+        supervisor = os.getpid()
         pid = os.fork()
         if pid:
             return pid
@@ -297,7 +298,7 @@ class Supervisor:
         try:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the supervisor, which drains
-            _die_with_parent()
+            _die_with_parent(supervisor)
             self.listener.close()
             for other in self.workers:
                 if other.channel is not None and other.channel is not keep:
@@ -406,8 +407,10 @@ class Supervisor:
             _kill(self.hub_pid, signal.SIGTERM)
 
 
-def _die_with_parent() -> None:
-    """A child ends when the supervisor does, however it ends (Linux's PR_SET_PDEATHSIG)."""
+def _die_with_parent(parent: int) -> None:
+    """A child ends when the supervisor does, however it ends (Linux's PR_SET_PDEATHSIG), also
+    when the supervisor died between the fork and this call (killed as it started), which the
+    signal would never report."""
     try:
         import ctypes
 
@@ -415,6 +418,8 @@ def _die_with_parent() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+    if os.getppid() != parent:
+        os._exit(0)
 
 
 def _kill(pid: int, sig: int = signal.SIGKILL) -> None:

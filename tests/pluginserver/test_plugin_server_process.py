@@ -141,9 +141,25 @@ def test_socket_name_given_with_an_equals_sign_is_kept() -> None:
         wait_for_socket(prefix / "custom.sock")
         assert not (prefix / "kcauth.socket").exists()
     finally:
-        proc.kill()
+        proc.kill()  # killed just as it starts: its hub and workers end with it (none or forking)
         proc.wait(10)
         shutil.rmtree(prefix, ignore_errors=True)
+    deadline = time.monotonic() + 3
+    while (left := processes_naming(str(prefix))) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not left, f"processes outlived the killed server: {left}"
+
+
+def processes_naming(text: str) -> list[int]:
+    """Processes whose command line contains `text`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        try:
+            if entry.isdigit() and text in Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace"):
+                found.append(int(entry))
+        except OSError:
+            continue
+    return found
 
 
 def test_an_orphaned_plugin_server_exits() -> None:
